@@ -1,0 +1,100 @@
+"""Token strings -> character ids, exactly as AllenNLP's ``ELMoCharacterMapper`` / ``batch_to_ids``.
+
+Symbol space (ELMO_SPEC §1): 0-255 UTF-8 bytes, 256 begin-of-sentence char, 257 end-of-sentence char,
+258 begin-of-word, 259 end-of-word, 260 padding char. Every id handed to the model is shifted by +1 so
+that 0 can mean "no token here" (batch padding).
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+
+MAX_CHARS_PER_TOKEN = 50
+#: raw symbols (before the +1 shift)
+BOS_CHAR = 256
+EOS_CHAR = 257
+BOW_CHAR = 258
+EOW_CHAR = 259
+PAD_CHAR = 260
+#: number of stored character-embedding rows (symbols 0..260)
+NUM_SYMBOLS = 261
+
+BOS_TOKEN = "<S>"
+EOS_TOKEN = "</S>"
+
+
+def _marker_ids(symbol: int) -> list[int]:
+    ids = [PAD_CHAR] * MAX_CHARS_PER_TOKEN
+    ids[0], ids[1], ids[2] = BOW_CHAR, symbol, EOW_CHAR
+    return [i + 1 for i in ids]
+
+
+#: the (+1 shifted) 50 ids of the sentence markers the model inserts around every sentence
+BOS_IDS: tuple[int, ...] = tuple(_marker_ids(BOS_CHAR))
+EOS_IDS: tuple[int, ...] = tuple(_marker_ids(EOS_CHAR))
+
+
+class CharacterMapper:
+    """Maps one token to its 50 (+1 shifted) character ids.
+
+    ``tokens_to_add`` maps extra literal tokens to a single symbol ``c`` (< 261) that replaces the bytes,
+    as AllenNLP's mapper does (e.g. ``{"@@UNKNOWN@@": 1}``).
+    """
+
+    def __init__(self, tokens_to_add: Mapping[str, int] | None = None) -> None:
+        self.tokens_to_add = dict(tokens_to_add or {})
+        for token, symbol in self.tokens_to_add.items():
+            if not 0 <= symbol < NUM_SYMBOLS:
+                raise ValueError(f"tokens_to_add[{token!r}] = {symbol}: expected a symbol in [0, {NUM_SYMBOLS})")
+
+    def token_to_ids(self, token: str) -> list[int]:
+        """Return the 50 character ids of ``token`` (values 1..261)."""
+        if token in self.tokens_to_add:
+            return _marker_ids(self.tokens_to_add[token])
+        if token == BOS_TOKEN:
+            return list(BOS_IDS)
+        if token == EOS_TOKEN:
+            return list(EOS_IDS)
+        # errors="ignore" drops only unencodable code points (lone surrogates); the cut is byte-level
+        # and may split a multi-byte character, as in AllenNLP.
+        encoded = token.encode("utf-8", "ignore")[: MAX_CHARS_PER_TOKEN - 2]
+        ids = [PAD_CHAR + 1] * MAX_CHARS_PER_TOKEN
+        ids[0] = BOW_CHAR + 1
+        for k, byte in enumerate(encoded, start=1):
+            ids[k] = byte + 1
+        ids[len(encoded) + 1] = EOW_CHAR + 1
+        return ids
+
+
+_DEFAULT_MAPPER = CharacterMapper()
+
+
+def batch_to_ids(sentences: Sequence[Sequence[str]], mapper: CharacterMapper | None = None) -> torch.Tensor:
+    """Convert a batch of tokenized sentences to character ids.
+
+    Args:
+        sentences: B sentences, each a list of token strings (no ``<S>``/``</S>``: the model adds them).
+        mapper: optional custom :class:`CharacterMapper` (``tokens_to_add``).
+
+    Returns:
+        int64 tensor ``(B, T, 50)`` with T = the longest sentence; rows are right-padded with all-zero
+        token slots.
+    """
+    mapper = mapper or _DEFAULT_MAPPER
+    max_len = max((len(s) for s in sentences), default=0)
+    out = torch.zeros(len(sentences), max_len, MAX_CHARS_PER_TOKEN, dtype=torch.long)
+    cache: dict[str, list[int]] = {}
+    for row, sentence in enumerate(sentences):
+        if isinstance(sentence, str):
+            raise TypeError(f"sentence {row} is a str; expected a list of tokens (use str.split())")
+        if not sentence:
+            continue
+        ids = []
+        for token in sentence:
+            cached = cache.get(token)
+            if cached is None:
+                cached = cache[token] = mapper.token_to_ids(token)
+            ids.append(cached)
+        out[row, : len(sentence)] = torch.tensor(ids, dtype=torch.long)
+    return out

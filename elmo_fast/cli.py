@@ -1,0 +1,42 @@
+"""``elmo-fast`` command line: one subcommand per job.
+
+Each subcommand lives in a module that defines ``add_parser(subparsers)``; the parser it returns has
+``set_defaults(func=run)`` where ``run(args) -> int``. Register new modules in ``_COMMANDS``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+#: subcommand modules, in the order ``--help`` lists them
+_COMMANDS = ["elmo_fast.commands.embed"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="elmo-fast",
+        description="elmo-fast: a fast ELMo engine (AllenNLP-compatible embedder, biLM pretraining, benchmarks).")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="logging verbosity (default INFO)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in _COMMANDS:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
+        logging.getLogger("elmo_fast").error("%s", e)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""The biLM: token encoder + stateful biLSTM, returning ELMo's three layers (ELMO_SPEC §1-3)."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import backend as backends
+from ..chars import BOS_IDS, EOS_IDS
+from ..options import ElmoOptions, load_options
+from ..weights import expected_shapes, lstm_prefix, read_weights, write_weights
+from .lstm import BiLSTM, StateSlots
+from .token_encoder import CharCNNTokenEncoder
+
+__all__ = ["BiLM", "add_sentence_boundaries", "remove_sentence_boundaries", "token_mask"]
+
+
+def token_mask(char_ids: torch.Tensor) -> torch.Tensor:
+    """``(B, T, 50)`` -> ``(B, T)`` bool: a position is a token iff any of its ids is > 0."""
+    return (char_ids > 0).any(dim=-1)
+
+
+def add_sentence_boundaries(values: torch.Tensor, mask: torch.Tensor, bos: torch.Tensor,
+                            eos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Insert BOS before and EOS after each row's tokens, as AllenNLP does.
+
+    Args:
+        values: ``(B, T, ...)`` per-position values (char ids or embeddings), right-padded.
+        mask: ``(B, T)`` token mask; row b has ``n_b = mask[b].sum()`` tokens, taken as its first n_b slots.
+        bos, eos: the value for the markers, shape ``values.shape[2:]``.
+
+    Returns:
+        ``(B, T + 2, ...)`` values with BOS at 0, tokens at 1..n_b, EOS at n_b + 1, zeros after; and the new
+        ``(B, T + 2)`` bool mask (an empty row still has length 2).
+    """
+    batch, steps = mask.shape
+    n = mask.long().sum(dim=1)
+    pos = torch.arange(steps + 2, device=values.device)
+    out = values.new_zeros(batch, steps + 2, *values.shape[2:])
+    body = (pos[None, 1:steps + 1] <= n[:, None])  # slot t+1 holds token t for t < n
+    shape = (batch, steps) + (1,) * (values.dim() - 2)
+    out[:, 1:steps + 1] = values * body.view(shape).to(values.dtype)
+    out[:, 0] = bos
+    out[torch.arange(batch, device=values.device), n + 1] = eos.to(values.dtype)
+    new_mask = pos[None, :] < (n + 2)[:, None]
+    return out, new_mask
+
+
+def remove_sentence_boundaries(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`add_sentence_boundaries`: ``(B, T + 2, ...)`` -> ``(B, T, ...)``.
+
+    A row of L valid positions gets ``out[:L-2] = values[1:L-1]``, zeros after (AllenNLP semantics).
+    """
+    batch, steps2 = mask.shape
+    lengths = mask.long().sum(dim=1)
+    steps = max(steps2 - 2, 0)
+    keep = torch.arange(steps, device=values.device)[None, :] < (lengths - 2)[:, None]
+    out = values[:, 1:steps + 1] * keep.view(batch, steps, *([1] * (values.dim() - 2))).to(values.dtype)
+    return out, keep
+
+
+class BiLM(nn.Module):
+    """ELMo's bidirectional language model (reference path): char ids -> three ``(B, T+2, 2P)`` layers.
+
+    Args:
+        options: the model's :class:`ElmoOptions`.
+        stateful: carry per-row LSTM states across calls (AllenNLP's behaviour, the default). With
+            ``False`` every call starts from zero state, so a sentence's output does not depend on the
+            rest of its batch or on earlier calls (not bit-compatible with AllenNLP).
+        has_projection: whether the token encoder has ``CNN_proj`` (only optional when F == P).
+        backend: ``"reference"``, ``"fast"`` or ``"triton"``; None picks by device and the
+            ``ELMO_FAST_BACKEND`` environment variable (see :mod:`elmo_fast.backend`).
+    """
+
+    def __init__(self, options: ElmoOptions, stateful: bool = True, has_projection: bool = True,
+                 backend: str | None = None) -> None:
+        super().__init__()
+        self.backend = backend
+        if options.char_cnn is None:
+            raise ValueError("word-input models (options without 'char_cnn') are not supported")
+        self.options = options
+        self.stateful = stateful
+        self.token_encoder = CharCNNTokenEncoder(options.char_cnn, options.lstm.projection_dim, has_projection)
+        self.lstm = BiLSTM(options.lstm)
+        self.states = StateSlots()
+        self.register_buffer("bos_ids", torch.tensor(BOS_IDS, dtype=torch.long), persistent=False)
+        self.register_buffer("eos_ids", torch.tensor(EOS_IDS, dtype=torch.long), persistent=False)
+
+    # ------------------------------------------------------------------ weights
+    @classmethod
+    def from_files(cls, options_file: str | os.PathLike, weight_file: str | os.PathLike, *,
+                   stateful: bool = True, requires_grad: bool = False, backend: str | None = None) -> "BiLM":
+        """Load ``options.json`` + bilm-tf ``weights.hdf5`` (every dataset shape is validated)."""
+        options = load_options(options_file)
+        weights = read_weights(weight_file, options)
+        model = cls(options, stateful=stateful, has_projection="CNN_proj/W_proj" in weights, backend=backend)
+        model.load_bilm_tf_weights(weights)
+        model.requires_grad_(requires_grad)
+        return model
+
+    def bilm_tf_parameters(self) -> dict[str, nn.Parameter]:
+        """Weight-file dataset name -> parameter (identical shape and orientation)."""
+        out = dict(self.token_encoder.bilm_tf_parameters())
+        for direction in (0, 1):
+            for layer, cell in enumerate(self.lstm.cells[direction]):
+                p = lstm_prefix(direction, layer)
+                out[f"{p}/W_0"], out[f"{p}/B"], out[f"{p}/W_P_0"] = cell.W_0, cell.B, cell.W_P_0
+        return out
+
+    def load_bilm_tf_weights(self, weights: dict[str, np.ndarray]) -> None:
+        """Copy arrays (as returned by :func:`elmo_fast.weights.read_weights`) into the parameters."""
+        params = self.bilm_tf_parameters()
+        missing = sorted(set(params) - set(weights))
+        if missing:
+            raise KeyError(f"weights lack datasets {missing}")
+        with torch.no_grad():
+            for name, param in params.items():
+                value = torch.from_numpy(np.ascontiguousarray(weights[name]))
+                if tuple(value.shape) != tuple(param.shape):
+                    raise ValueError(f"dataset '{name}' expected shape {tuple(param.shape)}, found {tuple(value.shape)}")
+                param.copy_(value)
+
+    def bilm_tf_weights(self) -> dict[str, np.ndarray]:
+        """Parameters as dataset name -> float32 numpy array (bilm-tf layout)."""
+        return {name: p.detach().cpu().float().numpy().copy() for name, p in self.bilm_tf_parameters().items()}
+
+    def save(self, options_file: str | os.PathLike, weight_file: str | os.PathLike) -> None:
+        """Write ``options.json`` and a bilm-tf ``weights.hdf5`` (both atomically)."""
+        self.options.save(options_file)
+        write_weights(weight_file, self.bilm_tf_weights())
+
+    # ------------------------------------------------------------------ state
+    def reset_states(self) -> None:
+        """Forget the carried LSTM states (every row starts from zero on the next call)."""
+        self.states.reset()
+
+    # ------------------------------------------------------------------ forward
+    def backend_name(self, device: torch.device) -> str:
+        """The backend this model uses for tensors on ``device``."""
+        return backends.resolve(self.backend, device)
+
+    def encode_tokens(self, char_ids: torch.Tensor) -> torch.Tensor:
+        """Token encoder on the selected backend: ``(..., 50)`` -> ``(..., P)``."""
+        op = backends.get_op(self.backend_name(char_ids.device), "token_encoder")
+        lead = char_ids.shape[:-1]
+        out = op(self.token_encoder, char_ids.reshape(-1, char_ids.shape[-1]))
+        return out.reshape(*lead, out.shape[-1])
+
+    def embed_tokens(self, char_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, T, 50)`` char ids -> token embeddings ``(B, T+2, P)`` with BOS/EOS, and mask ``(B, T+2)``."""
+        ids, mask = add_sentence_boundaries(char_ids, token_mask(char_ids), self.bos_ids, self.eos_ids)
+        return self.encode_tokens(ids), mask
+
+    def forward(self, char_ids: torch.Tensor) -> dict[str, Any]:
+        """Run the biLM.
+
+        Args:
+            char_ids: ``(B, T, 50)`` int64 from :func:`elmo_fast.batch_to_ids` (no BOS/EOS).
+
+        Returns:
+            ``{"activations": [layer0, layer1, layer2], "mask": (B, T+2) bool}``, each layer ``(B, T+2, 2P)``
+            with BOS/EOS, zeros at padding; layer 0 is the token embedding duplicated.
+        """
+        if char_ids.dim() != 3 or char_ids.shape[-1] != 50:
+            raise ValueError(f"char_ids: expected shape (B, T, 50), found {tuple(char_ids.shape)}")
+        embeddings, mask = self.embed_tokens(char_ids)
+        return self.forward_embeddings(embeddings, mask)
+
+    def forward_embeddings(self, embeddings: torch.Tensor, mask: torch.Tensor,
+                           dropout: float = 0.0) -> dict[str, Any]:
+        """The biLSTM part: token embeddings ``(B, T+2, P)`` with BOS/EOS and mask ``(B, T+2)`` -> layers."""
+        lengths = mask.long().sum(dim=1)
+        batch = embeddings.shape[0]
+        zero = self.lstm.zero_state(batch, embeddings)
+        initial = self.states.initial(batch, zero) if self.stateful else zero
+        op = backends.get_op(self.backend_name(embeddings.device), "bilstm")
+        outputs, (h, c) = op(self.lstm, embeddings, lengths, initial, dropout)
+        if self.stateful:
+            self.states.update(h, c)
+        fmask = mask.unsqueeze(-1).to(embeddings.dtype)
+        layer0 = torch.cat([embeddings, embeddings], dim=-1) * fmask
+        return {"activations": [layer0] + outputs, "mask": mask}

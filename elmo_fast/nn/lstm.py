@@ -1,0 +1,176 @@
+"""Reference biLSTM with projection, cell/projection clipping and residual connections (ELMO_SPEC §3).
+
+Weights keep the bilm-tf layout: ``W_0`` ``(in + P, 4C)`` with gate blocks (i, j, f, o), ``B`` ``(4C)``
+without the +1 forget bias (added at run time), ``W_P_0`` ``(C, P)``.
+
+State layout (as AllenNLP's ``ElmoLstm``): ``h`` ``(L, B, 2P)`` and ``c`` ``(L, B, 2C)``, forward
+direction in the first half of the last axis, backward in the second.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..options import LSTMOptions
+
+__all__ = ["LSTMCellWeights", "lstm_layer_reference", "BiLSTM", "StateSlots", "FORGET_BIAS"]
+
+FORGET_BIAS = 1.0
+
+
+def lstm_layer_reference(x: torch.Tensor, lengths: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
+                         W_0: torch.Tensor, B: torch.Tensor, W_P_0: torch.Tensor,
+                         cell_clip: float | None, proj_clip: float | None,
+                         reverse: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run one LSTM-with-projection layer over a padded batch, one time step at a time.
+
+    Args:
+        x: ``(B, T, in)`` inputs; positions ``t >= lengths[b]`` are padding.
+        lengths: ``(B,)`` valid lengths.
+        h0, c0: ``(B, P)``, ``(B, C)`` initial states.
+        W_0, B, W_P_0: the cell's weights in bilm-tf layout.
+        reverse: process each row's valid prefix from its last position to position 0.
+
+    Returns:
+        ``y`` ``(B, T, P)`` (the pre-residual projected output, zeros at padding), final ``h`` ``(B, P)``
+        and ``c`` ``(B, C)`` (after the last processed position of each row; initial state for
+        rows of length 0).
+    """
+    batch, steps, in_dim = x.shape
+    C = W_P_0.shape[0]
+    gates_x = x @ W_0[:in_dim] + B  # (B, T, 4C)
+    W_h = W_0[in_dim:]
+    h, c = h0, c0
+    outputs: list[torch.Tensor] = [x.new_zeros(())] * steps
+    order = range(steps - 1, -1, -1) if reverse else range(steps)
+    for t in order:
+        z = gates_x[:, t] + h @ W_h
+        i, j, f, o = z.split(C, dim=1)
+        c_new = torch.sigmoid(f + FORGET_BIAS) * c + torch.sigmoid(i) * torch.tanh(j)
+        if cell_clip is not None:
+            c_new = c_new.clamp(-cell_clip, cell_clip)
+        h_new = (torch.sigmoid(o) * torch.tanh(c_new)) @ W_P_0
+        if proj_clip is not None:
+            h_new = h_new.clamp(-proj_clip, proj_clip)
+        valid = (lengths > t).unsqueeze(1)
+        h = torch.where(valid, h_new, h)
+        c = torch.where(valid, c_new, c)
+        outputs[t] = torch.where(valid, h_new, torch.zeros_like(h_new))
+    y = torch.stack(outputs, dim=1) if steps else x.new_zeros(batch, 0, h0.shape[1])
+    return y, h, c
+
+
+class LSTMCellWeights(nn.Module):
+    """One cell's parameters, named as in the weight file (``.../LSTMCell/{W_0,B,W_P_0}``)."""
+
+    def __init__(self, input_dim: int, cell_dim: int, projection_dim: int) -> None:
+        super().__init__()
+        self.W_0 = nn.Parameter(torch.empty(input_dim + projection_dim, 4 * cell_dim))
+        self.B = nn.Parameter(torch.empty(4 * cell_dim))
+        self.W_P_0 = nn.Parameter(torch.empty(cell_dim, projection_dim))
+
+
+class BiLSTM(nn.Module):
+    """The two independent LSTM stacks (forward, backward) of the biLM; reference path.
+
+    ``cells[d][l]`` is direction d (0 forward, 1 backward), layer l.
+    """
+
+    def __init__(self, options: LSTMOptions) -> None:
+        super().__init__()
+        self.options = options
+        P, C = options.projection_dim, options.dim
+        self.cells = nn.ModuleList(
+            nn.ModuleList(LSTMCellWeights(P, C, P) for _ in range(options.n_layers)) for _ in range(2))
+
+    def zero_state(self, batch: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        o = self.options
+        return (like.new_zeros(o.n_layers, batch, 2 * o.projection_dim),
+                like.new_zeros(o.n_layers, batch, 2 * o.dim))
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor,
+                state: tuple[torch.Tensor, torch.Tensor] | None = None,
+                dropout: float = 0.0) -> tuple[list[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """Run both directions over a padded batch.
+
+        Args:
+            x: ``(B, T, P)`` token embeddings.
+            lengths: ``(B,)`` valid lengths (BOS..EOS).
+            state: initial ``(h (L, B, 2P), c (L, B, 2C))``; zeros when None.
+            dropout: probability applied to every layer's input (training only; the residual adds the
+                dropped-out input, as bilm-tf's DropoutWrapper around ResidualWrapper does).
+
+        Returns:
+            per layer ``(B, T, 2P)`` outputs [forward; backward] (zeros at padding), and the final state.
+        """
+        o = self.options
+        P, C = o.projection_dim, o.dim
+        if state is None:
+            state = self.zero_state(x.shape[0], x)
+        h_all, c_all = state
+        layer_outputs: list[list[torch.Tensor]] = [[], []]
+        final_h: list[list[torch.Tensor]] = [[], []]
+        final_c: list[list[torch.Tensor]] = [[], []]
+        for direction in (0, 1):
+            inputs = x
+            for layer in range(o.n_layers):
+                cell = self.cells[direction][layer]
+                if dropout > 0.0:
+                    inputs = F.dropout(inputs, dropout, training=True)
+                h0 = h_all[layer, :, direction * P:(direction + 1) * P]
+                c0 = c_all[layer, :, direction * C:(direction + 1) * C]
+                y, h, c = lstm_layer_reference(inputs, lengths, h0, c0, cell.W_0, cell.B, cell.W_P_0,
+                                               o.cell_clip, o.proj_clip, reverse=direction == 1)
+                if layer > 0 and o.use_skip_connections:
+                    y = y + inputs  # inputs are zero at padding (previous layer's output)
+                layer_outputs[direction].append(y)
+                final_h[direction].append(h)
+                final_c[direction].append(c)
+                inputs = y
+        outputs = [torch.cat([layer_outputs[0][l], layer_outputs[1][l]], dim=-1) for l in range(o.n_layers)]
+        new_h = torch.stack([torch.cat([final_h[0][l], final_h[1][l]], -1) for l in range(o.n_layers)])
+        new_c = torch.stack([torch.cat([final_c[0][l], final_c[1][l]], -1) for l in range(o.n_layers)])
+        return outputs, (new_h, new_c)
+
+
+class StateSlots:
+    """Per-row carried LSTM state with AllenNLP's exact slot semantics (ELMO_SPEC §3).
+
+    Slot r holds the final state of the row at position r of the last batch that had a row r.
+    A smaller batch leaves the slots beyond it untouched; a larger batch starts new slots at zero.
+    As in AllenNLP, a row whose new layer-0 state sums to exactly zero (degenerate rows only) keeps
+    its old slot; the test is made separately for ``h`` and ``c``.
+    """
+
+    def __init__(self) -> None:
+        self.h: torch.Tensor | None = None
+        self.c: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        self.h = self.c = None
+
+    def initial(self, batch: int, zero_state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The initial ``(h, c)`` for a batch of ``batch`` rows; grows the slots with zeros if needed."""
+        if self.h is None or self.c is None:
+            return zero_state
+        if self.h.shape[1] < batch:
+            zh, zc = zero_state
+            self.h = torch.cat([self.h, zh[:, self.h.shape[1]:].to(self.h)], dim=1)
+            self.c = torch.cat([self.c, zc[:, self.c.shape[1]:].to(self.c)], dim=1)
+        return self.h[:, :batch], self.c[:, :batch]
+
+    def update(self, h: torch.Tensor, c: torch.Tensor) -> None:
+        """Store the final states ``h`` ``(L, B, 2P)``, ``c`` ``(L, B, 2C)`` of the last batch (detached)."""
+        h, c = h.detach(), c.detach()
+        if self.h is None or self.c is None:
+            self.h, self.c = h.clone(), c.clone()
+            return
+        batch = h.shape[1]
+        new = []
+        for old, fresh in ((self.h, h), (self.c, c)):
+            used = (fresh[0].sum(-1) != 0.0).view(1, batch, 1)
+            merged = old.clone()
+            merged[:, :batch] = torch.where(used, fresh, old[:, :batch])
+            new.append(merged)
+        self.h, self.c = new

@@ -1,0 +1,113 @@
+"""Reference context-independent token encoder: char embedding -> char-CNN -> max-pool -> highway -> projection.
+
+Parameters are stored with exactly the shapes of the bilm-tf datasets (TF orientation, ``x @ W``), so
+loading and saving a weight file is a plain copy (ELMO_SPEC §2, §4).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..chars import NUM_SYMBOLS
+from ..options import CharCNNOptions
+
+__all__ = ["CharCNNTokenEncoder", "char_cnn_features", "highway_reference"]
+
+
+def char_cnn_features(char_ids: torch.Tensor, char_embed: torch.Tensor, conv_weights: list[torch.Tensor],
+                      conv_biases: list[torch.Tensor], activation: str) -> torch.Tensor:
+    """Char embedding + every convolution + bias + max over positions + activation.
+
+    Args:
+        char_ids: ``(N, 50)`` int64, values 0..261 (0 = padding, embeds to zeros).
+        char_embed: ``(261, d)`` stored table (row k = symbol k, i.e. id k+1).
+        conv_weights: per filter ``(1, w, d, n)`` (bilm-tf layout).
+        conv_biases: per filter ``(n,)``.
+        activation: ``"relu"`` or ``"tanh"``.
+
+    Returns:
+        ``(N, F)`` features in filter order.
+    """
+    table = torch.cat([char_embed.new_zeros(1, char_embed.shape[1]), char_embed], dim=0)
+    x = F.embedding(char_ids, table).transpose(1, 2)  # (N, d, 50)
+    act = torch.relu if activation == "relu" else torch.tanh
+    feats = []
+    for W, b in zip(conv_weights, conv_biases):
+        conv = F.conv1d(x, W[0].permute(2, 1, 0), b)  # (N, n, 51 - w)
+        feats.append(act(conv.max(dim=-1).values))
+    return torch.cat(feats, dim=-1)
+
+
+def highway_reference(x: torch.Tensor, W_carry: torch.Tensor, b_carry: torch.Tensor,
+                      W_transform: torch.Tensor, b_transform: torch.Tensor) -> torch.Tensor:
+    """One highway layer (always ReLU): ``g = σ(x W_c + b_c); x <- g*relu(x W_t + b_t) + (1-g)*x``. x: ``(N, F)``."""
+    gate = torch.sigmoid(x @ W_carry + b_carry)
+    transform = torch.relu(x @ W_transform + b_transform)
+    return gate * transform + (1.0 - gate) * x
+
+
+class Highway(nn.Module):
+    """Parameters of one highway layer, named as in the weight file (``CNN_high_k/*``)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.W_carry = nn.Parameter(torch.empty(dim, dim))
+        self.b_carry = nn.Parameter(torch.empty(dim))
+        self.W_transform = nn.Parameter(torch.empty(dim, dim))
+        self.b_transform = nn.Parameter(torch.empty(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return highway_reference(x, self.W_carry, self.b_carry, self.W_transform, self.b_transform)
+
+
+class CharCNNTokenEncoder(nn.Module):
+    """Token ids ``(..., 50)`` -> token vectors ``(..., P)`` (reference path, float32).
+
+    ``W_proj``/``b_proj`` are None when the model has no projection (F == P and the file omits it).
+    """
+
+    def __init__(self, options: CharCNNOptions, projection_dim: int, has_projection: bool = True) -> None:
+        super().__init__()
+        self.options = options
+        d, F_ = options.embedding_dim, options.n_filters
+        self.char_embed = nn.Parameter(torch.empty(NUM_SYMBOLS, d))
+        self.conv_weights = nn.ParameterList([nn.Parameter(torch.empty(1, w, d, n)) for w, n in options.filters])
+        self.conv_biases = nn.ParameterList([nn.Parameter(torch.empty(n)) for _, n in options.filters])
+        self.highways = nn.ModuleList([Highway(F_) for _ in range(options.n_highway)])
+        if not has_projection and F_ != projection_dim:
+            raise ValueError(f"a projection is required when F ({F_}) != projection_dim ({projection_dim})")
+        if has_projection:
+            self.W_proj = nn.Parameter(torch.empty(F_, projection_dim))
+            self.b_proj = nn.Parameter(torch.empty(projection_dim))
+        else:
+            self.register_parameter("W_proj", None)
+            self.register_parameter("b_proj", None)
+        self.output_dim = projection_dim
+
+    def bilm_tf_parameters(self) -> dict[str, nn.Parameter]:
+        """Weight-file dataset name -> parameter (same shape, same orientation)."""
+        out: dict[str, nn.Parameter] = {"char_embed": self.char_embed}
+        for i, (W, b) in enumerate(zip(self.conv_weights, self.conv_biases)):
+            out[f"CNN/W_cnn_{i}"], out[f"CNN/b_cnn_{i}"] = W, b
+        for k, hw in enumerate(self.highways):
+            for name in ("W_carry", "b_carry", "W_transform", "b_transform"):
+                out[f"CNN_high_{k}/{name}"] = getattr(hw, name)
+        if self.W_proj is not None:
+            out["CNN_proj/W_proj"], out["CNN_proj/b_proj"] = self.W_proj, self.b_proj
+        return out
+
+    def cnn_features(self, char_ids: torch.Tensor) -> torch.Tensor:
+        """``(N, 50)`` -> ``(N, F)`` (embedding, convolutions, max-pool, activation)."""
+        return char_cnn_features(char_ids, self.char_embed, list(self.conv_weights), list(self.conv_biases),
+                                 self.options.activation)
+
+    def forward(self, char_ids: torch.Tensor) -> torch.Tensor:
+        """``(..., 50)`` int64 -> ``(..., P)`` float32."""
+        lead = char_ids.shape[:-1]
+        x = self.cnn_features(char_ids.reshape(-1, char_ids.shape[-1]))
+        for hw in self.highways:
+            x = hw(x)
+        if self.W_proj is not None:
+            x = x @ self.W_proj + self.b_proj
+        return x.reshape(*lead, self.output_dim)

@@ -1,0 +1,170 @@
+"""bilm-tf weight files (hdf5, TF orientation) <-> plain dicts of float32 numpy arrays; vocab files.
+
+Dataset names and shapes follow ELMO_SPEC §4. Nothing here knows about torch modules: the model maps
+dataset names to its parameters (see :mod:`elmo_fast.nn.bilm`). Files are read without pickle and
+written atomically (temporary file + rename).
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable, Mapping
+
+import h5py
+import numpy as np
+
+from .chars import NUM_SYMBOLS
+from .options import ElmoOptions
+
+__all__ = ["WeightFileError", "expected_shapes", "read_weights", "write_weights", "lstm_prefix",
+           "read_softmax_weights", "write_softmax_weights", "read_vocab", "write_vocab"]
+
+
+class WeightFileError(ValueError):
+    """A weight file is missing a dataset or a dataset has the wrong shape."""
+
+
+def lstm_prefix(direction: int, layer: int) -> str:
+    """hdf5 group of one LSTM cell: direction 0 = forward, 1 = backward."""
+    return f"RNN_{direction}/RNN/MultiRNNCell/Cell{layer}/LSTMCell"
+
+
+def expected_shapes(options: ElmoOptions) -> dict[str, tuple[int, ...]]:
+    """Every dataset a weight file for ``options`` must hold, with its shape.
+
+    ``CNN_proj`` is expected when F != P; when F == P it is optional (bilm-tf omits it), see
+    :func:`read_weights`.
+    """
+    if options.char_cnn is None:
+        raise WeightFileError("word-input models (no 'char_cnn' in options) are not supported")
+    c, lstm = options.char_cnn, options.lstm
+    F, P, C, d = c.n_filters, lstm.projection_dim, lstm.dim, c.embedding_dim
+    shapes: dict[str, tuple[int, ...]] = {"char_embed": (NUM_SYMBOLS, d)}
+    for i, (w, n) in enumerate(c.filters):
+        shapes[f"CNN/W_cnn_{i}"] = (1, w, d, n)
+        shapes[f"CNN/b_cnn_{i}"] = (n,)
+    for k in range(c.n_highway):
+        for name, shape in (("W_carry", (F, F)), ("W_transform", (F, F)), ("b_carry", (F,)), ("b_transform", (F,))):
+            shapes[f"CNN_high_{k}/{name}"] = shape
+    shapes["CNN_proj/W_proj"] = (F, P)
+    shapes["CNN_proj/b_proj"] = (P,)
+    for direction in (0, 1):
+        for layer in range(lstm.n_layers):
+            p = lstm_prefix(direction, layer)
+            shapes[f"{p}/W_0"] = (2 * P, 4 * C)
+            shapes[f"{p}/B"] = (4 * C,)
+            shapes[f"{p}/W_P_0"] = (C, P)
+    return shapes
+
+
+def _optional(options: ElmoOptions) -> set[str]:
+    c = options.char_cnn
+    assert c is not None
+    return {"CNN_proj/W_proj", "CNN_proj/b_proj"} if c.n_filters == options.lstm.projection_dim else set()
+
+
+def read_weights(path: str | os.PathLike, options: ElmoOptions) -> dict[str, np.ndarray]:
+    """Read a bilm-tf ``weights.hdf5`` and check every dataset against ``options``.
+
+    Returns:
+        dataset name -> float32 array in the stored (TF) orientation. ``CNN_proj/*`` is absent when
+        the file omits it (allowed only when F == P).
+
+    Raises:
+        FileNotFoundError, WeightFileError: naming the file, the dataset, the expected and found shape.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"weight file not found: {path}")
+    shapes = expected_shapes(options)
+    optional = _optional(options)
+    out: dict[str, np.ndarray] = {}
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise WeightFileError(f"{path}: not a readable hdf5 file ({e})") from None
+    with f:
+        if optional and any(name in f for name in optional):
+            optional = set()  # present at all -> must be complete and well-shaped
+        for name, shape in shapes.items():
+            if name in optional and name not in f:
+                continue
+            if name not in f or not isinstance(f[name], h5py.Dataset):
+                raise WeightFileError(f"{path}: dataset '{name}' is missing (expected shape {shape})")
+            ds = f[name]
+            if tuple(ds.shape) != shape:
+                raise WeightFileError(f"{path}: dataset '{name}' expected shape {shape}, found {tuple(ds.shape)}")
+            if not np.issubdtype(ds.dtype, np.floating):
+                raise WeightFileError(f"{path}: dataset '{name}' expected floating point data, found {ds.dtype}")
+            out[name] = np.asarray(ds[...], dtype=np.float32)
+    return out
+
+
+def _atomic_h5(path: str | os.PathLike, arrays: Iterable[tuple[str, np.ndarray]]) -> None:
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with h5py.File(tmp, "w") as f:
+            for name, array in arrays:
+                f.create_dataset(name, data=np.asarray(array, dtype=np.float32))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_weights(path: str | os.PathLike, weights: Mapping[str, np.ndarray]) -> None:
+    """Write datasets (name -> array, TF orientation) to a bilm-tf ``weights.hdf5``, atomically."""
+    _atomic_h5(path, sorted(weights.items()))
+
+
+def read_softmax_weights(path: str | os.PathLike, projection_dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``softmax/W`` (V, P) and ``softmax/b`` (V,) from a softmax weight file."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"softmax weight file not found: {path}")
+    with h5py.File(path, "r") as f:
+        for name in ("softmax/W", "softmax/b"):
+            if name not in f:
+                raise WeightFileError(f"{path}: dataset '{name}' is missing")
+        W, b = np.asarray(f["softmax/W"][...], np.float32), np.asarray(f["softmax/b"][...], np.float32)
+    if W.ndim != 2 or (projection_dim is not None and W.shape[1] != projection_dim):
+        raise WeightFileError(f"{path}: dataset 'softmax/W' expected shape (V, {projection_dim}), found {W.shape}")
+    if b.shape != (W.shape[0],):
+        raise WeightFileError(f"{path}: dataset 'softmax/b' expected shape ({W.shape[0]},), found {b.shape}")
+    return W, b
+
+
+def write_softmax_weights(path: str | os.PathLike, W: np.ndarray, b: np.ndarray) -> None:
+    """Write ``softmax/W`` and ``softmax/b`` atomically."""
+    _atomic_h5(path, [("softmax/W", W), ("softmax/b", b)])
+
+
+def read_vocab(path: str | os.PathLike) -> list[str]:
+    """Read a bilm-tf vocab file: one token per line, ``<S>``, ``</S>``, ``<UNK>`` first.
+
+    A line ``!!!MAXTERMID`` is skipped. Errors name the file and line.
+    """
+    path = os.fspath(path)
+    tokens: list[str] = []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+            if line == "!!!MAXTERMID":
+                continue
+            tokens.append(line)
+    if tokens[:3] != ["<S>", "</S>", "<UNK>"]:
+        raise ValueError(f"{path}: expected the first lines to be '<S>', '</S>', '<UNK>', found {tokens[:3]}")
+    return tokens
+
+
+def write_vocab(path: str | os.PathLike, tokens: Iterable[str]) -> None:
+    """Write a vocab file (one token per line), atomically."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        for token in tokens:
+            f.write(token + "\n")
+    os.replace(tmp, path)

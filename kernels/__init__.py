@@ -1,0 +1,1 @@
+"""Triton kernels (installed as ``elmo_fast.kernels``). Each file: kernels + autograd.Function + entry."""
