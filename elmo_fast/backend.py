@@ -58,8 +58,12 @@ def available(backend: str, op: str) -> bool:
     return _load(backend) and (backend, op) in _REGISTRY
 
 
-def resolve(requested: str | None, device: torch.device | str) -> str:
-    """Pick the backend name for tensors on ``device``."""
+def resolve(requested: str | None, device: torch.device | str, op: str | None = None) -> str:
+    """Pick the backend name for ``op`` on tensors on ``device``.
+
+    Without an explicit request, CPU tensors get ``fast`` for the ops it provides and ``reference`` for the
+    rest; CUDA tensors get ``triton``.
+    """
     name = requested or os.environ.get(ENV_VAR) or None
     if name is not None:
         name = name.strip().lower()
@@ -70,7 +74,9 @@ def resolve(requested: str | None, device: torch.device | str) -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return "triton"
-    return "fast" if _load("fast") else "reference"
+    if op is None:
+        return "fast" if _load("fast") else "reference"
+    return "fast" if available("fast", op) else "reference"
 
 
 def get_op(backend: str, op: str) -> Callable:

@@ -138,13 +138,13 @@ class BiLM(nn.Module):
         self.states.reset()
 
     # ------------------------------------------------------------------ forward
-    def backend_name(self, device: torch.device) -> str:
-        """The backend this model uses for tensors on ``device``."""
-        return backends.resolve(self.backend, device)
+    def backend_name(self, device: torch.device, op: str | None = None) -> str:
+        """The backend this model uses for ``op`` on tensors on ``device``."""
+        return backends.resolve(self.backend, device, op)
 
     def encode_tokens(self, char_ids: torch.Tensor) -> torch.Tensor:
         """Token encoder on the selected backend: ``(..., 50)`` -> ``(..., P)``."""
-        op = backends.get_op(self.backend_name(char_ids.device), "token_encoder")
+        op = backends.get_op(self.backend_name(char_ids.device, "token_encoder"), "token_encoder")
         lead = char_ids.shape[:-1]
         out = op(self.token_encoder, char_ids.reshape(-1, char_ids.shape[-1]))
         return out.reshape(*lead, out.shape[-1])
@@ -176,10 +176,105 @@ class BiLM(nn.Module):
         batch = embeddings.shape[0]
         zero = self.lstm.zero_state(batch, embeddings)
         initial = self.states.initial(batch, zero) if self.stateful else zero
-        op = backends.get_op(self.backend_name(embeddings.device), "bilstm")
+        op = backends.get_op(self.backend_name(embeddings.device, "bilstm"), "bilstm")
         outputs, (h, c) = op(self.lstm, embeddings, lengths, initial, dropout)
         if self.stateful:
             self.states.update(h, c)
         fmask = mask.unsqueeze(-1).to(embeddings.dtype)
         layer0 = torch.cat([embeddings, embeddings], dim=-1) * fmask
         return {"activations": [layer0] + outputs, "mask": mask}
+
+    # ------------------------------------------------------------------ training (two independent streams)
+    def forward_streams(self, fw_embeddings: torch.Tensor, bw_embeddings: torch.Tensor,
+                        state: tuple[torch.Tensor, torch.Tensor] | None = None,
+                        dropout: float = 0.0) -> tuple[list[torch.Tensor], list[torch.Tensor],
+                                                       tuple[torch.Tensor, torch.Tensor]]:
+        """The biLSTM on bilm-tf training batches: independent forward and reverse token streams.
+
+        Unlike :meth:`forward_embeddings` there is no padding and no BOS/EOS insertion: every row is ``T``
+        tokens of an endless stream. The forward LSTMs read ``fw_embeddings`` left to right; the backward
+        LSTMs read ``bw_embeddings`` (the reverse stream, already reversed in time) left to right too.
+        The carried state is neither read from nor written to :attr:`states`; the caller carries it.
+
+        Args:
+            fw_embeddings: ``(B, T, P)`` token embeddings of the forward stream.
+            bw_embeddings: ``(B, T, P)`` token embeddings of the reverse stream.
+            state: ``(h (L, B, 2P), c (L, B, 2C))``, forward stream in the first half of the last axis,
+                reverse stream in the second; zeros when None.
+            dropout: probability on every LSTM layer's input (bilm-tf: residual adds the dropped input).
+
+        Returns:
+            per layer the forward outputs ``(B, T, P)``, per layer the backward outputs ``(B, T, P)`` (time
+            in the reverse stream's order) and the final state (same layout as ``state``).
+
+        Backends implement op ``bilstm_streams`` with this signature; a backend without it runs its
+        ``bilstm`` op on a ``2B``-row stack (correct, twice the LSTM work).
+        """
+        name = self.backend_name(fw_embeddings.device)
+        if state is None:
+            state = self.lstm.zero_state(fw_embeddings.shape[0], fw_embeddings)
+        if backends.available(name, "bilstm_streams"):
+            return backends.get_op(name, "bilstm_streams")(self.lstm, fw_embeddings, bw_embeddings, state, dropout)
+        return _bilstm_streams_stacked(backends.get_op(name, "bilstm"), self.lstm, fw_embeddings, bw_embeddings,
+                                       state, dropout)
+
+
+def _bilstm_streams_stacked(bilstm_op: Any, lstm: BiLSTM, fw: torch.Tensor, bw: torch.Tensor,
+                            state: tuple[torch.Tensor, torch.Tensor], dropout: float
+                            ) -> tuple[list[torch.Tensor], list[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """``bilstm_streams`` through a plain ``bilstm`` op: rows ``[:B]`` feed the forward direction, rows
+    ``[B:]`` (the reverse stream flipped back in time, which the backward direction reads right to left)
+    the backward direction; the unused half of each row's work is discarded."""
+    batch, steps = fw.shape[0], fw.shape[1]
+    P, C = lstm.options.projection_dim, lstm.options.dim
+    h, c = state
+    zh, zc = torch.zeros_like(h), torch.zeros_like(c)
+    h2 = torch.cat([torch.cat([h[..., :P], zh[..., P:]], -1), torch.cat([zh[..., :P], h[..., P:]], -1)], dim=1)
+    c2 = torch.cat([torch.cat([c[..., :C], zc[..., C:]], -1), torch.cat([zc[..., :C], c[..., C:]], -1)], dim=1)
+    x = torch.cat([fw, bw.flip(1)], dim=0)
+    lengths = torch.full((2 * batch,), steps, dtype=torch.long, device=fw.device)
+    outputs, (h_new, c_new) = bilstm_op(lstm, x, lengths, (h2, c2), dropout)
+    fw_out = [y[:batch, :, :P] for y in outputs]
+    bw_out = [y[batch:, :, P:].flip(1) for y in outputs]
+    new_h = torch.cat([h_new[:, :batch, :P], h_new[:, batch:, P:]], dim=-1)
+    new_c = torch.cat([c_new[:, :batch, :C], c_new[:, batch:, C:]], dim=-1)
+    return fw_out, bw_out, (new_h, new_c)
+
+
+@backends.register("reference", "bilstm_streams")
+def bilstm_streams_reference(lstm: BiLSTM, fw: torch.Tensor, bw: torch.Tensor,
+                             state: tuple[torch.Tensor, torch.Tensor], dropout: float = 0.0
+                             ) -> tuple[list[torch.Tensor], list[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Reference ``bilstm_streams`` op (see :meth:`BiLM.forward_streams`): each direction's stack runs on its
+    own stream, one step at a time (:func:`elmo_fast.nn.lstm.lstm_layer_reference`)."""
+    from .lstm import lstm_layer_reference
+    import torch.nn.functional as F
+
+    o = lstm.options
+    P, C = o.projection_dim, o.dim
+    h_all, c_all = state
+    batch, steps = fw.shape[0], fw.shape[1]
+    lengths = torch.full((batch,), steps, dtype=torch.long, device=fw.device)
+    per_direction: list[list[torch.Tensor]] = [[], []]
+    final_h: list[list[torch.Tensor]] = [[], []]
+    final_c: list[list[torch.Tensor]] = [[], []]
+    for direction, stream in ((0, fw), (1, bw)):
+        inputs = stream
+        for layer in range(o.n_layers):
+            cell = lstm.cells[direction][layer]
+            if dropout > 0.0:
+                inputs = F.dropout(inputs, dropout, training=True)
+            h0 = h_all[layer, :, direction * P:(direction + 1) * P]
+            c0 = c_all[layer, :, direction * C:(direction + 1) * C]
+            # the reverse stream is already in processing order: run it forward in time
+            y, h, c = lstm_layer_reference(inputs, lengths, h0, c0, cell.W_0, cell.B, cell.W_P_0,
+                                           o.cell_clip, o.proj_clip, reverse=False)
+            if layer > 0 and o.use_skip_connections:
+                y = y + inputs
+            per_direction[direction].append(y)
+            final_h[direction].append(h)
+            final_c[direction].append(c)
+            inputs = y
+    new_h = torch.stack([torch.cat([final_h[0][l], final_h[1][l]], -1) for l in range(o.n_layers)])
+    new_c = torch.stack([torch.cat([final_c[0][l], final_c[1][l]], -1) for l in range(o.n_layers)])
+    return per_direction[0], per_direction[1], (new_h, new_c)
