@@ -1,0 +1,39 @@
+"""The fast pure-PyTorch CPU path (backend ``"fast"``): numerically the reference's function, much less work.
+
+Importing this package registers the ops ``token_encoder``, ``bilstm`` (same signatures as
+:mod:`elmo_fast.nn.ops`) and ``bilstm_streams`` (training streams, see :meth:`elmo_fast.nn.bilm.BiLM.forward_streams`)
+for backend ``"fast"``; :func:`elmo_fast.backend.resolve` then picks it on CPU.
+See :mod:`elmo_fast.fast.token_encoder` and :mod:`elmo_fast.fast.lstm` for what each op does.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..backend import register
+from ..nn.lstm import BiLSTM
+from ..nn.token_encoder import CharCNNTokenEncoder
+from .lstm import bilstm_fast, bilstm_streams_fast
+from .packing import clear_cache
+from .token_encoder import token_encoder_fast
+
+__all__ = ["token_encoder", "bilstm", "bilstm_streams", "clear_cache"]
+
+
+@register("fast", "token_encoder")
+def token_encoder(encoder: CharCNNTokenEncoder, char_ids: torch.Tensor) -> torch.Tensor:
+    """``(N, 50)`` char ids -> ``(N, P)`` (see :func:`elmo_fast.fast.token_encoder.token_encoder_fast`)."""
+    return token_encoder_fast(encoder, char_ids)
+
+
+@register("fast", "bilstm")
+def bilstm(lstm: BiLSTM, x: torch.Tensor, lengths: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor],
+           dropout: float = 0.0) -> tuple[list[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Both biLSTM directions, all layers (see :func:`elmo_fast.fast.lstm.bilstm_fast`)."""
+    return bilstm_fast(lstm, x, lengths, state, dropout)
+
+
+@register("fast", "bilstm_streams")
+def bilstm_streams(lstm: BiLSTM, fw: torch.Tensor, bw: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor],
+                   dropout: float = 0.0) -> tuple[list[torch.Tensor], list[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Training streams (see :func:`elmo_fast.fast.lstm.bilstm_streams_fast`)."""
+    return bilstm_streams_fast(lstm, fw, bw, state, dropout)
