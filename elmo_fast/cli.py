@@ -11,7 +11,7 @@ import logging
 import sys
 
 #: subcommand modules, in the order ``--help`` lists them
-_COMMANDS = ["elmo_fast.commands.embed"]
+_COMMANDS = ["elmo_fast.commands.embed", "elmo_fast.commands.probe"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,513 @@
+"""What the layers know: a linear POS probe (CoNLL-U) and a WiC cosine-threshold probe (ELMO_SPEC §7).
+
+The biLM is frozen; each probe reads its three layers (0 = token layer, 1, 2 = LSTM layers) per token.
+
+* **POS** (:func:`pos_probe`): a softmax-regression classifier from one layer's vector to the UPOS tag, trained
+  on the train file, epoch chosen on dev, accuracy reported on test; for layer 0, 1, 2 and for a learned
+  scalar mix (``ScalarMix`` over the three layers, trained jointly with the classifier). Each layer is
+  standardised with per-feature mean and standard deviation from the training tokens first (a fixed affine map,
+  so it changes the optimisation only). The paper's analysis: PTB POS 97.3 from layer 1, 96.8 from layer 2.
+* **WiC** (:func:`wic_probe`): for each pair, the cosine similarity of the target word's two vectors; a
+  single threshold per layer (chosen to maximise accuracy on the chosen split) decides "same sense".
+
+Embedding is stateless (every batch starts from zero LSTM state) so that results do not depend on the order
+of the sentences.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .embedder import ElmoEmbedder
+from .nn.scalar_mix import ScalarMix
+
+__all__ = ["ConlluError", "WicError", "TaggedSentence", "WicPair", "read_conllu", "read_wic", "find_shared_data",
+           "load_embedder", "embed_tokens", "pos_probe", "wic_probe", "best_threshold", "PosProbeResult",
+           "WicProbeResult", "SenseResult", "sense_vectors", "nearest_neighbour_senses", "wic_scores"]
+
+logger = logging.getLogger(__name__)
+
+
+class ConlluError(ValueError):
+    """A CoNLL-U file is malformed (the message names the file and the 1-based line)."""
+
+
+class WicError(ValueError):
+    """A WiC data or gold file is malformed (the message names the file and the 1-based line)."""
+
+
+# ---------------------------------------------------------------------------------------------- data
+def find_shared_data(name: str, explicit: str | os.PathLike | None = None) -> Path:
+    """Locate ``shared/data/<name>``.
+
+    Order: ``explicit`` (a flag) if given; ``$ELMO_FAST_SHARED/data/<name>``; ``../shared/data/<name>`` next to
+    the repository this package lives in; ``../shared/data/<name>`` relative to the working directory.
+
+    Raises:
+        FileNotFoundError: listing every place that was tried.
+    """
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_dir():
+            raise FileNotFoundError(f"data directory not found: {path}")
+        return path
+    tried = []
+    env = os.environ.get("ELMO_FAST_SHARED")
+    if env:
+        tried.append(Path(env) / "data" / name)
+    repo = Path(__file__).resolve().parents[1]
+    tried.append(repo.parent / "shared" / "data" / name)
+    tried.append(Path.cwd().parent / "shared" / "data" / name)
+    for path in tried:
+        if path.is_dir():
+            return path
+    raise FileNotFoundError(f"could not find the '{name}' data; tried {', '.join(str(p) for p in tried)} "
+                            f"(give the files or directory with a flag, or set ELMO_FAST_SHARED)")
+
+
+@dataclass(frozen=True)
+class TaggedSentence:
+    """One CoNLL-U sentence: syntactic-word forms and their UPOS tags; ``line`` is where it starts (1-based)."""
+
+    forms: tuple[str, ...]
+    tags: tuple[str, ...]
+    line: int
+
+
+def read_conllu(path: str | os.PathLike) -> list[TaggedSentence]:
+    """Read the syntactic words (FORM) and UPOS tags of a CoNLL-U file.
+
+    Comment lines (``#``) are skipped, multiword-token ranges (``3-4``) and empty nodes (``8.1``) are skipped,
+    sentences end at a blank line (or at the end of the file).
+
+    Raises:
+        ConlluError: a line without 10 tab-separated columns, a word ID that is not the next integer, an
+            empty FORM or UPOS, undecodable bytes; the message names the file and line.
+        FileNotFoundError: the file does not exist.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"CoNLL-U file not found: {path}")
+    sentences: list[TaggedSentence] = []
+    forms: list[str] = []
+    tags: list[str] = []
+    start = 0
+    with open(path, "rb") as f:
+        raw_lines = f.read().split(b"\n")
+    if raw_lines and raw_lines[-1] == b"":
+        raw_lines.pop()
+    for lineno, raw in enumerate(raw_lines, start=1):
+        try:
+            line = raw.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError as e:
+            raise ConlluError(f"{path}: line {lineno}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+        if line.strip() == "":
+            if forms:
+                sentences.append(TaggedSentence(tuple(forms), tuple(tags), start))
+            forms, tags = [], []
+            continue
+        if line.startswith("#"):
+            continue
+        cols = line.split("\t")
+        if len(cols) != 10:
+            raise ConlluError(f"{path}: line {lineno}: expected 10 tab-separated columns "
+                              f"(ID FORM LEMMA UPOS XPOS FEATS HEAD DEPREL DEPS MISC), found {len(cols)}: {line[:80]!r}")
+        word_id, form, upos = cols[0], cols[1], cols[3]
+        if "-" in word_id or "." in word_id:
+            a, _, b = word_id.replace(".", "-").partition("-")
+            if not (a.isdigit() and b.isdigit()):
+                raise ConlluError(f"{path}: line {lineno}: column ID expected an integer, a range 'N-M' or an "
+                                  f"empty node 'N.K', found {word_id!r}")
+            continue
+        if not word_id.isdigit() or int(word_id) != len(forms) + 1:
+            raise ConlluError(f"{path}: line {lineno}: column ID expected {len(forms) + 1} (the next word of the "
+                              f"sentence), found {word_id!r}")
+        if form == "" or upos in ("", "_"):
+            raise ConlluError(f"{path}: line {lineno}: expected a non-empty FORM and UPOS, found FORM={form!r} "
+                              f"UPOS={upos!r}")
+        if not forms:
+            start = lineno
+        forms.append(form)
+        tags.append(upos)
+    if forms:
+        sentences.append(TaggedSentence(tuple(forms), tuple(tags), start))
+    return sentences
+
+
+@dataclass(frozen=True)
+class WicPair:
+    """One WiC example: the target, its part of speech, its token index in each context, and the gold label."""
+
+    word: str
+    pos: str
+    index1: int
+    index2: int
+    context1: tuple[str, ...]
+    context2: tuple[str, ...]
+    label: bool
+
+
+def read_wic(data_path: str | os.PathLike, gold_path: str | os.PathLike) -> list[WicPair]:
+    """Read a WiC ``*.data.txt`` (5 tab-separated fields) and its ``*.gold.txt`` (``T``/``F`` per line).
+
+    Raises:
+        WicError: wrong field count, bad index field, an index outside its context, a gold line that is not
+            T or F, or different line counts; the message names the file and line.
+    """
+    data_path, gold_path = os.fspath(data_path), os.fspath(gold_path)
+    for p in (data_path, gold_path):
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"WiC file not found: {p}")
+    with open(data_path, encoding="utf-8") as f:
+        data_lines = f.read().splitlines()
+    with open(gold_path, encoding="utf-8") as f:
+        gold_lines = f.read().splitlines()
+    if len(data_lines) != len(gold_lines):
+        raise WicError(f"{data_path} has {len(data_lines)} lines but {gold_path} has {len(gold_lines)}; "
+                       f"expected one gold label per example")
+    pairs = []
+    for lineno, (line, gold) in enumerate(zip(data_lines, gold_lines), start=1):
+        fields = line.split("\t")
+        if len(fields) != 5:
+            raise WicError(f"{data_path}: line {lineno}: expected 5 tab-separated fields (word, PoS, i1-i2, "
+                           f"context1, context2), found {len(fields)}")
+        word, pos, idx, c1, c2 = fields
+        a, sep, b = idx.partition("-")
+        if not (sep and a.isdigit() and b.isdigit()):
+            raise WicError(f"{data_path}: line {lineno}: field 3 expected 'i1-i2' (two token indices), found {idx!r}")
+        t1, t2 = tuple(c1.split()), tuple(c2.split())
+        i1, i2 = int(a), int(b)
+        if i1 >= len(t1) or i2 >= len(t2):
+            raise WicError(f"{data_path}: line {lineno}: index {idx} outside the contexts "
+                           f"({len(t1)} and {len(t2)} tokens)")
+        if gold.strip() not in ("T", "F"):
+            raise WicError(f"{gold_path}: line {lineno}: expected 'T' or 'F', found {gold!r}")
+        pairs.append(WicPair(word, pos, i1, i2, t1, t2, gold.strip() == "T"))
+    return pairs
+
+
+# ---------------------------------------------------------------------------------------------- embedding
+def load_embedder(model_dir: str | os.PathLike, device: str = "cpu", backend: str | None = None,
+                  batch_size: int = 64) -> ElmoEmbedder:
+    """A stateless :class:`ElmoEmbedder` for ``model_dir`` (``options.json`` + ``weights.hdf5``)."""
+    model_dir = Path(model_dir)
+    options, weights = model_dir / "options.json", model_dir / "weights.hdf5"
+    for p in (options, weights):
+        if not p.is_file():
+            raise FileNotFoundError(f"model directory {model_dir}: expected {p.name} (options.json + weights.hdf5 "
+                                    f"as written by `elmo-fast export`), not found")
+    cuda = -1 if device == "cpu" else int(device.split(":")[1]) if ":" in device else 0
+    return ElmoEmbedder(options, weights, cuda_device=cuda, stateful=False, batch_size=batch_size, backend=backend)
+
+
+def embed_tokens(embedder: ElmoEmbedder, sentences: Sequence[Sequence[str]], batch_size: int = 64,
+                 progress: bool = False, desc: str = "embedding") -> list[np.ndarray]:
+    """Embed sentences (batched by length; stateless, so order does not matter) -> one ``(3, n_i, 2P)`` each."""
+    from tqdm import tqdm
+
+    order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
+    out: list[np.ndarray | None] = [None] * len(sentences)
+    total = sum(len(s) for s in sentences)
+    start = time.perf_counter()
+    with tqdm(total=total, unit="tok", unit_scale=True, disable=not progress, desc=desc) as bar:
+        for k in range(0, len(order), batch_size):
+            idx = order[k:k + batch_size]
+            for i, emb in zip(idx, embedder.embed_batch([list(sentences[i]) for i in idx])):
+                out[i] = emb
+            bar.update(sum(len(sentences[i]) for i in idx))
+    elapsed = time.perf_counter() - start
+    logger.info("%s: %d sentences, %d tokens in %.1fs (%.0f tokens/s)", desc, len(sentences), total, elapsed,
+                total / max(elapsed, 1e-9))
+    return out  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------------- POS probe
+@dataclass
+class PosProbeResult:
+    """Accuracies per representation (``"0"``, ``"1"``, ``"2"``, ``"mix"``) plus the word-form baseline."""
+
+    test_accuracy: dict[str, float]
+    dev_accuracy: dict[str, float]
+    best_epoch: dict[str, int]
+    mix_weights: list[float]
+    baseline_test_accuracy: float
+    n_tags: int
+    n_tokens: dict[str, int]
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class _Probe(nn.Module):
+    """``(N, L, D)`` layers -> logits ``(N, K)``; ``layer`` picks one layer, ``None`` learns a scalar mix."""
+
+    def __init__(self, n_layers: int, dim: int, n_tags: int, layer: int | None) -> None:
+        super().__init__()
+        self.layer = layer
+        self.mix = ScalarMix(n_layers) if layer is None else None
+        self.linear = nn.Linear(dim, n_tags)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mix is None:
+            return self.linear(x[:, self.layer])
+        return self.linear(self.mix(list(x.unbind(1))))
+
+
+def _stack_tokens(embeddings: Sequence[np.ndarray]) -> torch.Tensor:
+    """Per-sentence ``(L, n_i, D)`` -> ``(sum n_i, L, D)`` float32."""
+    parts = [torch.from_numpy(e).permute(1, 0, 2) for e in embeddings if e.shape[1]]
+    return torch.cat(parts) if parts else torch.zeros(0, 3, 0)
+
+
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 8192) -> float:
+    if len(y) == 0:
+        return float("nan")
+    correct = 0
+    with torch.no_grad():
+        for k in range(0, len(y), batch):
+            correct += int((model(x[k:k + batch]).argmax(-1) == y[k:k + batch]).sum())
+    return correct / len(y)
+
+
+def _word_baseline(train: Sequence[TaggedSentence], test: Sequence[TaggedSentence]) -> float:
+    """Most frequent tag of each word form in train (unseen forms: the overall most frequent tag)."""
+    from collections import Counter, defaultdict
+
+    counts: dict[str, Counter] = defaultdict(Counter)
+    overall: Counter = Counter()
+    for s in train:
+        for w, t in zip(s.forms, s.tags):
+            counts[w][t] += 1
+            overall[t] += 1
+    default = overall.most_common(1)[0][0] if overall else ""
+    hits = total = 0
+    for s in test:
+        for w, t in zip(s.forms, s.tags):
+            guess = counts[w].most_common(1)[0][0] if w in counts else default
+            hits += guess == t
+            total += 1
+    return hits / max(total, 1)
+
+
+def pos_probe(embedder: ElmoEmbedder, train: Sequence[TaggedSentence], dev: Sequence[TaggedSentence],
+              test: Sequence[TaggedSentence], epochs: int = 8, lr: float = 3e-3, batch_size: int = 256,
+              seed: int = 0, progress: bool = False) -> PosProbeResult:
+    """Train a linear UPOS probe per representation on frozen biLM layers.
+
+    Args:
+        embedder: the frozen model (use :func:`load_embedder`).
+        train, dev, test: tagged sentences; dev picks the epoch (test is only read at that epoch's model).
+        epochs: passes over the training tokens (Adam, mini-batches of ``batch_size`` tokens).
+        seed: torch seed for initialisation and shuffling (each representation starts from the same seed).
+
+    Returns:
+        :class:`PosProbeResult`; keys ``"0"``, ``"1"``, ``"2"`` (one layer) and ``"mix"`` (learned scalar mix).
+    """
+    if not train or not test:
+        raise ValueError(f"POS probe needs training and test sentences, found {len(train)} and {len(test)}")
+    dev = dev or test
+    tagset = sorted({t for s in train for t in s.tags})
+    tag_id = {t: i for i, t in enumerate(tagset)}
+
+    def labels(sents: Sequence[TaggedSentence]) -> torch.Tensor:
+        # a tag never seen in train can never be predicted: it counts as an error (id -1 never matches)
+        return torch.tensor([tag_id.get(t, -1) for s in sents for t in s.tags], dtype=torch.long)
+
+    feats = {}
+    for name, sents in (("train", train), ("dev", dev), ("test", test)):
+        feats[name] = _stack_tokens(embed_tokens(embedder, [s.forms for s in sents], progress=progress,
+                                                 desc=f"embedding {name}"))
+    y = {name: labels(s) for name, s in (("train", train), ("dev", dev), ("test", test))}
+    mean = feats["train"].mean(0, keepdim=True)
+    std = feats["train"].std(0, keepdim=True).clamp_min(1e-6)
+    x = {name: (f - mean) / std for name, f in feats.items()}
+    n_layers, dim = x["train"].shape[1], x["train"].shape[2]
+
+    test_acc, dev_acc, best_epoch = {}, {}, {}
+    mix_weights: list[float] = []
+    for key, layer in [(str(j), j) for j in range(n_layers)] + [("mix", None)]:
+        torch.manual_seed(seed)
+        model = _Probe(n_layers, dim, len(tagset), layer)
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        gen = torch.Generator().manual_seed(seed)
+        best = (-1.0, 0, float("nan"), [])
+        n = len(y["train"])
+        for epoch in range(1, epochs + 1):
+            model.train()
+            perm = torch.randperm(n, generator=gen)
+            for k in range(0, n, batch_size):
+                idx = perm[k:k + batch_size]
+                loss = nn.functional.cross_entropy(model(x["train"][idx]), y["train"][idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            model.eval()
+            acc_dev = _accuracy(model, x["dev"], y["dev"])
+            if acc_dev > best[0]:
+                weights = (torch.softmax(torch.cat(list(model.mix.scalar_parameters)), 0).tolist()
+                           if model.mix is not None else [])
+                best = (acc_dev, epoch, _accuracy(model, x["test"], y["test"]), weights)
+            logger.debug("probe %s epoch %d: dev %.4f", key, epoch, acc_dev)
+        dev_acc[key], best_epoch[key], test_acc[key] = best[0], best[1], best[2]
+        if layer is None:
+            mix_weights = best[3]
+        logger.info("POS probe %s: dev %.4f test %.4f (epoch %d)", key, best[0], best[2], best[1])
+    return PosProbeResult(test_acc, dev_acc, best_epoch, mix_weights, _word_baseline(train, test), len(tagset),
+                          {k: len(v) for k, v in y.items()})
+
+
+# ---------------------------------------------------------------------------------------------- WiC probe
+def best_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """The threshold ``t`` maximising accuracy of ``score >= t`` -> True; returns ``(t, accuracy)``.
+
+    Candidates are midpoints between consecutive distinct sorted scores (plus one below and one above all);
+    ties in accuracy go to the smallest threshold.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels, dtype=bool)
+    if scores.shape != labels.shape or scores.ndim != 1 or len(scores) == 0:
+        raise ValueError(f"expected two non-empty 1-D arrays of equal length, found {scores.shape}, {labels.shape}")
+    order = np.argsort(scores, kind="stable")
+    s, lab = scores[order], labels[order]
+    # predicting True for positions >= i: correct = (#False before i) + (#True from i on)
+    false_before = np.concatenate([[0], np.cumsum(~lab)])
+    true_after = np.concatenate([np.cumsum(lab[::-1])[::-1], [0]])
+    correct = false_before + true_after
+    # only cut between distinct scores: cut i is valid when i == 0, i == n or s[i-1] < s[i]
+    valid = np.ones(len(s) + 1, dtype=bool)
+    valid[1:-1] = s[:-1] < s[1:]
+    correct = np.where(valid, correct, -1)
+    i = int(np.argmax(correct))
+    if i == 0:
+        t = s[0] - 1.0
+    elif i == len(s):
+        t = s[-1] + 1.0
+    else:
+        t = 0.5 * (s[i - 1] + s[i])
+    return float(t), float(correct[i]) / len(s)
+
+
+@dataclass
+class WicProbeResult:
+    """Per representation (``"0"``, ``"1"``, ``"2"``, ``"average"``): threshold and accuracy per split."""
+
+    threshold: dict[str, float]
+    accuracy: dict[str, dict[str, float]]
+    threshold_split: str
+    n_pairs: dict[str, int]
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    na, nb = np.linalg.norm(a, axis=-1), np.linalg.norm(b, axis=-1)
+    return (a * b).sum(-1) / np.maximum(na * nb, 1e-12)
+
+
+def wic_scores(embedder: ElmoEmbedder, pairs: Sequence[WicPair], progress: bool = False,
+               desc: str = "embedding") -> dict[str, np.ndarray]:
+    """Cosine similarity of the target's two vectors per representation: ``{"0", "1", "2", "average"}`` -> (N,)."""
+    sentences = [p.context1 for p in pairs] + [p.context2 for p in pairs]
+    embs = embed_tokens(embedder, sentences, progress=progress, desc=desc)
+    n = len(pairs)
+    v1 = np.stack([embs[i][:, p.index1] for i, p in enumerate(pairs)]) if n else np.zeros((0, 3, 1))
+    v2 = np.stack([embs[n + i][:, p.index2] for i, p in enumerate(pairs)]) if n else np.zeros((0, 3, 1))
+    out = {str(j): _cosine(v1[:, j], v2[:, j]) for j in range(v1.shape[1])}
+    out["average"] = _cosine(v1.mean(1), v2.mean(1))
+    return out
+
+
+def wic_probe(embedder: ElmoEmbedder, splits: dict[str, Sequence[WicPair]], threshold_split: str = "train",
+              progress: bool = False) -> WicProbeResult:
+    """Cosine-threshold WiC accuracy per representation.
+
+    Args:
+        splits: ``{"train": pairs, "dev": pairs, "test": pairs}`` (any subset holding ``threshold_split``'s parts).
+        threshold_split: ``"train"``, ``"dev"`` or ``"train+dev"``: where the threshold is chosen.
+    """
+    parts = threshold_split.split("+")
+    missing = [p for p in parts if p not in splits]
+    if missing:
+        raise ValueError(f"threshold split {threshold_split!r} needs {missing}, which were not given")
+    scores = {name: wic_scores(embedder, pairs, progress, desc=f"embedding {name}") for name, pairs in splits.items()}
+    labels = {name: np.array([p.label for p in pairs], dtype=bool) for name, pairs in splits.items()}
+    keys = list(next(iter(scores.values())).keys())
+    thresholds, accuracy = {}, {}
+    for key in keys:
+        fit_scores = np.concatenate([scores[p][key] for p in parts])
+        fit_labels = np.concatenate([labels[p] for p in parts])
+        t, _ = best_threshold(fit_scores, fit_labels)
+        thresholds[key] = t
+        accuracy[key] = {name: float(((scores[name][key] >= t) == labels[name]).mean()) if len(labels[name])
+                         else math.nan for name in splits}
+    return WicProbeResult(thresholds, accuracy, threshold_split, {k: len(v) for k, v in splits.items()})
+
+
+# ---------------------------------------------------------------------------------------------- word senses
+#: cosine similarities closer than this count as a tie (identical vectors, up to float rounding)
+TIE_TOLERANCE = 1e-5
+
+
+@dataclass
+class SenseResult:
+    """Leave-one-out nearest-neighbour sense accuracy per representation, overall and per word.
+
+    ``neighbour[key][i]`` is the index of the nearest other occurrence of the same word for occurrence ``i``
+    (the first of a tie).
+    """
+
+    accuracy: dict[str, float]
+    per_word: dict[str, dict[str, float]]
+    neighbour: dict[str, list[int]]
+
+
+def sense_vectors(embeddings: Sequence[np.ndarray], positions: Sequence[int]) -> dict[str, np.ndarray]:
+    """Per sentence ``(3, n_i, D)`` and the position of the word in it -> ``{"0", "1", "2", "average"}`` -> (N, D)."""
+    v = np.stack([e[:, k] for e, k in zip(embeddings, positions)])  # (N, 3, D)
+    out = {str(j): v[:, j] for j in range(v.shape[1])}
+    out["average"] = v.mean(1)
+    return out
+
+
+def nearest_neighbour_senses(vectors: dict[str, np.ndarray], words: Sequence[str],
+                             senses: Sequence[str]) -> SenseResult:
+    """Leave-one-out 1-nearest-neighbour (cosine) sense accuracy among occurrences of the same word.
+
+    For occurrence ``i`` of word ``w`` the prediction is the sense of the most similar *other* occurrence of
+    ``w``. When several neighbours tie (within :data:`TIE_TOLERANCE`; e.g. the token layer, where every
+    occurrence of a word has the same vector) the occurrence scores the fraction of tied neighbours with its
+    sense, the expected accuracy of breaking the tie at random. Words with one occurrence are skipped.
+    """
+    words_a, senses_a = np.asarray(words), np.asarray(senses)
+    accuracy, per_word, neighbour = {}, {}, {}
+    for key, v in vectors.items():
+        v = np.asarray(v, dtype=np.float64)
+        unit = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        credit = np.full(len(words_a), np.nan)
+        nn_index = np.full(len(words_a), -1)
+        for w in dict.fromkeys(words):
+            idx = np.flatnonzero(words_a == w)
+            if len(idx) < 2:
+                continue
+            sims = unit[idx] @ unit[idx].T
+            np.fill_diagonal(sims, -np.inf)
+            best = sims.max(axis=1, keepdims=True)
+            tied = sims >= best - TIE_TOLERANCE
+            same = senses_a[idx][None, :] == senses_a[idx][:, None]
+            credit[idx] = (tied & same).sum(1) / tied.sum(1)
+            nn_index[idx] = idx[sims.argmax(axis=1)]
+        per_word[key] = {w: float(np.nanmean(credit[words_a == w])) for w in dict.fromkeys(words)
+                         if (words_a == w).sum() > 1}
+        accuracy[key] = float(np.nanmean(credit)) if np.isfinite(credit).any() else float("nan")
+        neighbour[key] = nn_index.tolist()
+    return SenseResult(accuracy, per_word, neighbour)
