@@ -210,13 +210,13 @@ class BiLM(nn.Module):
         Backends implement op ``bilstm_streams`` with this signature; a backend without it runs its
         ``bilstm`` op on a ``2B``-row stack (correct, twice the LSTM work).
         """
-        name = self.backend_name(fw_embeddings.device)
+        name = self.backend_name(fw_embeddings.device, "bilstm_streams")
         if state is None:
             state = self.lstm.zero_state(fw_embeddings.shape[0], fw_embeddings)
         if backends.available(name, "bilstm_streams"):
             return backends.get_op(name, "bilstm_streams")(self.lstm, fw_embeddings, bw_embeddings, state, dropout)
-        return _bilstm_streams_stacked(backends.get_op(name, "bilstm"), self.lstm, fw_embeddings, bw_embeddings,
-                                       state, dropout)
+        return _bilstm_streams_stacked(backends.get_op(name, "bilstm"), self.lstm, fw_embeddings,
+                                       bw_embeddings, state, dropout)
 
 
 def _bilstm_streams_stacked(bilstm_op: Any, lstm: BiLSTM, fw: torch.Tensor, bw: torch.Tensor,

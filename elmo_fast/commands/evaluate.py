@@ -1,0 +1,49 @@
+"""``elmo-fast evaluate``: held-out perplexity of a run or of exported ELMo files (bilm-tf protocol)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "evaluate", help="full-softmax perplexity of a biLM on held-out text",
+        description="Full-softmax perplexity on held-out text with bilm-tf's protocol: the file is read in order "
+                    "by a forward and a reverse stream of --batch-size rows x 1 step, states carried, no dropout; "
+                    "the last incomplete batch is dropped; targets include </S> (forward) and <S> (backward). "
+                    "Prints forward, backward and average perplexity (exp of the mean over batches). MODEL_DIR is "
+                    "a run directory (checkpoint.pt) or an export (options.json, weights.hdf5, "
+                    "softmax_weights.hdf5, vocab.txt).")
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="run directory or ELMo export directory")
+    p.add_argument("--heldout", required=True, metavar="FILE", help="UTF-8 text, one tokenized sentence per line")
+    p.add_argument("--json", metavar="OUT", help="also write the result as JSON")
+    p.add_argument("--batch-size", type=int, default=256, help="rows (bilm-tf: 256)")
+    p.add_argument("--max-batches", type=int, default=None, help="stop after this many batches (quick estimate)")
+    p.add_argument("--softmax-chunk", type=int, default=16384, help="vocabulary rows per softmax chunk")
+    p.add_argument("--device", default="cpu", help="'cpu', 'cuda' or 'cuda:N'")
+    p.add_argument("--backend", choices=["reference", "fast", "triton"], default=None,
+                   help="op implementation (default: by device; env ELMO_FAST_BACKEND)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train import evaluate_perplexity, load_model_dir
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size: expected a positive integer, found {args.batch_size}")
+    model, vocab, _ = load_model_dir(args.model_dir, backend=args.backend, need_softmax=True)
+    model.to(args.device)
+    result = evaluate_perplexity(model, vocab, args.heldout, args.batch_size, 1, args.softmax_chunk,
+                                 progress=not args.quiet, max_batches=args.max_batches)
+    result["model_dir"] = args.model_dir
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+        os.replace(tmp, args.json)
+    print(f"perplexity {result['perplexity']:.3f} (forward {result['forward_perplexity']:.3f}, backward "
+          f"{result['backward_perplexity']:.3f}) over {result['tokens']} tokens in {result['batches']} batches")
+    return 0

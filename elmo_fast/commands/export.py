@@ -1,0 +1,25 @@
+"""``elmo-fast export``: a training run -> ELMo files (options.json, weights.hdf5, softmax weights, vocab)."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "export", help="write a training run's latest checkpoint as ELMo files",
+        description="Write RUN_DIR's latest checkpoint as ELMo files in OUT_DIR: options.json (n_characters 262, "
+                    "with the training keys), weights.hdf5 (bilm-tf layout: loads in elmo-fast's and AllenNLP's "
+                    "ElmoEmbedder/Elmo), softmax_weights.hdf5 (softmax/W (V, P), softmax/b (V)) and vocab.txt. "
+                    "Every file is written to a temporary name and renamed.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `elmo-fast train`")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="where to write the ELMo files (created if needed)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train import export_run
+
+    info = export_run(args.run_dir, args.out_dir)
+    print(f"exported step {info['step']} ({info['vocab_size']} vocabulary tokens) -> {info['out_dir']}")
+    return 0
