@@ -1,0 +1,201 @@
+"""Shared pieces of the Triton kernels: device checks, precision modes, a strided batched matmul.
+
+Precision modes (see :func:`precision`):
+
+* ``"fp32"`` (default, the parity mode): every matmul takes float32 inputs with IEEE float32 products
+  (``input_precision="ieee"``), so results differ from the reference only by summation order.
+* ``"tf32"``: matmul inputs rounded to TF32 (10-bit mantissa) on tensor cores, float32 accumulation.
+* ``"bf16"``: matmul inputs cast to bfloat16 (8-bit mantissa), float32 accumulation.
+
+In every mode, cell states, gate nonlinearities, clipping, max-pooling, log-sum-exp and all
+reductions outside matmuls stay in float32.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from elmo_fast.backend import BackendError
+
+__all__ = ["interpreting", "check_device", "precision", "set_precision", "matmul", "colsum", "PRECISIONS"]
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+PRECISION_ENV = "ELMO_FAST_TRITON_PRECISION"
+_precision: str | None = None
+
+
+def interpreting() -> bool:
+    """Whether Triton was imported in interpreter mode (``TRITON_INTERPRET=1`` before import)."""
+    return bool(triton.knobs.runtime.interpret)
+
+
+def check_device(op: str, *tensors: torch.Tensor) -> None:
+    """Raise :class:`BackendError` unless every tensor can run through a Triton kernel.
+
+    CUDA tensors run compiled kernels; CPU tensors only run under ``TRITON_INTERPRET=1`` (which must be
+    set before ``triton`` is first imported).
+    """
+    for t in tensors:
+        if t is None:
+            continue
+        if t.device.type == "cuda":
+            continue
+        if t.device.type == "cpu" and interpreting():
+            continue
+        raise BackendError(
+            f"triton backend, op '{op}': tensor on device '{t.device}' cannot run; expected CUDA tensors "
+            f"(or CPU tensors with TRITON_INTERPRET=1 set before triton is imported)")
+    for t in tensors:
+        if t is not None and t.is_floating_point() and t.dtype != torch.float32:
+            raise BackendError(f"triton backend, op '{op}': expected float32 tensors, found {t.dtype}")
+
+
+def precision() -> str:
+    """The active matmul precision mode: ``set_precision`` value, else ``$ELMO_FAST_TRITON_PRECISION``, else fp32."""
+    name = _precision or os.environ.get(PRECISION_ENV, "fp32").strip().lower()
+    if name not in PRECISIONS:
+        raise BackendError(f"{PRECISION_ENV}={name!r}: expected one of {PRECISIONS}")
+    return name
+
+
+def set_precision(name: str | None) -> None:
+    """Set the matmul precision mode (``None`` returns to the environment/default)."""
+    global _precision
+    if name is not None and name not in PRECISIONS:
+        raise ValueError(f"precision {name!r}: expected one of {PRECISIONS}")
+    _precision = name
+
+
+def precision_code(name: str | None = None) -> int:
+    """0 = fp32 (IEEE), 1 = tf32, 2 = bf16 (3 = bf16 emulated, used under the interpreter): kernel constexpr."""
+    code = PRECISIONS.index(name or precision())
+    if interpreting() and code == 2:
+        code = 3
+    if interpreting() and code == 1:  # the interpreter has no TF32; round like bf16 would overstate the error
+        code = 0
+    return code
+
+
+@triton.jit
+def mm(a, b, PREC: tl.constexpr):
+    """``a @ b`` with float32 accumulation in the requested input precision (0 ieee, 1 tf32, 2 bf16)."""
+    if PREC == 3:  # bf16 rounding emulated with float32 products (exact): the interpreter's bf16 dot is broken
+        return tl.dot(a.to(tl.bfloat16).to(tl.float32), b.to(tl.bfloat16).to(tl.float32), input_precision="ieee")
+    elif PREC == 2:
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), out_dtype=tl.float32)
+    elif PREC == 1:
+        return tl.dot(a, b, input_precision="tf32")
+    else:
+        return tl.dot(a, b, input_precision="ieee")
+
+
+@triton.jit
+def _matmul_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, add_ptr, M, N, K,
+                   s_az, s_am, s_ak, s_bz, s_bk, s_bn, s_cz, s_cm, s_cn, s_dz, s_dm, s_dn,
+                   HAS_BIAS: tl.constexpr, HAS_ADD: tl.constexpr, PREC: tl.constexpr,
+                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    z = tl.program_id(2)
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    rk = tl.arange(0, BK)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    a_base = a_ptr + z * s_az
+    b_base = b_ptr + z * s_bz
+    for k0 in range(0, K, BK):
+        ka = k0 + rk
+        a = tl.load(a_base + rm[:, None] * s_am + ka[None, :] * s_ak,
+                    mask=(rm[:, None] < M) & (ka[None, :] < K), other=0.0)
+        b = tl.load(b_base + ka[:, None] * s_bk + rn[None, :] * s_bn,
+                    mask=(ka[:, None] < K) & (rn[None, :] < N), other=0.0)
+        acc += mm(a, b, PREC)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0)[None, :]
+    cmask = (rm[:, None] < M) & (rn[None, :] < N)
+    if HAS_ADD:
+        acc += tl.load(add_ptr + z * s_dz + rm[:, None] * s_dm + rn[None, :] * s_dn, mask=cmask, other=0.0)
+    tl.store(c_ptr + z * s_cz + rm[:, None] * s_cm + rn[None, :] * s_cn, acc, mask=cmask)
+
+
+def _as3(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    if t.dim() == 2:
+        return t, (0, t.stride(0), t.stride(1))
+    return t, (t.stride(0), t.stride(1), t.stride(2))
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, add: torch.Tensor | None = None,
+           prec: int | None = None) -> torch.Tensor:
+    """``a @ b (+ bias) (+ add)`` in one Triton kernel, float32 output and accumulation.
+
+    Args:
+        a: ``(M, K)`` or ``(Z, M, K)`` (any strides, e.g. a transposed view).
+        b: ``(K, N)`` or ``(Z, K, N)``; a 2-D operand is shared by every batch entry.
+        bias: optional ``(N,)`` added to every row.
+        add: optional tensor of the output's shape added in the epilogue.
+        prec: precision code (see :func:`precision_code`); default the active mode.
+
+    Returns:
+        ``(M, N)`` or ``(Z, M, N)`` float32.
+    """
+    prec = precision_code() if prec is None else prec
+    Z = max(a.shape[0] if a.dim() == 3 else 1, b.shape[0] if b.dim() == 3 else 1)
+    M, K = a.shape[-2], a.shape[-1]
+    N = b.shape[-1]
+    if b.shape[-2] != K:
+        raise ValueError(f"matmul: inner sizes differ: a {tuple(a.shape)} @ b {tuple(b.shape)}")
+    batched = a.dim() == 3 or b.dim() == 3
+    out = torch.empty((Z, M, N) if batched else (M, N), device=a.device, dtype=torch.float32)
+    if out.numel() == 0:
+        return out
+    if K == 0:
+        out.zero_()
+        if bias is not None:
+            out += bias
+        if add is not None:
+            out += add
+        return out
+    _, sa = _as3(a)
+    _, sb = _as3(b)
+    _, sc = _as3(out)
+    sd = _as3(add)[1] if add is not None else (0, 0, 0)
+    BM, BN, BK = 64, 64, 32
+    grid = (triton.cdiv(M, BM), triton.cdiv(N, BN), Z)
+    _matmul_kernel[grid](a, b, out, bias if bias is not None else out, add if add is not None else out,
+                         M, N, K, *sa, *sb, *sc, *sd,
+                         HAS_BIAS=bias is not None, HAS_ADD=add is not None, PREC=prec, BM=BM, BN=BN, BK=BK)
+    return out
+
+
+@triton.jit
+def _colsum_kernel(x_ptr, out_ptr, M, N, s_m, s_n, BM: tl.constexpr, BN: tl.constexpr):
+    pid = tl.program_id(0)
+    rn = pid * BN + tl.arange(0, BN)
+    acc = tl.zeros((BN,), dtype=tl.float32)
+    for m0 in range(0, M, BM):
+        rm = m0 + tl.arange(0, BM)
+        x = tl.load(x_ptr + rm[:, None] * s_m + rn[None, :] * s_n,
+                    mask=(rm[:, None] < M) & (rn[None, :] < N), other=0.0)
+        acc += tl.sum(x, axis=0)
+    tl.store(out_ptr + rn, acc, mask=rn < N)
+
+
+def colsum(x: torch.Tensor) -> torch.Tensor:
+    """``(M, N) -> (N,)`` column sums (bias gradients), deterministic (one program per column block)."""
+    M, N = x.shape
+    out = torch.empty(N, device=x.device, dtype=torch.float32)
+    if N == 0:
+        return out
+    BN = 64
+    _colsum_kernel[(triton.cdiv(N, BN),)](x, out, M, N, x.stride(0), x.stride(1), BM=32, BN=BN)
+    return out
+
+
+@triton.jit
+def tanh(x):
+    """float32 tanh from one exp (no libdevice call, so it also runs in the interpreter); abs error ~1e-7."""
+    e = tl.exp(-2.0 * tl.abs(x))
+    return tl.where(x >= 0, 1.0, -1.0) * (1.0 - e) / (1.0 + e)
