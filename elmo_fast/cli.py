@@ -11,7 +11,7 @@ import logging
 import sys
 
 #: subcommand modules, in the order ``--help`` lists them
-_COMMANDS = ["elmo_fast.commands.embed", "elmo_fast.commands.probe",
+_COMMANDS = ["elmo_fast.commands.embed", "elmo_fast.commands.probe", "elmo_fast.commands.demo",
              "elmo_fast.commands.train", "elmo_fast.commands.evaluate", "elmo_fast.commands.export"]
 
 

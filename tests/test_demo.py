@@ -1,0 +1,65 @@
+"""``elmo-fast demo`` end to end on a small budget: the contextual layers must separate senses, the token layer not."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from elmo_fast import cli
+
+# one shared demo run (about half a minute of CPU: 15 s of training plus set-up and evaluation)
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    report = out / "demo.json"
+    rc = cli.main(["demo", "--minutes", "0.25", "--out", str(out / "run"), "--json", str(report), "--n-train", "3000",
+                   "--heldout-per-sense", "12", "--threads", "1", "--quiet"])
+    assert rc == 0
+    return out, json.loads(report.read_text())
+
+
+def test_demo_reports_every_layer(demo_run):
+    _, result = demo_run
+    assert set(result["sense_accuracy"]) == {"0", "1", "2", "average"}
+    for acc in result["sense_accuracy"].values():
+        assert 0.0 <= acc <= 1.0
+    assert result["n_heldout"] == 12 * 23
+    for key in ("sense_accuracy_untrained", "sense_accuracy_other_template", "sense_accuracy_other_template_untrained"):
+        assert set(result[key]) == {"0", "1", "2", "average"}
+    assert result["training"]["step"] > 0
+
+
+def test_contextual_layers_beat_the_token_layer(demo_run):
+    _, result = demo_run
+    acc = result["sense_accuracy"]
+    # the token layer gives every occurrence of a word the same vector: it can only score chance
+    assert acc["0"] == pytest.approx(result["chance"], abs=0.05)
+    # layers that read the context must separate the senses by a wide margin (fails if contexts are ignored)
+    for key in ("1", "2", "average"):
+        assert acc[key] >= acc["0"] + 0.3, (key, acc)
+
+
+def test_training_lowered_heldout_perplexity(demo_run):
+    _, result = demo_run
+    assert result["heldout_perplexity"] < 0.5 * result["heldout_perplexity_untrained"]
+
+
+def test_demo_writes_png_and_model(demo_run):
+    out, result = demo_run
+    png = result["png"]
+    assert png is not None
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    model = out / "run" / "model"
+    assert (model / "options.json").is_file() and (model / "weights.hdf5").is_file()
+    assert len(result["examples"]) == 4
+    for example in result["examples"]:
+        assert example["word"] in example["query"].split()
+
+
+def test_demo_rejects_bad_minutes(tmp_path, caplog):
+    assert cli.main(["demo", "--minutes", "0", "--out", str(tmp_path)]) == 2
+    assert "--minutes" in caplog.text
