@@ -252,3 +252,12 @@ def test_nearest_neighbour_senses_groups_exclude_neighbours():
     # occurrences with no candidate outside their group are skipped
     result = nearest_neighbour_senses({"v": vectors}, words, senses, groups=["g"] * 4)
     assert np.isnan(result.accuracy["v"]) and result.per_word["v"] == {}
+
+
+def test_conllu_text_writes_forms_one_sentence_per_line(tmp_path, capsys):
+    src, out = tmp_path / "in.conllu", tmp_path / "out.txt"
+    _write_tagged(src, 6, 4)
+    assert cli.main(["probe", "conllu-text", str(src), str(out)]) == 0
+    expected = [" ".join(s.forms) for s in read_conllu(src)]
+    assert out.read_text(encoding="utf-8").splitlines() == expected and len(expected) == 6
+    assert "wrote 6 sentences" in capsys.readouterr().out
