@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from elmo_fast import cli
 
@@ -15,8 +16,10 @@ pytestmark = pytest.mark.slow
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     report = out / "demo.json"
+    threads = torch.get_num_threads()  # --threads is process-wide: give the next tests theirs back
     rc = cli.main(["demo", "--minutes", "0.25", "--out", str(out / "run"), "--json", str(report), "--n-train", "3000",
                    "--heldout-per-sense", "12", "--threads", "1", "--quiet"])
+    torch.set_num_threads(threads)
     assert rc == 0
     return out, json.loads(report.read_text())
 

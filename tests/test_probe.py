@@ -7,6 +7,7 @@ import logging
 
 import numpy as np
 import pytest
+import torch
 
 from elmo_fast import cli
 from elmo_fast.embedder import ElmoEmbedder
@@ -98,14 +99,22 @@ def test_real_ewt_dev_matches_published_counts():
     assert len({t for s in sents for t in s.tags}) == 17
 
 
-def test_pos_probe_end_to_end_reports_every_layer(tmp_path, capsys):
+@pytest.fixture
+def restore_threads():
+    """The CLI's --threads sets torch's thread count for the whole process; give the next tests theirs back."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def test_pos_probe_end_to_end_reports_every_layer(tmp_path, capsys, restore_threads):
     opt, _ = write_model(tmp_path / "model")
     train, test = tmp_path / "train.conllu", tmp_path / "test.conllu"
     _write_tagged(train, 120, 1)
     _write_tagged(test, 40, 2)
     out = tmp_path / "pos.json"
     rc = cli.main(["probe", "pos", str(opt.parent), "--conllu-train", str(train), "--conllu-test", str(test),
-                   "--epochs", "12", "--lr", "0.05", "--json", str(out), "--quiet"])
+                   "--epochs", "12", "--lr", "0.05", "--json", str(out), "--threads", "1", "--quiet"])
     assert rc == 0
     result = json.loads(out.read_text())
     assert set(result["test_accuracy"]) == {"0", "1", "2", "mix"}

@@ -30,6 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         q.add_argument("--device", default="cpu", help="'cpu', 'cuda' or 'cuda:N' (default cpu)")
         q.add_argument("--backend", choices=["reference", "fast", "triton"], default=None,
                        help="implementation to use (default: chosen by device; env ELMO_FAST_BACKEND)")
+        q.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads; default: "
+                       "torch's choice)")
         q.add_argument("--quiet", action="store_true", help="no progress bars")
 
     pos = kinds.add_parser(
@@ -83,9 +85,16 @@ def _write_json(path: str, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def _threads(args: argparse.Namespace) -> None:
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+
+
 def run_pos(args: argparse.Namespace) -> int:
     from ..probe import find_shared_data, load_embedder, pos_probe, read_conllu
 
+    _threads(args)
     files: dict[str, str | None] = {"train": args.conllu_train, "dev": args.conllu_dev, "test": args.conllu_test}
     if files["train"] is None or files["test"] is None:
         data = find_shared_data("ud-english-ewt", args.data_dir)
@@ -115,6 +124,7 @@ def run_pos(args: argparse.Namespace) -> int:
 def run_wic(args: argparse.Namespace) -> int:
     from ..probe import find_shared_data, load_embedder, read_wic, wic_probe
 
+    _threads(args)
     root = find_shared_data("wic", args.wic_dir)
     splits = {}
     for split in ("train", "dev", "test"):
