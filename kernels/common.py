@@ -28,8 +28,12 @@ _precision: str | None = None
 
 
 def interpreting() -> bool:
-    """Whether Triton was imported in interpreter mode (``TRITON_INTERPRET=1`` before import)."""
-    return bool(triton.knobs.runtime.interpret)
+    """Whether these kernels were built for Triton's interpreter.
+
+    ``TRITON_INTERPRET=1`` is read when a ``@triton.jit`` decorator runs, i.e. when the kernel modules are
+    first imported; setting it later has no effect on them, so this checks the built kernel itself.
+    """
+    return type(_colsum_kernel).__name__ == "InterpretedFunction"
 
 
 def check_device(op: str, *tensors: torch.Tensor) -> None:

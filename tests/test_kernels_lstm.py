@@ -1,0 +1,137 @@
+"""Fused bidirectional LSTM layer (kernels/lstm_cell.py), step kernels and persistent kernel, vs
+``lstm_layer_reference`` run per direction: outputs, final states and every gradient.
+
+Interpreter on CPU (``TRITON_INTERPRET=1`` set before the kernels are imported), compiled on CUDA.
+Tolerance rule as in test_kernels_char_cnn.py: ``|kernel - ref64| <= 4 |ref32 - ref64| + 1e-6 scale``.
+A recurrence amplifies rounding step after step (gradients reach ~50 here), and the float32 reference
+is amplified the same way, which is why the bound is relative to the reference's own float32 error.
+"""
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from elmo_fast.kernels.common import set_precision  # noqa: E402
+from elmo_fast.kernels.lstm_cell import lstm_bidirectional_layer, persistent_fits  # noqa: E402
+from elmo_fast.nn.lstm import lstm_layer_reference  # noqa: E402
+
+pytestmark = pytest.mark.triton
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def assert_as_accurate(out, ref32, ref64, name, factor=4.0, floor=1e-6):
+    scale = max(1.0, float(ref64.abs().max())) if ref64.numel() else 1.0
+    err = float((out.double() - ref64).abs().max()) if out.numel() else 0.0
+    ref_err = float((ref32.double() - ref64).abs().max()) if out.numel() else 0.0
+    assert err <= factor * ref_err + floor * scale, f"{name}: kernel error {err:.3g}, reference error {ref_err:.3g}"
+
+
+def make(B, T, P, C, lengths, shared, seed=0, w_scale=0.6):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    lengths = torch.tensor(lengths)
+    x = r(B, T, P) if shared else r(2, B, T, P)
+    valid = (torch.arange(T)[None, :] < lengths[:, None]).double()
+    x = x * (valid[:, :, None] if shared else valid[None, :, :, None])  # padded positions are zero (as in the biLM)
+    return dict(x=x, W_0=r(2, 2 * P, 4 * C) * w_scale, B=r(2, 4 * C), W_P=r(2, C, P) * 0.8,
+                h0=r(2, B, P), c0=r(2, B, C) * 2.0), lengths
+
+
+def run(tensors, lengths, shared, clip, residual, reverse, dtype, kernel, persistent=None, seed=1):
+    dev = DEVICE if kernel else "cpu"
+    ps = {k: v.to(dev, dtype).requires_grad_() for k, v in tensors.items()}
+    x = ps["x"]
+    x2 = x.unsqueeze(0).expand(2, *x.shape) if shared else x
+    if kernel:
+        y, h, c = lstm_bidirectional_layer(x2, ps["W_0"], ps["B"], ps["W_P"], ps["h0"], ps["c0"], lengths.to(dev),
+                                           clip, clip, residual, persistent=persistent, reverse=reverse)
+    else:
+        outs = [lstm_layer_reference(x2[d], lengths, ps["h0"][d], ps["c0"][d], ps["W_0"][d], ps["B"][d], ps["W_P"][d],
+                                     clip, clip, reverse=reverse and d == 1) for d in (0, 1)]
+        y, h, c = (torch.stack([o[i] for o in outs]) for i in range(3))
+        if residual:
+            y = y + x2
+    g = torch.Generator().manual_seed(seed)
+    gs = [torch.randn(t.shape, generator=g, dtype=torch.float64).to(dev, dtype) for t in (y, h, c)]
+    loss = sum((t * gt).sum() for t, gt in zip((y, h, c), gs))
+    grads = torch.autograd.grad(loss, list(ps.values()))
+    return [t.detach().cpu() for t in (y, h, c)] + [gr.cpu() for gr in grads]
+
+
+NAMES = ["y", "h_n", "c_n", "dx", "dW_0", "dB", "dW_P", "dh0", "dc0"]
+CASES = [
+    # (persistent, shared input, residual, clip, reverse)
+    (False, True, False, 3.0, True),    # layer 0 of the biLM: both directions read the same x
+    (False, False, True, 3.0, True),    # layer 1: residual output
+    (True, True, False, 3.0, True),
+    (True, False, True, 3.0, True),
+    (False, False, False, None, True),  # no clipping at all
+    (True, False, True, 3.0, False),    # training streams: both directions forward in time
+    (False, False, True, 3.0, False),
+]
+
+
+@pytest.mark.parametrize("persistent,shared,residual,clip,reverse", CASES)
+def test_layer_matches_reference(persistent, shared, residual, clip, reverse):
+    B, T, P, C = 5, 7, 19, 23          # non-powers of two, several blocks in the step kernels' column axes
+    lengths = [7, 1, 4, 0, 6]           # full, length-1, padded, empty row
+    tensors, lengths = make(B, T, P, C, lengths, shared)
+    kern = run(tensors, lengths, shared, clip, residual, reverse, torch.float32, True, persistent)
+    r32 = run(tensors, lengths, shared, clip, residual, reverse, torch.float32, False)
+    r64 = run(tensors, lengths, shared, clip, residual, reverse, torch.float64, False)
+    for name, a, b, c in zip(NAMES, kern, r32, r64):
+        assert a.shape == b.shape, name
+        assert_as_accurate(a, b, c, name)
+    if clip is not None:
+        # both clip regimes occur in this data: |c| reaches the clip for some units and not for others
+        c_all = r64[2]
+        assert (c_all.abs() >= clip).any() and (c_all.abs() < clip).any()
+    # the empty row keeps its initial state and has zero output (plus x, zero there, when residual)
+    assert torch.equal(kern[1][:, 3], tensors["h0"][:, 3].float())
+    assert float(kern[0][:, 3].abs().max()) == 0.0
+
+
+def test_clip_gradient_is_zero_where_clip_active():
+    """Saturate the cell clip (large weights): the kernel's gradients still equal the reference's, which
+    routes zero gradient through clipped units (torch.clamp), and differ from an unclipped run."""
+    B, T, P, C = 3, 5, 16, 17
+    tensors, lengths = make(B, T, P, C, [5, 3, 5], shared=False, seed=3, w_scale=3.0)
+    kern = run(tensors, lengths, False, 1.0, False, True, torch.float32, True, persistent=False)
+    r64 = run(tensors, lengths, False, 1.0, False, True, torch.float64, False)
+    r32 = run(tensors, lengths, False, 1.0, False, True, torch.float32, False)
+    for name, a, b, c in zip(NAMES, kern, r32, r64):
+        assert_as_accurate(a, b, c, name)
+    frac = float((r64[2].abs() >= 1.0).double().mean())
+    assert 0.1 < frac < 1.0, frac
+    unclipped = run(tensors, lengths, False, None, False, True, torch.float64, False)
+    assert float((unclipped[4] - r64[4]).abs().max()) > 1e-2
+
+
+def test_persistent_kernel_only_where_it_fits():
+    assert persistent_fits(16, 64)          # tiny preset / test fixtures
+    assert not persistent_fits(512, 4096)   # original: W_h is 8 MB, the step kernels run instead
+
+
+def test_bf16_fast_mode_tolerance():
+    """bf16 matmul inputs, float32 gates/cell/clips, Glorot-sized weights (std 0.15 for fan-in 38/92).
+    Rounding both matmul inputs to 8 mantissa bits moves each gate pre-activation by ~2^-8 * sqrt(K)
+    of its term size; 7 recurrent steps carry it forward. Bounds: outputs/states within 4% of their max
+    (observed 1-1.7%); gradients cos >= 0.999 with the reference and max error within 8% of their max
+    (observed <= 2.6%; a unit crossing a clip boundary reroutes its gradient, so elementwise bounds on
+    gradients must be loose). With saturating random weights (std 0.6) gradients differ by up to 60%:
+    bf16 is opt-in, for throughput, and never the parity mode."""
+    tensors, lengths = make(5, 7, 19, 23, [7, 1, 4, 0, 6], shared=False, seed=5, w_scale=0.15)
+    r64 = run(tensors, lengths, False, 3.0, True, True, torch.float64, False)
+    set_precision("bf16")
+    try:
+        kern = run(tensors, lengths, False, 3.0, True, True, torch.float32, True, persistent=False)
+    finally:
+        set_precision(None)
+    errs = [float((a.double() - c).abs().max()) / float(c.abs().max()) for a, c in zip(kern, r64)]
+    assert max(errs[:3]) <= 4e-2 and errs[0] > 0.0, errs
+    assert max(errs[3:]) <= 8e-2, errs
+    for a, c in zip(kern[3:], r64[3:]):
+        assert torch.nn.functional.cosine_similarity(a.double().flatten(), c.flatten(), dim=0) >= 0.999
