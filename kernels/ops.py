@@ -6,6 +6,9 @@
   per layer one fused bidirectional layer (both directions in every launch).
 * ``bilstm_streams(lstm, fw (B,T,P), bw (B,T,P), state, dropout)``: the training form (see
   :meth:`elmo_fast.nn.bilm.BiLM.forward_streams`), both streams run forward in time.
+* ``sampled_softmax_loss`` / ``full_softmax_loss``: the fused softmax kernels, with the signatures of
+  :func:`elmo_fast.nn.softmax.sampled_softmax_loss` and :func:`elmo_fast.nn.softmax.full_softmax_loss`
+  (the latter forward-only: evaluation).
 
 Every op raises :class:`elmo_fast.backend.BackendError` when its tensors cannot run on Triton (CPU tensors
 without ``TRITON_INTERPRET=1``, non-float32 parameters); it never falls back to another backend.
@@ -32,8 +35,12 @@ from .char_cnn import char_cnn
 from .common import check_device
 from .highway import highway, projection
 from .lstm_cell import lstm_bidirectional_layer
+from .sampled_softmax import full_softmax_loss, sampled_softmax_loss
 
 __all__ = ["token_encoder", "bilstm", "bilstm_streams", "lstm_kernel_choice"]
+
+register("triton", "sampled_softmax_loss")(sampled_softmax_loss)
+register("triton", "full_softmax_loss")(full_softmax_loss)
 
 LSTM_ENV = "ELMO_FAST_TRITON_LSTM"
 
