@@ -135,17 +135,12 @@ class _ChunkedSoftmaxLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, targets, weight, bias, chunk_size):  # type: ignore[override]
-        n, vocab = hidden.shape[0], weight.shape[0]
-        running_max = hidden.new_full((n,), -math.inf)
-        running_sum = hidden.new_zeros(n)
-        for start in range(0, vocab, chunk_size):
-            logits = hidden @ weight[start:start + chunk_size].t() + bias[start:start + chunk_size]
-            chunk_max = logits.max(dim=1).values
-            new_max = torch.maximum(running_max, chunk_max)
-            running_sum = running_sum * torch.exp(running_max - new_max) + \
-                torch.exp(logits - new_max.unsqueeze(1)).sum(dim=1)
-            running_max = new_max
-        lse = running_max + torch.log(running_sum)
+        lse: torch.Tensor | None = None
+        for start in range(0, weight.shape[0], chunk_size):
+            logits = torch.addmm(bias[start:start + chunk_size], hidden, weight[start:start + chunk_size].t())
+            chunk_lse = torch.logsumexp(logits, dim=1)                          # (N,)
+            lse = chunk_lse if lse is None else torch.logaddexp(lse, chunk_lse)
+        assert lse is not None
         true_logits = (hidden * weight.index_select(0, targets)).sum(dim=1) + bias.index_select(0, targets)
         ctx.save_for_backward(hidden, targets, weight, bias, lse)
         ctx.chunk_size = chunk_size
@@ -162,7 +157,7 @@ class _ChunkedSoftmaxLoss(torch.autograd.Function):
         g = grad_out.unsqueeze(1)
         for start in range(0, weight.shape[0], chunk):
             w, b = weight[start:start + chunk], bias[start:start + chunk]
-            d_logits = torch.exp(hidden @ w.t() + b - lse.unsqueeze(1)) * g        # softmax part, (N, chunk)
+            d_logits = torch.exp(torch.addmm(b, hidden, w.t()) - lse.unsqueeze(1)) * g  # softmax part, (N, chunk)
             if grad_h is not None:
                 grad_h += d_logits @ w
             if grad_w is not None:
