@@ -568,6 +568,8 @@ def run_training(train: str | Sequence[str], out_dir: str, options: ElmoOptions,
     config.validate()
     rank, world, device = _setup_distributed(config.device)
     is_main = rank == 0
+    if not is_main:  # rank 0 logs; the others only warn
+        logging.getLogger("elmo_fast").setLevel(logging.WARNING)
     try:
         with _StopFlag() as stop:  # installed first: a signal during setup still ends in a checkpoint
             return _run(train, out_dir, options, config, heldout, vocab_path, resume, init_from, progress,

@@ -238,6 +238,13 @@ def test_cli_bad_input_is_reported(tmp_path, caplog):
     assert rc == 2 and "options.json is missing" in caplog.text
 
 
+def _free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def _env_one_thread() -> dict[str, str]:
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO))
@@ -256,19 +263,17 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
               "--threads", "1", "--quiet"]
     one = cli_main(common + ["--out", str(tmp_path / "one"), "--batch-size", "4", "--data-parts", "2"])
     assert one == 0
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
            "-m", "elmo_fast.cli"] + common + ["--out", str(tmp_path / "two"), "--batch-size", "2"]
     proc = subprocess.run(cmd, env=_env_one_thread(), capture_output=True, text=True, timeout=150)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a = load_checkpoint(str(tmp_path / "one" / CHECKPOINT_NAME))
     b = load_checkpoint(str(tmp_path / "two" / CHECKPOINT_NAME))
     assert b["world_size"] == 2 and len(b["ranks"]) == 2 and b["step"] == 3
-    moved = 0.0
+    # float32: DDP averages two half-batch gradients (another summation order than one full batch)
     for name, value in a["model"].items():
         assert torch.allclose(value, b["model"][name], atol=2e-5, rtol=1e-4), name
-    init = tiny_model(a["vocab_size"], seed=0)  # noqa: F841 (different seed derivation; only a sanity check below)
-    moved = float((a["model"]["softmax_bias"]).abs().max())
-    assert moved > 0  # biases start at zero: the runs did update
+    assert float(a["model"]["softmax_bias"].abs().max()) > 1e-3  # biases start at zero: the runs did update
     # the two ranks' carried states are the two halves of the 1-process state
     h1 = a["ranks"][0]["lstm_h"]
     h2 = torch.cat([b["ranks"][0]["lstm_h"], b["ranks"][1]["lstm_h"]], dim=1)
