@@ -65,11 +65,15 @@ class PackedLinear:
     the hand-written backward of :mod:`elmo_fast.fast.lstm` only.
     """
 
-    __slots__ = ("weight", "bias", "packed", "out_features")
+    __slots__ = ("weight", "bias", "packed", "out_features", "in_features")
+
+    #: below this many multiply-adds per call the BLAS path is used: oneDNN always starts its thread team,
+    #: which costs more than a tiny product (and stalls badly when the CPUs are shared)
+    MIN_PACKED_MACS = 1 << 20
 
     def __init__(self, W: torch.Tensor, b: torch.Tensor | None = None, batch_hint: int = 32) -> None:
         W = W.detach()
-        self.out_features = W.shape[1]
+        self.in_features, self.out_features = W.shape
         self.bias = None if b is None else b.detach().contiguous()
         self.weight = W.contiguous()
         self.packed = None
@@ -79,7 +83,7 @@ class PackedLinear:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] == 0:
             return x.new_zeros(0, self.out_features)
-        if self.packed is not None:
+        if self.packed is not None and x.shape[0] * self.in_features * self.out_features >= self.MIN_PACKED_MACS:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         if self.bias is not None:
             return torch.addmm(self.bias, x, self.weight)
