@@ -1,18 +1,20 @@
 """The embedded demo corpus: seeded, English-like sentences in which ambiguous words occur in different senses.
 
 ``make demo`` must show what ELMo does on a fresh machine with no downloads, so the text is generated here
-from hand-written templates. Every ambiguous word (bank, play, bat, spring, match, light, ...) has two or three
+from hand-written pieces. Every ambiguous word (bank, play, bat, spring, match, light, ...) has two or three
 senses; each sense has its own cue words (``bank``/finance: loan, account, cash ...; ``bank``/river: river,
-reeds, ducks ...) and its own sentence templates. The training text mixes
+reeds, ducks ...), its own sentence beginnings (``prefixes``, ending right before the word) and endings
+(``suffixes``, starting right after it). The training text mixes
 
-* sentences that use an ambiguous word in one of its senses (the word's context is built from that sense's
-  templates and cue words),
+* sentences that use an ambiguous word in one of its senses: a prefix and a suffix of that sense, drawn
+  independently, with cue words in their slots,
 * topic sentences that use the cue words without any ambiguous word (so the language model learns which cue
   words belong together), and
 * generic filler sentences (people, times, everyday actions).
 
-Held-out sentences are drawn from the same templates with an independent random stream, never repeat a
-training sentence, and carry the word, the position of the word and its sense label.
+Held-out sentences are drawn from the same pieces with an independent random stream, never repeat a
+training sentence, and carry the word, its position, its sense label and which prefix and suffix they use (so
+that an evaluation can ask for neighbours that share neither).
 
 Rules that keep the sense labels honest (checked by :func:`check_inventory` and the tests):
 
@@ -39,20 +41,27 @@ __all__ = ["Sense", "SENSES", "AMBIGUOUS_WORDS", "LabelledSentence", "DemoCorpus
 class Sense:
     """One sense of an ambiguous word.
 
+    A sentence in this sense is ``prefix + word + suffix`` with the prefix and the suffix drawn independently
+    from the sense's pools, so that the words right before and right after the ambiguous word depend on the
+    sense but not on each other: a language model that predicts the next (or previous) word has to carry the
+    *sense* across, not the particular sentence frame.
+
     Attributes:
         word: the ambiguous word (lowercase; the same string in every sense).
         name: short sense label, unique among the word's senses (``"finance"``, ``"river"``).
-        gloss: a few words explaining the sense (shown by the demo).
+        gloss: a few words explaining the sense.
         cues: words that only occur near this sense of ``word`` (slot ``{n}`` and ``{m}`` fillers).
-        templates: sentences with slots ``{w}`` (the word), ``{n}``/``{m}`` (two different cues),
-            ``{who}`` (a subject) and ``{when}`` (a time phrase).
+        prefixes: what comes before the word (never empty: the word never starts a sentence).
+        suffixes: what comes after the word; each holds a ``{n}`` cue slot. Slots in both: ``{n}``/``{m}``
+            (two different cues), ``{who}`` (a subject), ``{when}`` (a time phrase).
     """
 
     word: str
     name: str
     gloss: str
     cues: tuple[str, ...]
-    templates: tuple[str, ...]
+    prefixes: tuple[str, ...]
+    suffixes: tuple[str, ...]
 
     @property
     def label(self) -> str:
@@ -60,231 +69,162 @@ class Sense:
         return f"{self.word}/{self.name}"
 
 
-def _s(word: str, name: str, gloss: str, cues: str, *templates: str) -> Sense:
-    return Sense(word, name, gloss, tuple(cues.split()), tuple(templates))
+def _s(word: str, name: str, gloss: str, cues: str, prefixes: Sequence[str], suffixes: Sequence[str]) -> Sense:
+    return Sense(word, name, gloss, tuple(cues.split()), tuple(prefixes), tuple(suffixes))
 
 
-#: the sense inventory: every ambiguous word with its senses, cue words and templates
+#: the sense inventory: every ambiguous word with its senses, cue words and sentence pieces
 SENSES: tuple[Sense, ...] = (
     _s("bank", "finance", "a business that keeps money",
        "money loan account cash savings mortgage cheque teller deposit interest salary credit",
-       "{who} took out a {n} from the {w} {when} .",
-       "{who} paid the {n} into the {w} {when} .",
-       "the {w} said the {n} would be ready {when} .",
-       "{who} asked the {w} about the {n} and the {m} .",
-       "after the {w} closed , {who} could not get the {n} .",
-       "the {w} charged a fee for every {n} .",
-       "{who} works at the {w} and counts {n} all day ."),
+       ["{who} took out a {m} from the", "{who} paid the {m} into the", "{who} asked the", "{who} works at the",
+        "{who} went to the", "{who} complained to the", "{who} called the"],
+       ["about the {n} {when} .", "to ask for a {n} .", "and counted the {n} .", "because the {n} was wrong .",
+        "for a bigger {n} .", "after the {n} was approved .", "about the {n} and the {m} ."]),
     _s("bank", "river", "the land along a river",
        "river water fish grass mud reeds ducks stream willow otters herons frogs",
-       "{who} sat on the {w} and watched the {n} {when} .",
-       "{who} walked along the {w} looking for {n} .",
-       "the {n} flooded the {w} {when} .",
-       "there were {n} and {m} on the far {w} .",
-       "{who} fell asleep in the {n} on the {w} .",
-       "the {w} was covered in {n} after the storm .",
-       "{who} pulled the boat up onto the {w} near the {n} ."),
+       ["{who} sat on the", "{who} walked along the", "the {m} flooded the", "{who} fell asleep on the",
+        "{who} pulled the boat onto the", "{who} climbed up the muddy", "{who} found {m} on the"],
+       ["and watched the {n} {when} .", "looking for {n} .", "near the {n} .", "where the {n} hide .",
+        "covered in {n} after the storm .", "next to the {n} and the {m} .", "and fed the {n} ."]),
     _s("play", "theatre", "a drama performed on a stage",
        "stage actors audience script theatre director scene curtain tickets costumes rehearsal playwright",
-       "{who} watched a {w} at the {n} {when} .",
-       "the {n} of the {w} were wonderful .",
-       "{who} wrote a {w} about the {n} .",
-       "the new {w} opened {when} and the {n} loved it .",
-       "{who} bought {n} for the {w} {when} .",
-       "in the second {n} of the {w} the {m} changed .",
-       "the {w} was so long that the {n} left early ."),
+       ["{who} watched a", "{who} wrote a", "{who} bought {m} for the", "the {m} loved the", "{who} directed the",
+        "{who} fell asleep during the", "everyone talked about the new"],
+       ["at the {n} {when} .", "about the {n} .", "with famous {n} .", "because the {n} were so good .",
+        "and met the {n} afterwards .", "until the {n} came down .", "with the {n} and the {m} ."]),
     _s("play", "game", "to take part in a game or sport",
        "football tennis chess cards ball team coach goal golf hockey volleyball teammates",
-       "{who} likes to {w} {n} {when} .",
-       "{who} wanted to {w} {n} with the {m} .",
-       "the children went outside to {w} {n} .",
-       "{who} will {w} {n} for the school {when} .",
-       "we used to {w} {n} every weekend .",
-       "{who} taught me how to {w} {n} .",
-       "nobody wanted to {w} {n} in the rain ."),
+       ["{who} likes to", "{who} wanted to", "the children went outside to", "{who} will", "we used to",
+        "{who} taught me how to", "nobody could"],
+       ["{n} {when} .", "{n} with the {m} .", "{n} every weekend .", "{n} for the school .", "{n} in the rain .",
+        "{n} against the {m} .", "{n} after school ."]),
     _s("bat", "animal", "a small flying mammal",
        "cave wings insects fur moths barn roof dusk echoes colony mosquitoes attic",
-       "a {w} flew out of the {n} at dusk .",
-       "{who} saw a {w} hanging from the {n} {when} .",
-       "the {w} caught {n} above the pond .",
-       "{who} found a sleeping {w} in the {n} .",
-       "a tiny {w} with brown {n} lived in the {m} .",
-       "the {w} uses {n} to find {m} in the dark .",
-       "{who} heard a {w} squeak in the {n} ."),
+       ["{who} saw a", "{who} found a sleeping", "there was a tiny", "{who} heard a", "the {m} woke up a",
+        "{who} took a photo of a", "{who} watched the"],
+       ["fly out of the {n} at night .", "hanging from the {n} .", "catching {n} above the pond .",
+        "in the {n} {when} .", "with brown {n} .", "squeak in the {n} .", "that lived in the {n} with the {m} ."]),
     _s("bat", "sport", "a club used to hit a ball",
        "baseball cricket pitch swing pitcher glove innings batter umpire wicket stumps helmet",
-       "{who} swung the {w} at the {n} {when} .",
-       "{who} bought a new {w} for {n} .",
-       "the {n} dropped the {w} and ran .",
-       "{who} hit the ball with the {w} during {n} practice .",
-       "a wooden {w} and a {n} lay on the bench .",
-       "the {w} cracked in the last {n} .",
-       "{who} held the {w} tightly and waited for the {n} ."),
+       ["{who} swung the", "{who} bought a new", "{who} dropped the", "{who} held the", "the {m} picked up the",
+        "{who} cracked the", "{who} lent me a wooden"],
+       ["at the {n} {when} .", "for {n} .", "and ran to the {n} .", "during {n} practice .",
+        "and waited for the {n} .", "in the last {n} .", "before the {n} started ."]),
     _s("spring", "season", "the season after winter",
        "flowers april blossom lambs tulips gardens daffodils birds sunshine buds meadows showers",
-       "{who} loves the {n} in {w} .",
-       "in {w} the {n} come back to the {m} .",
-       "{who} planted {n} {when} , early in the {w} .",
-       "the {w} was warm and full of {n} .",
-       "every {w} {who} walks among the {n} .",
-       "the {n} arrived late this {w} .",
-       "{who} said that {w} is the best time for {n} ."),
+       ["{who} loves the {m} in", "{who} planted {m} in", "everything is green in", "{who} always waits for",
+        "the {m} come back every", "{who} takes long walks in", "{who} was born in"],
+       ["when the {n} come back .", ", when the {n} bloom .", "because of the {n} .", "and the {n} .",
+        "with {n} everywhere .", "among the {n} .", ", just like the {n} ."]),
     _s("spring", "coil", "a metal coil that returns to its shape",
        "metal coil mattress steel clock bolt screws lever hinge gears piston trampoline",
-       "{who} replaced the broken {w} in the {n} .",
-       "the {w} inside the {n} snapped {when} .",
-       "{who} pressed the {n} and the {w} pushed it back .",
-       "a steel {w} holds the {n} in place .",
-       "the old {n} needed a stronger {w} .",
-       "{who} bought a {w} and two {n} at the hardware shop .",
-       "the {w} was made of {n} and wound very tight ."),
+       ["{who} replaced the broken", "{who} pressed the", "{who} bought a", "{who} fixed the",
+        "the old {m} needed a stronger", "{who} stretched the", "{who} oiled the"],
+       ["in the {n} .", "inside the {n} {when} .", "made of {n} .", "that holds the {n} in place .",
+        "and two {n} at the hardware shop .", "under the {n} .", "next to the {n} and the {m} ."]),
     _s("spring", "water", "a place where water comes out of the ground",
-       "mountain well valley rocks drinking village pool cliff cave hikers thirst pipes",
-       "{who} drank from the {w} in the {n} .",
-       "the village gets its water from a {w} near the {n} .",
-       "a hot {w} bubbled up between the {n} .",
-       "{who} filled the bottles at the {w} by the {n} .",
-       "the {n} led down to a clear {w} .",
-       "the {w} never dries up , even in the {n} .",
-       "{who} followed the {n} to the {w} ."),
+       "mountain well valley rocks hills village pool cliff cave hikers stones pipes",
+       ["{who} drank from the", "the village gets its water from a", "{who} filled the bottles at the",
+        "{who} followed the {m} to the", "{who} found a clear", "{who} washed in a hot", "{who} rested by the"],
+       ["in the {n} .", "near the {n} .", "between the {n} .", "by the {n} {when} .", "below the {n} .",
+        "high above the {n} .", "under the {n} and the {m} ."]),
     _s("match", "fire", "a small stick that makes a flame",
        "candle fire stove flame smoke fireplace matchbox lantern campfire kindling wick ashes",
-       "{who} struck a {w} to start the {n} .",
-       "{who} lit the {n} with a {w} {when} .",
-       "the {w} went out before the {n} caught .",
-       "there was only one {w} left for the {n} .",
-       "a burning {w} fell into the {n} .",
-       "{who} needed a dry {w} for the {n} .",
-       "the {w} burned down before the {n} was ready ."),
+       ["{who} struck a", "{who} lit the {m} with a", "there was only one", "{who} needed a dry",
+        "{who} dropped a burning", "{who} found a", "{who} blew out the"],
+       ["to start the {n} .", "and lit the {n} {when} .", "for the {n} .", "near the {n} .",
+        "before the {n} caught .", "next to the {n} .", "and held it to the {n} ."]),
     _s("match", "contest", "a game between two sides",
        "team score referee stadium fans goal tournament league final players opponents trophy",
-       "{who} watched the {w} at the {n} {when} .",
-       "the {w} ended with a late {n} .",
-       "the {n} stopped the {w} because of the rain .",
-       "{who} won the {w} against the {n} .",
-       "the whole {n} came to the {w} .",
-       "the {w} was the most important of the {n} .",
-       "after the {w} the {n} sang all night ."),
+       ["{who} watched the", "{who} won the", "the {m} came to the", "{who} missed the", "the rain stopped the",
+        "{who} bought tickets for the", "{who} talked about the"],
+       ["at the {n} {when} .", "against the {n} .", "with the {n} .", "before the {n} went home .",
+        "and the {n} sang all night .", "after a late {n} .", "of the {n} ."]),
     _s("light", "illumination", "brightness that lets us see",
        "lamp room switch sun window bulb shadows ceiling torch lantern glow dark",
-       "{who} turned on the {w} in the {n} .",
-       "the {w} from the {n} was too bright .",
-       "{who} could not read because the {w} was so weak in the {n} .",
-       "the {w} of the {n} filled the {m} .",
-       "{who} switched off the {w} in the {n} {when} .",
-       "there was no {w} in the {n} at all .",
-       "the {w} made long {n} across the {m} ."),
+       ["{who} turned on the", "{who} switched off the", "{who} could not read in the weak", "the {m} blocked the",
+        "{who} saw a bright", "{who} loves the warm", "there was no"],
+       ["in the {n} .", "from the {n} {when} .", "of the {n} .", "above the {n} .", "through the {n} .",
+        "that made long {n} .", "over the {n} and the {m} ."]),
     _s("light", "weight", "not heavy",
-       "bag suitcase feather luggage kilograms backpack parcel carry weighs box boxes load",
-       "the {n} was {w} enough to carry .",
-       "{who} packed a {w} {n} for the trip .",
-       "the {n} felt as {w} as a {m} .",
-       "{who} chose the {w} {n} because of the stairs .",
-       "this {n} is {w} and easy to lift .",
-       "{who} only takes a {w} {n} {when} .",
-       "the {n} is very {w} , it weighs almost nothing ."),
+       "bag suitcase backpack parcel box jacket tent blanket basket bicycle luggage trolley",
+       ["{who} packed a", "{who} chose the", "{who} only carries a", "{who} bought a very", "the shop sells a",
+        "{who} wanted a", "{who} asked for a"],
+       ["{n} for the trip .", "{n} because of the stairs .", "{n} that weighs almost nothing .",
+        "{n} that is easy to lift .", "{n} {when} .", "{n} and a heavy {m} .", "{n} for the long walk ."]),
     _s("bark", "dog", "the sound a dog makes",
-       "dog puppy neighbours yard gate leash kennel postman collar fence puppies growl",
-       "the {n} let out a loud {w} {when} .",
-       "{who} heard the {w} of the {n} at the {m} .",
-       "the {w} of the {n} woke everyone .",
-       "a sharp {w} came from the {n} .",
-       "{who} knew that {w} : it was the {n} .",
-       "the {n} answered with a {w} and a {m} .",
-       "one {w} from the {n} scared the {m} away ."),
+       "dog puppy neighbours yard gate kennel postman fence puppies terrier sheepdog garden",
+       ["{who} heard the", "the {m} let out a loud", "{who} knew that", "{who} was woken by the",
+        "{who} recognised the", "there was a sharp", "{who} laughed at the"],
+       ["of the {n} {when} .", "from the {n} .", "of the {n} at the {m} .", "behind the {n} .",
+        "of the old {n} .", "near the {n} .", "coming from the {n} ."]),
     _s("bark", "tree", "the outer skin of a tree",
        "tree oak trunk moss beetles branches pine forest woodpecker birch sap lichen",
-       "the {w} of the old {n} was rough .",
-       "{who} peeled some {w} from the {n} .",
-       "{n} live under the {w} of the {m} .",
-       "the {w} on the {n} was covered in {m} .",
-       "{who} touched the smooth {w} of the {n} {when} .",
-       "the {w} protects the {n} from the cold .",
-       "a {n} made holes in the {w} ."),
+       ["{who} touched the rough", "{who} peeled some", "beetles live under the", "{who} carved a name into the",
+        "{who} collected", "{who} painted the grey", "{who} studied the"],
+       ["of the old {n} .", "from the {n} {when} .", "on the {n} .", "of the {n} in the {m} .",
+        "covered in {n} .", "of a fallen {n} .", "near the {n} ."]),
     _s("mouse", "animal", "a small rodent",
        "cheese cat kitchen hole tail trap whiskers field crumbs nest barn rats",
-       "a {w} ran across the {n} {when} .",
-       "the {n} chased the {w} into a {m} .",
-       "{who} found a {w} in the {n} .",
-       "the little {w} ate the {n} .",
-       "{who} set a {n} for the {w} .",
-       "the {w} hid in its {n} all day .",
-       "a grey {w} with a long {n} sat in the {m} ."),
+       ["{who} saw a", "the cat chased a", "{who} found a", "{who} caught a little", "there was a grey",
+        "{who} set a trap for the", "{who} heard a"],
+       ["in the {n} {when} .", "under the {n} .", "eating the {n} .", "with a long {n} .",
+        "that lived in a {n} .", "near the {n} .", "behind the {n} and the {m} ."]),
     _s("mouse", "computer", "a device that moves a pointer",
-       "computer screen click cursor keyboard cable laptop button desk monitor software scroll",
-       "{who} plugged the {w} into the {n} .",
-       "the {w} stopped working and the {n} froze .",
-       "{who} moved the {w} to the edge of the {n} .",
-       "a wireless {w} and a {n} were on the {m} .",
-       "{who} bought a new {w} for the {n} {when} .",
-       "double {n} the {w} to open the file .",
-       "the {n} of the {w} was broken ."),
+       "computer screen printer cursor keyboard cable laptop button desk monitor software tablet",
+       ["{who} plugged in the", "{who} bought a new", "{who} moved the", "{who} clicked the", "{who} cleaned the",
+        "{who} dropped the wireless", "{who} borrowed my"],
+       ["for the {n} {when} .", "next to the {n} .", "of the {n} .", "and the {n} froze .", "with the {n} .",
+        "and the {n} stopped working .", "to the edge of the {n} ."]),
     _s("crane", "bird", "a tall bird with long legs",
-       "lake feathers marsh nest wetland beak pond wading migration flock birdwatchers frogs",
-       "a {w} stood still in the {n} {when} .",
-       "{who} watched a {w} fly over the {n} .",
-       "the {w} built its {n} near the {m} .",
-       "a white {w} caught a fish in the {n} .",
-       "the {n} counted every {w} on the {m} .",
-       "the {w} spread its {n} and flew off .",
-       "a {w} with grey {n} walked along the {m} ."),
+       "lake feathers marsh nest wetland beak pond swamp flock birdwatchers frogs reeds",
+       ["{who} watched a", "{who} photographed a white", "there was a tall", "{who} saw the", "the {m} scared a",
+        "{who} counted every", "{who} drew a grey"],
+       ["in the {n} {when} .", "flying over the {n} .", "standing in the {n} .", "near its {n} .",
+        "catching fish in the {n} .", "with long {n} .", "by the {n} and the {m} ."]),
     _s("crane", "machine", "a machine that lifts heavy things",
-       "construction building steel site operator tower concrete beams cargo port lifting workers",
-       "the {w} lifted the {n} onto the roof .",
-       "{who} drives a {w} at the {n} .",
-       "a huge {w} stood over the {n} {when} .",
-       "the {n} climbed into the {w} at dawn .",
-       "the {w} dropped a load of {n} .",
-       "{who} saw the {w} move the {n} at the {m} .",
-       "the tallest {w} in the {n} broke down ."),
+       "building steel site operator tower concrete beams cargo port workers containers bridge",
+       ["{who} drives a", "{who} operated the", "the {m} repaired the", "{who} saw a huge", "the storm damaged the",
+        "{who} climbed the tallest", "the company rented a"],
+       ["at the {n} {when} .", "that lifted the {n} .", "over the {n} .", "near the {n} .", "and moved the {n} .",
+        "on the {n} .", "above the {n} and the {m} ."]),
     _s("seal", "animal", "a sea mammal",
        "ocean beach ice waves pup harbour fishermen flippers whales penguins rocks shore",
-       "a {w} was sleeping on the {n} {when} .",
-       "{who} saw a {w} swimming in the {n} .",
-       "the {w} and its {n} lay on the {m} .",
-       "a grey {w} caught fish near the {n} .",
-       "the {n} fed the {w} every morning .",
-       "the {w} slid off the {n} into the water .",
-       "{who} took a photo of a {w} on the {n} ."),
+       ["{who} saw a", "{who} took a photo of a", "the {m} fed the", "there was a grey", "{who} swam with a",
+        "{who} counted every", "{who} watched a young"],
+       ["on the {n} {when} .", "swimming in the {n} .", "near the {n} .", "catching fish by the {n} .",
+        "sleeping on the {n} .", "with its {n} .", "between the {n} and the {m} ."]),
     _s("seal", "closure", "something that closes a thing tightly",
        "envelope letter wax jar lid package document bottle stamp king lock container",
-       "{who} broke the {w} on the {n} {when} .",
-       "the {w} of the {n} was made of red {m} .",
-       "the {n} had a royal {w} .",
-       "{who} checked that the {w} on the {n} was tight .",
-       "the {w} kept air out of the {n} .",
-       "{who} pressed the {w} into the hot {n} .",
-       "without a {w} the {n} would leak ."),
+       ["{who} broke the", "{who} checked the", "{who} pressed the", "the king put his", "{who} replaced the rubber",
+        "{who} cut the", "{who} found a red"],
+       ["on the {n} {when} .", "of the {n} .", "on the {n} and the {m} .", "around the {n} .",
+        "that kept the {n} closed .", "under the {n} .", "made of {n} ."]),
     _s("key", "lock", "a piece of metal that opens a lock",
        "door lock pocket car house drawer keyring locksmith safe garage padlock apartment",
-       "{who} lost the {w} to the {n} {when} .",
-       "the {w} did not fit the {n} .",
-       "{who} left the {w} in the {n} .",
-       "the {n} made a new {w} for the {m} .",
-       "{who} turned the {w} and opened the {n} .",
-       "a spare {w} was hidden under the {n} .",
-       "the {w} to the {n} was on the {m} ."),
+       ["{who} lost the", "{who} left the", "{who} turned the", "{who} found a spare", "{who} copied the",
+        "the {m} made a new", "{who} hid the"],
+       ["to the {n} {when} .", "in the {n} .", "under the {n} .", "of the {n} .", "for the {n} .",
+        "to the {n} and the {m} .", "next to the {n} ."]),
     _s("key", "music", "the scale a piece of music is in",
        "piano song melody chord orchestra singer guitar symphony choir notes composer tune",
-       "the {n} was written in a minor {w} .",
-       "{who} played the {n} in a different {w} .",
-       "the {n} changed the {w} of the {m} .",
-       "the {w} of the {n} was too high for {who2} .",
-       "{who} asked the {n} to sing it in a lower {w} .",
-       "the {n} moves to a major {w} at the end .",
-       "{who} could not find the right {w} for the {n} ."),
+       ["the {m} was written in a minor", "{who} played it in a different", "{who} changed the",
+        "{who} could not find the right", "the {m} moves to a major", "{who} sang in a lower",
+        "{who} asked for a higher"],
+       ["for the {n} .", "with the {n} {when} .", "of the {n} .", "so the {n} could sing .",
+        "because the {n} was too high .", "for the {n} and the {m} .", "in the middle of the {n} ."]),
 )
 
 AMBIGUOUS_WORDS: tuple[str, ...] = tuple(dict.fromkeys(s.word for s in SENSES))
 
 #: sentence subjects (``{who}``); ``{who2}`` is the matching possessive/object form
-_WHO = (("my sister", "her"), ("the old man", "his"), ("a young teacher", "her"), ("our neighbour", "his"),
-        ("my father", "him"), ("anna", "her"), ("tom", "him"), ("the students", "them"), ("my friend", "her"),
+_WHO = (("my sister", "her"), ("the old man", "him"), ("a young teacher", "her"), ("our neighbour", "him"),
+        ("my father", "him"), ("anna", "her"), ("tom", "him"), ("my friend", "her"),
         ("the doctor", "her"), ("his wife", "her"), ("a tourist", "him"), ("uncle peter", "him"),
         ("the farmer", "him"), ("maria", "her"), ("james", "him"), ("our teacher", "her"), ("she", "her"),
         ("he", "him"), ("my brother", "him"), ("the boy", "him"), ("the girl", "her"), ("sam", "him"),
-        ("grandma", "her"), ("the new manager", "her"), ("a stranger", "him"), ("lucy", "her"), ("we", "us"),
-        ("they", "them"), ("the twins", "them"))
+        ("grandma", "her"), ("the new manager", "her"), ("a stranger", "him"), ("lucy", "her"))
 _WHEN = ("yesterday", "last week", "on sunday", "this morning", "in the afternoon", "every day", "last year",
          "on monday", "today", "again", "once", "at last", "on friday", "two days ago", "last month",
          "on saturday", "this week", "right away", "later that day", "early on tuesday")
@@ -327,14 +267,15 @@ class LabelledSentence:
         index: position of the ambiguous word in ``tokens``.
         word: the ambiguous word (``tokens[index] == word``).
         sense: the sense name (``Sense.name``); ``word/sense`` is :attr:`label`.
-        template: index of the template in the sense's ``templates`` (for analysis).
+        prefix, suffix: indices into the sense's ``prefixes`` and ``suffixes``.
     """
 
     tokens: tuple[str, ...]
     index: int
     word: str
     sense: str
-    template: int
+    prefix: int
+    suffix: int
 
     @property
     def label(self) -> str:
@@ -393,16 +334,18 @@ def check_inventory() -> None:
                 shared = set(a.cues) & set(b.cues)
                 if shared:
                     raise ValueError(f"{a.label} and {b.label} share cue words {sorted(shared)}")
-            for k, t in enumerate(a.templates):
+            other = set().union(*(set(b.cues) for b in senses if b is not a))
+            pieces = [("prefix", k, t) for k, t in enumerate(a.prefixes)] + \
+                     [("suffix", k, t) for k, t in enumerate(a.suffixes)]
+            for kind, k, t in pieces:
                 words = t.split()
-                if words[0] == "{w}" or words.count("{w}") != 1:
-                    raise ValueError(f"{a.label} template {k}: expected one {{w}}, not first: {t!r}")
-                if "{n}" not in words:
-                    raise ValueError(f"{a.label} template {k}: expected a {{n}} cue slot: {t!r}")
+                if not words or "{w}" in words:
+                    raise ValueError(f"{a.label} {kind} {k}: expected a non-empty piece without {{w}}: {t!r}")
+                if kind == "suffix" and "{n}" not in words:
+                    raise ValueError(f"{a.label} suffix {k}: expected a {{n}} cue slot: {t!r}")
                 literal = {w for w in words if not w.startswith("{")}
-                other = set().union(*(set(b.cues) for b in senses if b is not a))
                 if literal & (other | ambiguous):
-                    raise ValueError(f"{a.label} template {k}: literal words {sorted(literal & (other | ambiguous))} "
+                    raise ValueError(f"{a.label} {kind} {k}: literal words {sorted(literal & (other | ambiguous))} "
                                      f"are cues of another sense or ambiguous words")
 
 
@@ -434,9 +377,10 @@ def _fill(template: str, rng: random.Random, word: str = "", cues: Sequence[str]
 
 
 def _sense_sentence(sense: Sense, rng: random.Random) -> LabelledSentence:
-    k = rng.randrange(len(sense.templates))
-    tokens, index = _fill(sense.templates[k], rng, sense.word, sense.cues)
-    return LabelledSentence(tuple(tokens), index, sense.word, sense.name, k)
+    i = rng.randrange(len(sense.prefixes))
+    j = rng.randrange(len(sense.suffixes))
+    tokens, index = _fill(f"{sense.prefixes[i]} {{w}} {sense.suffixes[j]}", rng, sense.word, sense.cues)
+    return LabelledSentence(tuple(tokens), index, sense.word, sense.name, i, j)
 
 
 def generate(seed: int = 0, n_train: int = 8000, heldout_per_sense: int = 20,
@@ -483,7 +427,7 @@ def generate(seed: int = 0, n_train: int = 8000, heldout_per_sense: int = 20,
             seen.add(s.tokens)
             heldout.append(s)
             got += 1
-        if got < heldout_per_sense:  # the template space is far larger than any sensible request
+        if got < heldout_per_sense:  # the sentence space is far larger than any sensible request
             raise ValueError(f"{sense.label}: could only generate {got} distinct held-out sentences")
     return DemoCorpus(tuple(train), tuple(heldout), seed)
 
@@ -497,7 +441,7 @@ def _atomic_write(path: str, lines: Iterable[str]) -> None:
 
 
 def write_corpus(corpus: DemoCorpus, directory: str | os.PathLike) -> dict[str, str]:
-    """Write ``train.txt`` (one sentence per line) and ``heldout.tsv`` (index, word, sense, template, text).
+    """Write ``train.txt`` (one sentence per line) and ``heldout.tsv`` (index, word, sense, prefix, suffix, text).
 
     Returns the paths by name (``"train"``, ``"heldout"``). Files are written atomically.
     """
@@ -506,7 +450,7 @@ def write_corpus(corpus: DemoCorpus, directory: str | os.PathLike) -> dict[str, 
     train = os.path.join(directory, "train.txt")
     heldout = os.path.join(directory, "heldout.tsv")
     _atomic_write(train, (" ".join(s) for s in corpus.train))
-    _atomic_write(heldout, (f"{s.index}\t{s.word}\t{s.sense}\t{s.template}\t{s.text}" for s in corpus.heldout))
+    _atomic_write(heldout, (f"{s.index}\t{s.word}\t{s.sense}\t{s.prefix}\t{s.suffix}\t{s.text}" for s in corpus.heldout))
     return {"train": train, "heldout": heldout}
 
 
@@ -516,13 +460,16 @@ def read_labelled(path: str | os.PathLike) -> list[LabelledSentence]:
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             fields = line.rstrip("\n").split("\t")
-            if len(fields) != 5:
-                raise ValueError(f"{path}: line {lineno}: expected 5 tab-separated fields "
-                                 f"(index, word, sense, template, text), found {len(fields)}")
-            index_s, word, sense, template_s, text = fields
+            if len(fields) != 6:
+                raise ValueError(f"{path}: line {lineno}: expected 6 tab-separated fields "
+                                 f"(index, word, sense, prefix, suffix, text), found {len(fields)}")
+            index_s, word, sense, prefix_s, suffix_s, text = fields
             tokens = tuple(text.split())
             if not index_s.isdigit() or int(index_s) >= len(tokens) or tokens[int(index_s)] != word:
                 raise ValueError(f"{path}: line {lineno}: expected the word {word!r} at token {index_s}, "
                                  f"found {text!r}")
-            out.append(LabelledSentence(tokens, int(index_s), word, sense, int(template_s)))
+            if not (prefix_s.isdigit() and suffix_s.isdigit()):
+                raise ValueError(f"{path}: line {lineno}: expected integer prefix and suffix indices, found "
+                                 f"{prefix_s!r} and {suffix_s!r}")
+            out.append(LabelledSentence(tokens, int(index_s), word, sense, int(prefix_s), int(suffix_s)))
     return out

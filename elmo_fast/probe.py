@@ -480,7 +480,7 @@ def sense_vectors(embeddings: Sequence[np.ndarray], positions: Sequence[int]) ->
 
 
 def nearest_neighbour_senses(vectors: dict[str, np.ndarray], words: Sequence[str], senses: Sequence[str],
-                             groups: Sequence[str] | None = None) -> SenseResult:
+                             exclude: Sequence[Sequence[str]] = ()) -> SenseResult:
     """Leave-one-out 1-nearest-neighbour (cosine) sense accuracy among occurrences of the same word.
 
     For occurrence ``i`` of word ``w`` the prediction is the sense of the most similar *other* occurrence of
@@ -488,11 +488,12 @@ def nearest_neighbour_senses(vectors: dict[str, np.ndarray], words: Sequence[str
     occurrence of a word has the same vector) the occurrence scores the fraction of tied neighbours with its
     sense, the expected accuracy of breaking the tie at random. Words with one occurrence are skipped.
 
-    ``groups`` (optional, one label per occurrence): occurrences of the same group are never neighbours of
-    each other (e.g. sentences from the same template, so that matching the template's other words is no help).
+    ``exclude``: label sequences (one label per occurrence each); two occurrences that share a label in any
+    of them are never neighbours (e.g. sentences with the same beginning or the same ending, so that matching
+    those words is no help). Occurrences left without any candidate are skipped.
     """
     words_a, senses_a = np.asarray(words), np.asarray(senses)
-    groups_a = np.asarray(groups) if groups is not None else None
+    exclude_a = [np.asarray(labels) for labels in exclude]
     accuracy, per_word, neighbour = {}, {}, {}
     for key, v in vectors.items():
         v = np.asarray(v, dtype=np.float64)
@@ -505,18 +506,14 @@ def nearest_neighbour_senses(vectors: dict[str, np.ndarray], words: Sequence[str
                 continue
             sims = unit[idx] @ unit[idx].T
             np.fill_diagonal(sims, -np.inf)
-            if groups_a is not None:
-                sims[groups_a[idx][:, None] == groups_a[idx][None, :]] = -np.inf
-                has_candidate = np.isfinite(sims).any(axis=1)
-                if not has_candidate.all():  # nothing outside its own group: the occurrence is skipped
-                    sims[~has_candidate] = 0.0
+            for labels in exclude_a:
+                sims[labels[idx][:, None] == labels[idx][None, :]] = -np.inf
+            has_candidate = np.isfinite(sims).any(axis=1)
+            sims[~has_candidate] = 0.0  # no candidate left: skipped below
             best = sims.max(axis=1, keepdims=True)
             tied = sims >= best - TIE_TOLERANCE
             same = senses_a[idx][None, :] == senses_a[idx][:, None]
-            row_credit = (tied & same).sum(1) / tied.sum(1)
-            if groups_a is not None:
-                row_credit = np.where(has_candidate, row_credit, np.nan)
-            credit[idx] = row_credit
+            credit[idx] = np.where(has_candidate, (tied & same).sum(1) / tied.sum(1), np.nan)
             nn_index[idx] = idx[sims.argmax(axis=1)]
         per_word[key] = {w: float(np.nanmean(credit[words_a == w])) for w in dict.fromkeys(words)
                          if np.isfinite(credit[words_a == w]).any()}

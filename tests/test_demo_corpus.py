@@ -70,7 +70,7 @@ def test_every_sense_is_used_in_training(corpus):
 
 def test_default_size_is_a_few_cpu_minutes():
     c = dc.generate()
-    assert 50_000 < c.n_train_tokens < 120_000
+    assert 50_000 < c.n_train_tokens < 120_000  # the tiny model sees it a few times in two CPU minutes
     vocab = {w for s in c.train for w in s}
     assert 400 < len(vocab) < 1500
 
@@ -84,11 +84,14 @@ def test_write_and_read_back(tmp_path, corpus):
 
 def test_read_labelled_errors_name_file_and_line(tmp_path):
     path = tmp_path / "bad.tsv"
-    path.write_text("2\tbank\triver\t0\tWe sat on the bank .\n3\tbank\triver\t0\tWe sat on the bank .\n")
+    path.write_text("2\tbank\triver\t0\t1\tWe sat on the bank .\n")
     with pytest.raises(ValueError, match=r"bad\.tsv: line 1: expected the word 'bank' at token 2"):
         dc.read_labelled(path)
-    path.write_text("4\tbank\triver\t0\tWe sat on the bank .\n4\tbank\triver\n")
-    with pytest.raises(ValueError, match=r"bad\.tsv: line 2: expected 5 tab-separated fields"):
+    path.write_text("4\tbank\triver\t0\t1\tWe sat on the bank .\n4\tbank\triver\t0\tWe sat on the bank .\n")
+    with pytest.raises(ValueError, match=r"bad\.tsv: line 2: expected 6 tab-separated fields"):
+        dc.read_labelled(path)
+    path.write_text("4\tbank\triver\tx\t1\tWe sat on the bank .\n")
+    with pytest.raises(ValueError, match=r"bad\.tsv: line 1: expected integer prefix and suffix"):
         dc.read_labelled(path)
 
 
@@ -97,3 +100,17 @@ def test_bad_arguments_are_errors():
         dc.generate(ambiguous_fraction=0.8, topic_fraction=0.5)
     with pytest.raises(KeyError, match="not an ambiguous word"):
         dc.sense_cues("table")
+
+
+def test_prefixes_and_suffixes_combine_independently(corpus):
+    # the words next to the ambiguous word depend on the sense, not on the rest of the sentence frame
+    pairs = {(s.label, s.prefix, s.suffix) for s in corpus.heldout}
+    for sense in dc.SENSES:
+        mine = [(p, q) for label, p, q in pairs if label == sense.label]
+        assert len({p for p, _ in mine}) >= 4 and len({q for _, q in mine}) >= 4
+    for s in corpus.heldout:
+        sense = next(x for x in dc.SENSES if x.label == s.label)
+        prefix_words = [w for w in sense.prefixes[s.prefix].split() if not w.startswith("{")]
+        suffix_words = [w for w in sense.suffixes[s.suffix].split() if not w.startswith("{")]
+        before, after = [w.lower() for w in s.tokens[:s.index]], list(s.tokens[s.index + 1:])
+        assert all(w in before for w in prefix_words) and all(w in after for w in suffix_words), s.text

@@ -248,19 +248,24 @@ def test_nearest_neighbour_senses_ties_and_clusters():
     assert "c" not in result.per_word["clustered"]
 
 
-def test_nearest_neighbour_senses_groups_exclude_neighbours():
+def test_nearest_neighbour_senses_exclusions():
     words = ["a"] * 4
     senses = ["x", "x", "y", "y"]
     vectors = np.array([[1, 0], [1, 0.01], [0, 1], [0.02, 1]], dtype=float)
     # each occurrence's best neighbour is in its own group; excluded, the best remaining one has the other sense
-    result = nearest_neighbour_senses({"v": vectors}, words, senses, groups=["g", "g", "h", "h"])
+    result = nearest_neighbour_senses({"v": vectors}, words, senses, exclude=[["g", "g", "h", "h"]])
     assert result.accuracy["v"] == 0.0
     assert result.neighbour["v"] == [3, 3, 1, 1]
-    result = nearest_neighbour_senses({"v": vectors}, words, senses, groups=["g", "g", "g", "h"])
+    result = nearest_neighbour_senses({"v": vectors}, words, senses, exclude=[["g", "g", "g", "h"]])
     assert result.accuracy["v"] == pytest.approx(0.5)  # 0 -> 3 (y), 1 -> 3 (y), 2 -> 3 (y), 3 -> 2 (y)
     # occurrences with no candidate outside their group are skipped
-    result = nearest_neighbour_senses({"v": vectors}, words, senses, groups=["g"] * 4)
+    result = nearest_neighbour_senses({"v": vectors}, words, senses, exclude=[["g"] * 4])
     assert np.isnan(result.accuracy["v"]) and result.per_word["v"] == {}
+    # two exclusion lists: sharing a label in either one excludes; each occurrence keeps one candidate
+    result = nearest_neighbour_senses({"v": vectors}, words, senses,
+                                      exclude=[["p", "p", "q", "q"], ["s", "t", "t", "s"]])
+    assert result.neighbour["v"] == [2, 3, 0, 1]
+    assert result.accuracy["v"] == 0.0
 
 
 def test_conllu_text_writes_forms_one_sentence_per_line(tmp_path, capsys):

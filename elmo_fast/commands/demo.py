@@ -6,7 +6,8 @@ embed the labelled held-out sentences and report, for the token layer, layer 1, 
 leave-one-out nearest-neighbour sense accuracy of the ambiguous words. The same numbers for the *untrained*
 model (the initial weights of the same run) are printed next to them, so that what comes from the architecture
 (any LSTM mixes in the context) and what comes from training can be told apart; and a harder variant where the
-neighbour must come from a different template (matching the template's other words is then no help).
+neighbour must share neither the beginning nor the end of the sentence with the query (matching the words
+around the ambiguous word is then no help: only a representation of the sense is).
 """
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     "PNG of the ambiguous words' vectors (2-D PCA, coloured by sense). No downloads.")
     p.add_argument("--minutes", type=float, default=2.0,
                    help="training time budget in minutes (default 2; the whole demo takes about a minute more)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="train exactly this many steps instead of --minutes (same result on any machine)")
     p.add_argument("--out", default=os.path.join("runs", "demo"),
                    help="output folder (default runs/demo): corpus/, run/ (checkpoint), model/ (ELMo files), "
                         "senses.png; the demo's own run/, untrained/ and model/ are replaced on every call")
@@ -98,7 +101,7 @@ def _pca2(x: np.ndarray) -> np.ndarray:
 
 
 def _plot(path: str, vectors: dict[str, np.ndarray], sentences: Sequence[Any], accuracy: dict[str, dict[str, float]],
-          minutes: float) -> bool:
+          minutes: float, steps: int) -> bool:
     """One row per word of :data:`PLOT_WORDS`, one column per representation; returns False without matplotlib."""
     try:
         import matplotlib
@@ -130,8 +133,8 @@ def _plot(path: str, vectors: dict[str, np.ndarray], sentences: Sequence[Any], a
             if c == 0:
                 ax.set_ylabel(word, fontsize=11)
                 ax.legend(fontsize=7, loc="best")
-    fig.suptitle(f"Ambiguous words in held-out sentences, 2-D PCA per layer (tiny biLM, {minutes:g} min of "
-                 f"training)", fontsize=10)
+    fig.suptitle(f"Ambiguous words in held-out sentences, 2-D PCA per layer (tiny biLM, {steps} steps = "
+                 f"{minutes:.1f} min of training)", fontsize=10)
     fig.tight_layout()
     tmp = f"{path}.tmp-{os.getpid()}"
     fig.savefig(tmp, format="png", dpi=90)
@@ -176,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.minutes <= 0:
         raise ValueError(f"--minutes: expected a positive number, found {args.minutes}")
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps: expected a positive integer, found {args.steps}")
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -194,9 +199,12 @@ def run(args: argparse.Namespace) -> int:
 
     untrained = _train(paths, heldout_text, os.path.join(out, "untrained"), args, max_steps=0, minutes=None,
                        progress=False)
-    logger.info("training the tiny biLM for %.1f minute(s)", args.minutes)
-    trained = _train(paths, heldout_text, os.path.join(out, "model"), args, max_steps=None, minutes=args.minutes,
-                     progress=not args.quiet)
+    if args.steps is not None:
+        logger.info("training the tiny biLM for %d steps", args.steps)
+    else:
+        logger.info("training the tiny biLM for %.1f minute(s)", args.minutes)
+    trained = _train(paths, heldout_text, os.path.join(out, "model"), args, max_steps=args.steps,
+                     minutes=None if args.steps is not None else args.minutes, progress=not args.quiet)
 
     heldout = corpus.heldout
     words = [s.word for s in heldout]
@@ -205,10 +213,11 @@ def run(args: argparse.Namespace) -> int:
     vectors_untrained = _embed(os.path.join(out, "untrained"), heldout)
     result = nearest_neighbour_senses(vectors, words, senses)
     result_untrained = nearest_neighbour_senses(vectors_untrained, words, senses)
-    # harder: the neighbour must come from another template, so matching the template's words is no help
-    templates = [f"{s.label}/{s.template}" for s in heldout]
-    cross = nearest_neighbour_senses(vectors, words, senses, groups=templates)
-    cross_untrained = nearest_neighbour_senses(vectors_untrained, words, senses, groups=templates)
+    # harder: the neighbour must share neither the beginning nor the ending of the sentence (only the sense),
+    # so matching the words around the ambiguous word is no help
+    exclude = [[f"{s.label}/{s.prefix}" for s in heldout], [f"{s.label}/{s.suffix}" for s in heldout]]
+    cross = nearest_neighbour_senses(vectors, words, senses, exclude=exclude)
+    cross_untrained = nearest_neighbour_senses(vectors_untrained, words, senses, exclude=exclude)
     accuracy = {k: {"all": result.accuracy[k], **result.per_word[k]} for k in LAYER_KEYS}
 
     n_senses = {w: sum(1 for s in SENSES if s.word == w) for w in AMBIGUOUS_WORDS}
@@ -223,15 +232,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"Nearest-neighbour sense accuracy over {len(heldout)} held-out sentences ({len(SENSES)} senses of "
           f"{len(AMBIGUOUS_WORDS)} words; each occurrence takes the sense of the most similar other occurrence "
           f"of the same word; chance {chance:.2f}):")
-    print(f"  {'':<18} {'any neighbour':>23}   {'neighbour from another template':>31}")
+    print(f"  {'':<18} {'any neighbour':>23}   {'neighbour sharing no prefix/suffix':>31}")
     print(f"  {'representation':<18} {'trained':>11} {'untrained':>11}   {'trained':>15} {'untrained':>15}")
     for key in LAYER_KEYS:
         print(f"  {LAYER_NAMES[key]:<18} {result.accuracy[key]:>11.3f} {result_untrained.accuracy[key]:>11.3f}   "
               f"{cross.accuracy[key]:>15.3f} {cross_untrained.accuracy[key]:>15.3f}")
-    print("  The token layer gives every occurrence of a word the same vector, so it cannot tell senses apart; the\n"
-          "  LSTM layers read the context. An untrained biLM already does that much (its vectors mix in the\n"
-          "  neighbouring words, and held-out sentences share templates); telling senses apart across templates\n"
-          "  needs learned word meaning, which the tiny model does not get in a few minutes (see README).")
+    print("  Layer 0 gives every occurrence of a word the same vector, so it cannot tell senses apart (its row is the\n"
+          "  chance level of each column). Layers 1 and 2 read the context: even untrained they mix in the\n"
+          "  neighbouring words, which finds the sense when another sentence starts or ends the same way. The right-\n"
+          "  hand columns only allow neighbours that share neither the words before nor the words after the\n"
+          "  ambiguous word: there only a learned representation of the sense helps, and that is what training adds.")
     examples = _examples(heldout, result, args.examples, args.seed)
     if examples:
         print("\nNearest neighbours (trained model):")
@@ -243,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
     png = None
     if not args.no_plot:
         png = os.path.join(out, "senses.png")
-        if _plot(png, vectors, heldout, accuracy, args.minutes):
+        if _plot(png, vectors, heldout, accuracy, trained["seconds"] / 60, trained["step"]):
             print(f"\nPCA plot of the ambiguous words per layer: {png}")
         else:
             png = None
@@ -253,8 +263,8 @@ def run(args: argparse.Namespace) -> int:
         _write_json(args.json, {
             "sense_accuracy": {k: result.accuracy[k] for k in LAYER_KEYS},
             "sense_accuracy_untrained": {k: result_untrained.accuracy[k] for k in LAYER_KEYS},
-            "sense_accuracy_other_template": {k: cross.accuracy[k] for k in LAYER_KEYS},
-            "sense_accuracy_other_template_untrained": {k: cross_untrained.accuracy[k] for k in LAYER_KEYS},
+            "sense_accuracy_other_context": {k: cross.accuracy[k] for k in LAYER_KEYS},
+            "sense_accuracy_other_context_untrained": {k: cross_untrained.accuracy[k] for k in LAYER_KEYS},
             "sense_accuracy_per_word": {k: result.per_word[k] for k in LAYER_KEYS},
             "chance": chance,
             "n_heldout": len(heldout),
@@ -262,5 +272,5 @@ def run(args: argparse.Namespace) -> int:
                                                  "last_loss", "vocab_size")},
             "heldout_perplexity": ppl, "heldout_perplexity_untrained": ppl0,
             "examples": examples, "png": png, "model_dir": os.path.join(out, "model"), "seed": args.seed,
-            "minutes": args.minutes, "seconds_total": elapsed})
+            "minutes": args.minutes, "steps": args.steps, "seconds_total": elapsed})
     return 0
