@@ -280,3 +280,42 @@ def test_fast_backend_reproduces_tensorflow(fixtures_dir, name, sentence_file):
         return [top[j, : len(s)].numpy() for j, s in enumerate(batch)]
 
     assert run_protocol(embed, sentences, expected) < 1e-5
+
+
+def test_benchmark_baseline_is_the_same_function():
+    """The AllenNLP-style baseline of benchmarks/ (timed against the fast path) computes the reference's
+    function, so the speed comparison is like for like."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.baseline import BaselineElmo
+
+    model = make_bilm(seed=12)
+    ids = random_char_ids(torch.Generator().manual_seed(12), [0, 1, 2, 9, 4], steps=11)
+    with torch.no_grad():
+        want = model(ids)["activations"]
+        got = BaselineElmo(model)(ids)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **F32_OUT)
+
+
+def test_token_cache_reuses_vectors_and_follows_weights():
+    from elmo_fast.fast import enable_token_cache
+
+    model = make_bilm(seed=13)
+    gen = torch.Generator().manual_seed(13)
+    a = random_char_ids(gen, [4, 2, 6]).view(-1, 50)
+    b = random_char_ids(gen, [3, 5]).view(-1, 50)
+    cache = enable_token_cache(model, max_tokens=1000)
+    with torch.no_grad():
+        for ids in (a, b, a):
+            torch.testing.assert_close(token_encoder_fast(model.token_encoder, ids), model.token_encoder(ids),
+                                       **F32_OUT)
+        assert cache.hits > 0 and cache.misses == len(cache.entries)
+        model.token_encoder.b_proj.add_(1.0)  # weights changed: cached vectors must not be reused
+        torch.testing.assert_close(token_encoder_fast(model.token_encoder, a), model.token_encoder(a), **F32_OUT)
+    small = enable_token_cache(model, max_tokens=2)
+    with torch.no_grad():
+        token_encoder_fast(model.token_encoder, b)
+    assert len(small.entries) == 2
+    assert enable_token_cache(model, None) is None

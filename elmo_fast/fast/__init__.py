@@ -14,9 +14,9 @@ from ..nn.lstm import BiLSTM
 from ..nn.token_encoder import CharCNNTokenEncoder
 from .lstm import bilstm_fast, bilstm_streams_fast
 from .packing import clear_cache
-from .token_encoder import token_encoder_fast
+from .token_encoder import TokenCache, enable_token_cache, token_encoder_fast
 
-__all__ = ["token_encoder", "bilstm", "bilstm_streams", "clear_cache"]
+__all__ = ["token_encoder", "bilstm", "bilstm_streams", "clear_cache", "TokenCache", "enable_token_cache"]
 
 
 @register("fast", "token_encoder")

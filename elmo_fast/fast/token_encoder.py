@@ -12,6 +12,8 @@ Where the time goes in the reference, and what this does instead:
   and multiplied by all filters at once (narrower filters zero-padded to ``w_max``; ~16% extra FLOPs for
   one large, efficient matmul instead of seven convolutions). Weights are packed once for inference.
 * **Highway fused**: transform and carry matrices in one ``(F, 2F)`` matmul.
+* **Optional token cache** (:func:`enable_token_cache`, like AllenNLP's ``vocab_to_cache``): token vectors
+  kept across calls in an LRU keyed by the char ids, for inference; cleared when the weights change.
 
 Differences to the reference are float32 rounding only (summation order).
 """
@@ -21,9 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from ..nn.token_encoder import CharCNNTokenEncoder, char_cnn_features
-from .packing import PackedLinear, cached
+from .packing import PackedLinear, _stamp, cached
 
-__all__ = ["token_encoder_fast", "distinct_rows"]
+__all__ = ["token_encoder_fast", "distinct_rows", "TokenCache", "enable_token_cache"]
 
 
 def distinct_rows(char_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,15 +100,60 @@ def _cnn_features(encoder: CharCNNTokenEncoder, ids: torch.Tensor, grad: bool) -
     return torch.relu(feats) if opts.activation == "relu" else torch.tanh(feats)
 
 
-def token_encoder_fast(encoder: CharCNNTokenEncoder, char_ids: torch.Tensor) -> torch.Tensor:
-    """``(N, 50)`` int64 char ids -> ``(N, P)`` token vectors; same signature as the reference op."""
-    if char_ids.dim() != 2:
-        raise ValueError(f"char_ids: expected shape (N, 50), found {tuple(char_ids.shape)}")
-    n = char_ids.shape[0]
-    if n == 0:
-        return encoder.char_embed.new_zeros(0, encoder.output_dim)
-    grad = torch.is_grad_enabled() and any(p.requires_grad for p in encoder.parameters())
-    ids, inverse = distinct_rows(char_ids)
+class TokenCache:
+    """LRU of token vectors ``(P,)`` keyed by a token's 50 char ids; inference only (no autograd).
+
+    Entries are dropped when any encoder parameter changes (storage or version counter).
+    """
+
+    def __init__(self, max_tokens: int = 100_000) -> None:
+        from collections import OrderedDict
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens: expected a positive integer, found {max_tokens}")
+        self.max_tokens = max_tokens
+        self.entries: "OrderedDict[bytes, torch.Tensor]" = OrderedDict()
+        self.stamp: tuple = ()
+        self.hits = 0
+        self.misses = 0
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+    def lookup(self, encoder: CharCNNTokenEncoder, ids: torch.Tensor) -> torch.Tensor:
+        """``(U, 50)`` distinct ids -> ``(U, P)``, encoding only the rows not cached."""
+        stamp = _stamp(list(encoder.parameters()))
+        if stamp != self.stamp:
+            self.entries.clear()
+            self.stamp = stamp
+        keys = [row.tobytes() for row in ids.cpu().numpy()]
+        missing = [k for k, key in enumerate(keys) if key not in self.entries]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            fresh = _encode_distinct(encoder, ids[missing], grad=False)
+            for k, row in zip(missing, fresh):
+                self.entries[keys[k]] = row.clone()
+        out = torch.stack([self.entries[key] for key in keys])
+        for key in keys:  # most recently used last
+            self.entries.move_to_end(key)
+        while len(self.entries) > self.max_tokens:
+            self.entries.popitem(last=False)
+        return out
+
+
+def enable_token_cache(model: torch.nn.Module, max_tokens: int | None = 100_000) -> TokenCache | None:
+    """Keep token vectors across calls of the fast token encoder of ``model`` (a ``BiLM`` or its
+    ``CharCNNTokenEncoder``); ``max_tokens=None`` or 0 switches the cache off. Returns the cache."""
+    encoder = getattr(model, "token_encoder", model)
+    if not isinstance(encoder, CharCNNTokenEncoder):
+        raise TypeError(f"expected a BiLM or CharCNNTokenEncoder, found {type(model).__name__}")
+    cache = TokenCache(max_tokens) if max_tokens else None
+    encoder.__dict__["_fast_token_cache"] = cache  # plain attribute: not a parameter, not saved
+    return cache
+
+
+def _encode_distinct(encoder: CharCNNTokenEncoder, ids: torch.Tensor, grad: bool) -> torch.Tensor:
+    """Char-CNN, highway and projection of distinct id rows ``(U, 50)`` -> ``(U, P)``."""
     x = _cnn_features(encoder, ids, grad)
     if grad:
         for hw in encoder.highways:
@@ -116,16 +163,31 @@ def token_encoder_fast(encoder: CharCNNTokenEncoder, char_ids: torch.Tensor) -> 
             x = g * t + (1.0 - g) * x
         if encoder.W_proj is not None:
             x = torch.addmm(encoder.b_proj, x, encoder.W_proj)
+        return x
+    _, highways, proj = _prepared(encoder)
+    for hw in highways:
+        z = hw(x)
+        F_ = x.shape[1]
+        t = z[:, :F_].relu_()
+        g = z[:, F_:].sigmoid_()
+        t.sub_(x).mul_(g).add_(x)  # g * t + (1 - g) * x as x + g * (t - x)
+        x = t
+    if proj is not None:
+        x = proj(x.contiguous())
+    return x
+
+
+def token_encoder_fast(encoder: CharCNNTokenEncoder, char_ids: torch.Tensor) -> torch.Tensor:
+    """``(N, 50)`` int64 char ids -> ``(N, P)`` token vectors; same signature as the reference op."""
+    if char_ids.dim() != 2:
+        raise ValueError(f"char_ids: expected shape (N, 50), found {tuple(char_ids.shape)}")
+    if char_ids.shape[0] == 0:
+        return encoder.char_embed.new_zeros(0, encoder.output_dim)
+    grad = torch.is_grad_enabled() and any(p.requires_grad for p in encoder.parameters())
+    ids, inverse = distinct_rows(char_ids)
+    cache = encoder.__dict__.get("_fast_token_cache")
+    if cache is not None and not grad:
+        x = cache.lookup(encoder, ids)
     else:
-        _, highways, proj = _prepared(encoder)
-        for hw in highways:
-            z = hw(x)
-            F_ = x.shape[1]
-            t = z[:, :F_].relu_()
-            g = z[:, F_:].sigmoid_()
-            # g * t + (1 - g) * x, computed as x + g * (t - x) without temporaries beyond one
-            t.sub_(x).mul_(g).add_(x)
-            x = t
-        if proj is not None:
-            x = proj(x.contiguous())
+        x = _encode_distinct(encoder, ids, grad)
     return x.index_select(0, inverse)
