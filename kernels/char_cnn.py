@@ -88,8 +88,10 @@ def _char_cnn_bwd_w(ids_ptr, emb_ptr, blk_ptr, y_ptr, arg_ptr, gy_ptr, dpre_ptr,
     rd = tl.arange(0, DPAD)
     omask = ro < col_end
     n_start = chunk * TOK_CHUNK
-    db = tl.zeros((BLOCK_O,), dtype=tl.float32)
     n_end = tl.minimum(n_start + TOK_CHUNK, N)
+    # pass 1: dpre for the bx kernel, and db. (This program never reads back what it wrote: on a GPU a
+    # store followed by a load of the same address from another warp would race.)
+    db = tl.zeros((BLOCK_O,), dtype=tl.float32)
     for n0 in range(n_start, n_end, BLOCK_N):
         rn = n0 + tl.arange(0, BLOCK_N)
         m2 = (rn[:, None] < N) & omask[None, :]
@@ -102,15 +104,26 @@ def _char_cnn_bwd_w(ids_ptr, emb_ptr, blk_ptr, y_ptr, arg_ptr, gy_ptr, dpre_ptr,
             dpre = gy * (1.0 - y * y)
         tl.store(dpre_ptr + offs, dpre, mask=m2)
         db += tl.sum(dpre, axis=0)
-        am = tl.load(arg_ptr + offs, mask=m2, other=0)
-        for k in range(0, width):
+    # pass 2, per window offset k: dW[k] accumulated in registers over the chunk's tokens, stored once
+    dmask = omask[:, None] & (rd[None, :] < D)
+    for k in range(0, width):
+        acc = tl.zeros((BLOCK_O, DPAD), dtype=tl.float32)
+        for n0 in range(n_start, n_end, BLOCK_N):
+            rn = n0 + tl.arange(0, BLOCK_N)
+            m2 = (rn[:, None] < N) & omask[None, :]
+            offs = rn[:, None] * F + ro[None, :]
+            y = tl.load(y_ptr + offs, mask=m2, other=0.0)
+            gy = tl.load(gy_ptr + offs, mask=m2, other=0.0)
+            if ACT == 0:
+                dpre = tl.where(y > 0, gy, 0.0)
+            else:
+                dpre = gy * (1.0 - y * y)
+            am = tl.load(arg_ptr + offs, mask=m2, other=0)
             cid = tl.load(ids_ptr + rn[:, None] * L + am + k, mask=m2, other=0)  # (BLOCK_N, BLOCK_O)
             e = tl.load(emb_ptr + (cid[:, :, None] - 1) * D + rd[None, None, :],
                         mask=(m2 & (cid > 0))[:, :, None] & (rd[None, None, :] < D), other=0.0)
-            part = tl.sum(e * dpre[:, :, None], axis=0)  # (BLOCK_O, DPAD)
-            dst = dw_ptr + chunk * (W_MAX * D * F) + k * D * F + rd[None, :] * F + ro[:, None]
-            dmask = omask[:, None] & (rd[None, :] < D)
-            tl.store(dst, tl.load(dst, mask=dmask, other=0.0) + part, mask=dmask)
+            acc += tl.sum(e * dpre[:, :, None], axis=0)  # (BLOCK_O, DPAD)
+        tl.store(dw_ptr + chunk * (W_MAX * D * F) + k * D * F + rd[None, :] * F + ro[:, None], acc, mask=dmask)
     tl.store(db_ptr + chunk * F + ro, db, mask=omask)
 
 

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import check_device, colsum, matmul, mm, precision_code
+from .common import check_device, colsum, interpreting, matmul, mm, precision_code
 
 __all__ = ["highway", "projection", "HighwayFunction", "ProjectionFunction"]
 
@@ -80,7 +80,7 @@ class HighwayFunction(torch.autograd.Function):
         t = torch.empty_like(x)
         prec = precision_code()
         if N > 0:
-            BM, BN, BK = 64, 64, 32
+            BM, BN, BK = (128, 128, 64) if interpreting() else (64, 64, 32)  # interpreter: fewer programs
             _highway_fwd[(triton.cdiv(N, BM), triton.cdiv(F_, BN))](
                 x, W_carry.contiguous(), b_carry.contiguous(), W_transform.contiguous(), b_transform.contiguous(),
                 y, g, t, N, F_, PREC=prec, BM=BM, BN=BN, BK=BK)

@@ -32,14 +32,16 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import check_device, colsum, matmul, mm, precision_code
+from .common import check_device, colsum, interpreting, matmul, mm, precision_code
 
 __all__ = ["lstm_bidirectional_layer", "LSTMLayerFunction", "persistent_fits"]
 
-BB = 16   # batch rows per program (tl.dot needs >= 16)
-BC = 32   # cell columns per program (per gate)
-BP = 32   # projection columns per program
-BK = 32   # reduction chunk
+#: step-kernel tiles (batch rows, cell columns per gate, projection columns, reduction chunk); tl.dot needs
+#: >= 16. The interpreter pays ~1 ms of Python per tensor op and program, so it runs fewer, larger
+#: programs (same kernels, other tile sizes). Tests may set TILES to exercise multi-block paths.
+GPU_TILES = (16, 32, 32, 32)
+INTERPRETER_TILES = (16, 64, 64, 128)
+TILES: tuple[int, int, int, int] | None = None
 PERSISTENT_LIMIT = 32768  # max 5 * P_pad * C_pad float32 elements held in registers by one program
 
 
@@ -66,7 +68,7 @@ def _split_gates(acc, BB: tl.constexpr, BC: tl.constexpr):
 
 @triton.jit
 def _cell_step(gx_ptr, bias_ptr, wh_ptr, len_ptr, h_ptr, c_ptr, u_ptr,
-               g_sv, cpre_sv, cprev_sv, u_sv, s, B, T, P, C, cell_clip,
+               g_sv, cpre_sv, cprev_sv, u_sv, hprev_sv, s, B, T, P, C, cell_clip,
                HAS_CLIP: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr, REV: tl.constexpr,
                BB: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr):
     pid_b = tl.program_id(0)
@@ -85,8 +87,11 @@ def _cell_step(gx_ptr, bias_ptr, wh_ptr, len_ptr, h_ptr, c_ptr, u_ptr,
     wh = wh_ptr + d * P * G4
     for k0 in range(0, P, BK):
         rk = k0 + tl.arange(0, BK)
-        h = tl.load(h_ptr + (d * B + rb[:, None]) * P + rk[None, :],
-                    mask=valid[:, None] & (rk[None, :] < P), other=0.0)
+        hm = valid[:, None] & (rk[None, :] < P)
+        h = tl.load(h_ptr + (d * B + rb[:, None]) * P + rk[None, :], mask=hm, other=0.0)
+        if SAVE:
+            if pid_c == 0:  # h_{t-1} for dW_h; the state is only written by the projection launch
+                tl.store(hprev_sv + ((d * B + rb[:, None]) * T + t[:, None]) * P + rk[None, :], h, mask=hm)
         w = tl.load(wh + rk[:, None] * G4 + wcol[None, :], mask=(rk[:, None] < P) & (c4[None, :] < C), other=0.0)
         acc += mm(h, w, PREC)
     acc_i, acc_j, acc_f, acc_o = _split_gates(acc, BB, BC)
@@ -124,7 +129,7 @@ def _cell_step(gx_ptr, bias_ptr, wh_ptr, len_ptr, h_ptr, c_ptr, u_ptr,
 
 
 @triton.jit
-def _proj_step(u_ptr, wp_ptr, len_ptr, h_ptr, x_ptr, y_ptr, hprev_sv, hpre_sv, s, B, T, P, C, proj_clip,
+def _proj_step(u_ptr, wp_ptr, len_ptr, h_ptr, x_ptr, y_ptr, hpre_sv, s, B, T, P, C, proj_clip,
                HAS_CLIP: tl.constexpr, RESIDUAL: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr,
                REV: tl.constexpr, BB: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr):
     pid_b = tl.program_id(0)
@@ -150,7 +155,6 @@ def _proj_step(u_ptr, wp_ptr, len_ptr, h_ptr, x_ptr, y_ptr, hprev_sv, hpre_sv, s
     h_off = (d * B + rb[:, None]) * P + rp[None, :]
     sv = ((d * B + rb[:, None]) * T + t[:, None]) * P + rp[None, :]
     if SAVE:
-        tl.store(hprev_sv + sv, tl.load(h_ptr + h_off, mask=m2, other=0.0), mask=m2)
         tl.store(hpre_sv + sv, acc, mask=m2)
     tl.store(h_ptr + h_off, h_new, mask=m2)
     out = h_new
@@ -323,6 +327,12 @@ def persistent_fits(P: int, C: int) -> bool:
     return 5 * pp * cc <= PERSISTENT_LIMIT
 
 
+def _tiles() -> tuple[int, int, int, int]:
+    if TILES is not None:
+        return TILES
+    return INTERPRETER_TILES if interpreting() else GPU_TILES
+
+
 class LSTMLayerFunction(torch.autograd.Function):
     """One biLM layer for both directions; see :func:`lstm_bidirectional_layer`."""
 
@@ -353,6 +363,7 @@ class LSTMLayerFunction(torch.autograd.Function):
             G = Cpre = Cprev = U = Hprev = Hpre = y  # unused pointers
         has_cc, has_pc = cell_clip is not None, proj_clip is not None
         cc, pc = float(cell_clip or 0.0), float(proj_clip or 0.0)
+        BB, BC, BP, BK = _tiles()
         if persistent is None:
             persistent = persistent_fits(P, C)
         if B > 0 and T > 0:
@@ -371,9 +382,9 @@ class LSTMLayerFunction(torch.autograd.Function):
                 grid_c = (triton.cdiv(B, BB), triton.cdiv(C, BC), 2)
                 grid_p = (triton.cdiv(B, BB), triton.cdiv(P, BP), 2)
                 for s in range(T):
-                    _cell_step[grid_c](gx, bias, W_h, lengths, h, c, u, G, Cpre, Cprev, U, s, B, T, P, C, cc,
+                    _cell_step[grid_c](gx, bias, W_h, lengths, h, c, u, G, Cpre, Cprev, U, Hprev, s, B, T, P, C, cc,
                                        HAS_CLIP=has_cc, SAVE=save, PREC=prec, REV=reverse, BB=BB, BC=BC, BK=BK)
-                    _proj_step[grid_p](u, W_P, lengths, h, x, y, Hprev, Hpre, s, B, T, P, C, pc,
+                    _proj_step[grid_p](u, W_P, lengths, h, x, y, Hpre, s, B, T, P, C, pc,
                                        HAS_CLIP=has_pc, RESIDUAL=residual, SAVE=save, PREC=prec,
                                        REV=reverse, BB=BB, BP=BP, BK=BK)
         if save:
@@ -392,6 +403,7 @@ class LSTMLayerFunction(torch.autograd.Function):
         dc = torch.zeros(2, B, C, device=dev) if dc_n is None else dc_n.clone().contiguous()
         dZ = torch.zeros(2, B, T, 4 * C, device=dev)
         dHpre = torch.zeros(2, B, T, P, device=dev)
+        BB, BC, BP, BK = _tiles()
         if B > 0 and T > 0:
             grid_c = (triton.cdiv(B, BB), triton.cdiv(C, BC), 2)
             grid_p = (triton.cdiv(B, BB), triton.cdiv(P, BP), 2)

@@ -180,11 +180,11 @@ def sampled_softmax_grads(hidden, targets, weight, bias, sampled_ids, q_t, q_s, 
     if N > 0:
         _sampled_bwd_h[(triton.cdiv(N, BN),)](hidden, targets, weight, bias, sampled_ids, q_t, q_s, lse, g, dh, dwt,
                                              dtrue, N, S, P, REMOVE_HITS=remove_accidental_hits, PREC=prec, BN=BN,
-                                             BS=BS, PP=pp)
+                                             BS=BS, PP=pp, num_warps=8)
     if S > 0:
         _sampled_bwd_w[(triton.cdiv(S, BS),)](hidden, targets, weight, bias, sampled_ids, q_s, lse, g, dws, dbs,
                                              N, S, P, REMOVE_HITS=remove_accidental_hits, PREC=prec, BN=BN,
-                                             BS=BS, PP=pp)
+                                             BS=BS, PP=pp, num_warps=8)
     return dh, dwt, dtrue, dws, dbs
 
 
@@ -203,7 +203,8 @@ class SampledSoftmaxFunction(torch.autograd.Function):
         lse = torch.empty(N, device=hidden.device)
         if N > 0:
             _sampled_fwd[(triton.cdiv(N, BN),)](hidden, targets, weight, bias, sampled_ids, q_t, q_s, loss, lse,
-                                               N, S, P, REMOVE_HITS=remove_hits, PREC=prec, BN=BN, BS=BS, PP=pp)
+                                               N, S, P, REMOVE_HITS=remove_hits, PREC=prec, BN=BN, BS=BS, PP=pp,
+                                               num_warps=8)
         ctx.save_for_backward(hidden, targets, weight, bias, sampled_ids, q_t, q_s, lse)
         ctx.meta = (remove_hits, prec)
         return loss
@@ -289,7 +290,7 @@ def full_softmax_loss(hidden: torch.Tensor, targets: torch.Tensor, weight: torch
     if N == 0:
         return true
     _full_partial[(triton.cdiv(N, BN), splits)](hidden, targets, weight, bias, m, l, true, N, V, P, per_split,
-                                                splits, PREC=precision_code(), BN=BN, BV=BV, PP=pp)
+                                                splits, PREC=precision_code(), BN=BN, BV=BV, PP=pp, num_warps=8)
     m_max = m.max(dim=1).values
     lse = m_max + torch.log((l * torch.exp(m - m_max[:, None])).sum(dim=1))
     return lse - true
