@@ -43,13 +43,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None,
                    help="train exactly this many steps instead of --minutes (same result on any machine)")
     p.add_argument("--out", default=os.path.join("runs", "demo"),
-                   help="output folder (default runs/demo): corpus/, run/ (checkpoint), model/ (ELMo files), "
-                        "senses.png; the demo's own run/, untrained/ and model/ are replaced on every call")
+                   help="output folder (default runs/demo): corpus/ (train.txt, heldout.tsv), model/ (ELMo files) "
+                        "and model-run/ (checkpoint) of the trained model, untrained/ and untrained-run/ of the "
+                        "initial weights, senses.png; the model and run folders are replaced on every call")
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
     p.add_argument("--seed", type=int, default=0, help="seed of the corpus, the initialisation and the "
                    "training order (default 0)")
     p.add_argument("--n-train", type=int, default=8000, help="training sentences to generate (default 8000, "
-                   "about 79k tokens)")
+                   "about 83k tokens)")
     p.add_argument("--heldout-per-sense", type=int, default=20, help="labelled held-out sentences per sense "
                    "(default 20)")
     p.add_argument("--batch-size", type=int, default=32, help="training rows per batch (default 32; unroll 20)")
