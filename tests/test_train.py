@@ -306,3 +306,28 @@ def test_sigterm_writes_checkpoint_and_resume_continues(tmp_path):
                            _config(batch_size=2, unroll_steps=3, n_negative_samples=8, max_steps=step + 1),
                            resume=True, progress=False)
     assert resumed["step"] == step + 1
+
+
+def test_training_streams_compute_the_inference_bilm(fixtures_dir):
+    """On the AllenNLP fixture model: the training path (forward stream <S> w1..wn, reverse stream
+    </S> wn..w1, zero state) gives the same per-position layers as the inference biLM on BOS w1..wn EOS, so
+    the weights training optimises are the weights the embedder runs."""
+    from elmo_fast.chars import CharacterMapper
+
+    bilm = BiLM.from_files(fixtures_dir / "allennlp" / "options.json", fixtures_dir / "allennlp" / "lm_weights.hdf5",
+                           stateful=False, backend="reference")
+    sentences = json.loads((fixtures_dir / "allennlp" / "sentences.json").read_text())
+    mapper = CharacterMapper()
+    P = bilm.options.lstm.projection_dim
+    for words in (sentences[0][0].split(), sentences[1][3].split(), ["a"]):
+        n = len(words)
+        with torch.no_grad():
+            layers = bilm(batch_to_ids([words]))["activations"]
+            fw_ids = torch.tensor([[mapper.token_to_ids(w) for w in ["<S>"] + list(words)]])
+            bw_ids = torch.tensor([[mapper.token_to_ids(w) for w in ["</S>"] + list(reversed(words))]])
+            fw_out, bw_out, _ = bilm.forward_streams(bilm.encode_tokens(fw_ids), bilm.encode_tokens(bw_ids))
+        for k in (1, 2):
+            inference = layers[k][0]                      # (n + 2, 2P): BOS .. EOS
+            assert torch.allclose(fw_out[k - 1][0], inference[:n + 1, :P], atol=1e-6)
+            # reverse stream position j holds inference position n + 1 - j (EOS first, w1 last)
+            assert torch.allclose(bw_out[k - 1][0], inference[1:n + 2, P:].flip(0), atol=1e-6)
