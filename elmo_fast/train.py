@@ -603,7 +603,11 @@ def _run(train: str | Sequence[str], out_dir: str, options: ElmoOptions, config:
     if init_from and resume:
         logger.warning("--init-from is ignored with --resume (the checkpoint holds the weights)")
         init_from = None
-    init_vocab_file = os.path.join(init_from, "vocab.txt") if init_from else None
+    init_model: LanguageModel | None = None
+    init_vocab: Vocabulary | None = None
+    init_has_softmax = False
+    if init_from:  # ELMo files (softmax + vocab optional) or another run directory
+        init_model, init_vocab, init_has_softmax = load_model_dir(init_from, config.backend, need_softmax=False)
     if resume:
         vocab = Vocabulary.from_file(run_vocab_file)
         if vocab_path is not None and Vocabulary.from_file(vocab_path).digest() != vocab.digest():
@@ -613,8 +617,8 @@ def _run(train: str | Sequence[str], out_dir: str, options: ElmoOptions, config:
                              f"was trained with ({ckpt['vocab_size']} tokens)")
     elif vocab_path is not None:
         vocab = Vocabulary.from_file(vocab_path)
-    elif init_vocab_file is not None and os.path.exists(init_vocab_file):
-        vocab = Vocabulary.from_file(init_vocab_file)
+    elif init_vocab is not None:
+        vocab = init_vocab
     else:
         if is_main:
             logger.info("building the vocabulary from %d file(s)", len(files))
@@ -636,8 +640,8 @@ def _run(train: str | Sequence[str], out_dir: str, options: ElmoOptions, config:
             raise ValueError(f"--options describe a different model shape than {ckpt_file} (checkpoint: lstm "
                              f"{saved.lstm}; given: lstm {options.lstm}); resume with the run's options")
         options = saved
-    if init_from and not resume:
-        init_options = load_options(os.path.join(init_from, "options.json"))
+    if init_model is not None:
+        init_options = init_model.bilm.options
         if _shape(init_options) != _shape(options):
             logger.info("--init-from: using the model shape of %s", init_from)
         options = dataclasses.replace(init_options, extra={**init_options.extra, **options.extra})
@@ -671,25 +675,22 @@ def _run(train: str | Sequence[str], out_dir: str, options: ElmoOptions, config:
     if resume:
         model = _model_from_checkpoint(ckpt, config.backend)
     else:
-        has_proj = True
-        weights = None
-        if init_from:
-            weights = read_weights(os.path.join(init_from, "weights.hdf5"), options)
-            has_proj = "CNN_proj/W_proj" in weights
+        has_proj = init_model.bilm.token_encoder.W_proj is not None if init_model is not None else True
         model = LanguageModel(options, len(vocab), backend=config.backend, has_projection=has_proj)
         init_weights(model.bilm, model.softmax_weight, model.softmax_bias,
                      torch.Generator().manual_seed(_derive_seed(config.seed, 0)))
-        if weights is not None:
-            model.bilm.load_bilm_tf_weights(weights)
-            sm_file = os.path.join(init_from, "softmax_weights.hdf5")
-            same_vocab = init_vocab_file is not None and os.path.exists(init_vocab_file) and \
-                Vocabulary.from_file(init_vocab_file).digest() == vocab.digest()
-            if os.path.exists(sm_file) and same_vocab:
-                model.load_elmo_files(os.path.join(init_from, "weights.hdf5"), sm_file)
+        if init_model is not None:
+            model.bilm.load_bilm_tf_weights(init_model.bilm.bilm_tf_weights())
+            same_vocab = init_vocab is not None and init_vocab.digest() == vocab.digest()
+            if init_has_softmax and same_vocab:
+                with torch.no_grad():
+                    model.softmax_weight.copy_(init_model.softmax_weight)
+                    model.softmax_bias.copy_(init_model.softmax_bias)
                 logger.info("--init-from: loaded weights, softmax weights and vocabulary of %s", init_from)
             else:
                 logger.info("--init-from: loaded the biLM weights of %s; softmax initialised fresh (%s)", init_from,
-                            "no softmax_weights.hdf5" if not os.path.exists(sm_file) else "different vocabulary")
+                            "different vocabulary" if init_has_softmax else "no softmax_weights.hdf5/vocab.txt")
+            del init_model
     model.to(device)
     ddp_model = None
     if world > 1:

@@ -218,6 +218,16 @@ def test_export_loads_in_elmo_embedder_with_identical_layers(tmp_path, capsys):
     a = load_checkpoint(str(run_dir / CHECKPOINT_NAME))["model"]
     b = load_checkpoint(str(init_dir / CHECKPOINT_NAME))["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # ... and from a run directory; with a vocabulary of its own the softmax starts fresh
+    other_vocab = tmp_path / "vocab2.txt"
+    other_vocab.write_text("<S>\n</S>\n<UNK>\nw1\nw2\n", encoding="utf-8")
+    for name, extra in (("init_run", []), ("init_vocab", ["--vocab", str(other_vocab)])):
+        assert cli_main(["train", "--train", str(tmp_path / "corpus" / "*.txt"), "--out", str(tmp_path / name),
+                         "--options", "tiny", "--init-from", str(run_dir), "--max-steps", "0", "--batch-size", "4",
+                         "--backend", "reference", "--quiet"] + extra) == 0
+        c = load_checkpoint(str(tmp_path / name / CHECKPOINT_NAME))["model"]
+        assert all(torch.equal(a[k], c[k]) for k in a if not k.startswith("softmax"))
+        assert torch.equal(a["softmax_weight"], c["softmax_weight"]) == (name == "init_run")
 
 
 def test_cli_bad_input_is_reported(tmp_path, caplog):

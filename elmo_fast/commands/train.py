@@ -51,7 +51,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "sampling (default 0)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoint.pt exactly")
     p.add_argument("--init-from", metavar="MODEL_DIR", help="start from ELMo files (options.json, weights.hdf5; "
-                   "softmax_weights.hdf5 + vocab.txt when present) to fine-tune on new text")
+                   "softmax_weights.hdf5 + vocab.txt when present) or another run directory, to fine-tune on new "
+                   "text; the model shape comes from MODEL_DIR, the softmax is kept when the vocabulary is the same")
     p.add_argument("--checkpoint-every", type=int, default=1250, help="steps between checkpoints (default 1250)")
     p.add_argument("--eval-every", type=int, default=None, help="steps between held-out evaluations "
                    "(default: only at the end)")
