@@ -299,7 +299,7 @@ def _word_baseline(train: Sequence[TaggedSentence], test: Sequence[TaggedSentenc
 
 
 def pos_probe(embedder: ElmoEmbedder, train: Sequence[TaggedSentence], dev: Sequence[TaggedSentence],
-              test: Sequence[TaggedSentence], epochs: int = 8, lr: float = 3e-3, batch_size: int = 256,
+              test: Sequence[TaggedSentence], epochs: int = 20, lr: float = 3e-3, batch_size: int = 256,
               seed: int = 0, progress: bool = False) -> PosProbeResult:
     """Train a linear UPOS probe per representation on frozen biLM layers.
 
