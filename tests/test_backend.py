@@ -73,7 +73,8 @@ def test_bad_precision_setting_is_an_error(monkeypatch):
 
 @pytest.mark.parametrize("lstm_kernel", ["persistent", "step"])
 def test_bilm_matches_reference_stateful_and_gradients(monkeypatch, tmp_path, lstm_kernel):
-    """Two stateful calls (3 rows, then 2: slots beyond the batch stay untouched), all three layers; then
+    """Two stateful calls (4 rows incl. an empty sentence, then 2: slots beyond the batch stay untouched),
+    all three layers and the carried states; then
     gradients of every parameter through forward_embeddings with dropout under one seed.
     Tolerance: float32 vs float32 with another summation order, ~10 recurrent steps: outputs 1e-5 abs
     (values are O(1), clips at 3); gradients 1e-4 relative to their largest entry."""
@@ -83,7 +84,7 @@ def test_bilm_matches_reference_stateful_and_gradients(monkeypatch, tmp_path, ls
     outs = {}
     for name, model in models.items():
         with torch.no_grad():
-            a = model(batch_to_ids(SENTENCES))
+            a = model(batch_to_ids(SENTENCES + [[]]))  # plus an empty sentence (BOS, EOS only)
             b = model(batch_to_ids([["x", "y", "z", "w", "v"], ["q"]]))
         outs[name] = a["activations"] + b["activations"] + [model.states.h, model.states.c]
     for x, y in zip(outs["triton"], outs["reference"]):
