@@ -13,12 +13,12 @@ sampled row, ``dW[s] = Σ_n g_n p_ns h_n`` and ``db[s]``. :func:`sampled_softmax
 touched-row gradients (for sparse updates); the autograd wrapper scatters them into dense ``(V, P)``
 gradients like the reference does.
 
-**Full softmax** (evaluation, e.g. perplexity over a 793k-word vocabulary): grid (row blocks,
+**Full softmax** (evaluation, e.g. perplexity over a 793k-word vocabulary): grid (blocks of 64 rows,
 vocabulary splits); each program runs an online log-sum-exp over its vocabulary slice, tile by tile;
 the few partial (max, sum) pairs per row are combined at the end. Memory is O(N * splits), never
 O(N * V). Forward only (evaluation); asking for its gradient raises.
 
-``P`` (the hidden size) is held whole in registers: ``P <= 1024`` (every public model has P <= 512).
+The sampled-softmax kernels hold a hidden row whole in registers: ``P <= 1024`` (public models: P <= 512).
 """
 from __future__ import annotations
 
@@ -35,6 +35,8 @@ __all__ = ["sampled_softmax_loss", "sampled_softmax_grads", "full_softmax_loss",
 BN = 16          # target rows per program
 BS = 32          # samples per tile
 BV = 64          # vocabulary rows per tile (full softmax)
+BN_FULL = 64     # rows per program of the full softmax: W is streamed once per 64 rows
+BK_FULL = 64     # P chunk of the full softmax
 MAX_P = 1024
 NEG_FLT_MAX = tl.constexpr(-3.4028234663852886e38)  # what TF gives an accidental hit
 
@@ -235,13 +237,12 @@ def sampled_softmax_loss(hidden: torch.Tensor, targets: torch.Tensor, weight: to
 
 @triton.jit
 def _full_partial(h_ptr, tgt_ptr, w_ptr, b_ptr, m_ptr, l_ptr, true_ptr, N, V, P, V_PER_SPLIT, SPLITS,
-                  PREC: tl.constexpr, BN: tl.constexpr, BV: tl.constexpr, PP: tl.constexpr):
+                  PREC: tl.constexpr, BN: tl.constexpr, BV: tl.constexpr, BK: tl.constexpr):
+    """Online log-sum-exp of rows ``rn`` over the vocabulary slice of this split. ``BN`` is large (64) so
+    that W, the dominant traffic, is streamed once per 64 rows; h is re-read per P chunk (from L1/L2)."""
     rn = tl.program_id(0) * BN + tl.arange(0, BN)
     split = tl.program_id(1)
     nm = rn < N
-    rp = tl.arange(0, PP)
-    pm = rp < P
-    h = tl.load(h_ptr + rn[:, None] * P + rp[None, :], mask=nm[:, None] & pm[None, :], other=0.0)
     m = tl.full((BN,), float("-inf"), dtype=tl.float32)
     l = tl.zeros((BN,), dtype=tl.float32)
     v_start = split * V_PER_SPLIT
@@ -249,8 +250,14 @@ def _full_partial(h_ptr, tgt_ptr, w_ptr, b_ptr, m_ptr, l_ptr, true_ptr, N, V, P,
     for v0 in range(v_start, v_end, BV):
         rv = v0 + tl.arange(0, BV)
         vm = rv < v_end
-        w = tl.load(w_ptr + rv[:, None] * P + rp[None, :], mask=vm[:, None] & pm[None, :], other=0.0)
-        logits = mm(h, tl.trans(w), PREC) + tl.load(b_ptr + rv, mask=vm, other=0.0)[None, :]
+        acc = tl.zeros((BN, BV), dtype=tl.float32)
+        for k0 in range(0, P, BK):
+            rk = k0 + tl.arange(0, BK)
+            km = rk < P
+            h = tl.load(h_ptr + rn[:, None] * P + rk[None, :], mask=nm[:, None] & km[None, :], other=0.0)
+            wt = tl.load(w_ptr + rv[None, :] * P + rk[:, None], mask=km[:, None] & vm[None, :], other=0.0)
+            acc += mm(h, wt, PREC)
+        logits = acc + tl.load(b_ptr + rv, mask=vm, other=0.0)[None, :]
         logits = tl.where(vm[None, :], logits, float("-inf"))
         m_new = tl.maximum(m, tl.max(logits, axis=1))
         l = l * tl.exp(m - m_new) + tl.sum(tl.exp(logits - m_new[:, None]), axis=1)
@@ -259,8 +266,13 @@ def _full_partial(h_ptr, tgt_ptr, w_ptr, b_ptr, m_ptr, l_ptr, true_ptr, N, V, P,
     tl.store(l_ptr + rn * SPLITS + split, l, mask=nm)
     if split == 0:
         tgt = tl.load(tgt_ptr + rn, mask=nm, other=0)
-        wt = tl.load(w_ptr + tgt[:, None] * P + rp[None, :], mask=nm[:, None] & pm[None, :], other=0.0)
-        true = tl.sum(h * wt, axis=1) + tl.load(b_ptr + tgt, mask=nm, other=0.0)
+        true = tl.load(b_ptr + tgt, mask=nm, other=0.0)
+        for k0 in range(0, P, BK):
+            rk = k0 + tl.arange(0, BK)
+            m2 = nm[:, None] & (rk[None, :] < P)
+            h = tl.load(h_ptr + rn[:, None] * P + rk[None, :], mask=m2, other=0.0)
+            wt = tl.load(w_ptr + tgt[:, None] * P + rk[None, :], mask=m2, other=0.0)
+            true += tl.sum(h * wt, axis=1)
         tl.store(true_ptr + rn, true, mask=nm)
 
 
@@ -276,7 +288,9 @@ def full_softmax_loss(hidden: torch.Tensor, targets: torch.Tensor, weight: torch
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad or bias.requires_grad):
         raise BackendError("triton full_softmax_loss is an evaluation kernel (no backward); run it under "
                            "torch.no_grad() or use the reference for training with the full softmax")
-    pp = _check(hidden, weight)
+    if hidden.dim() != 2 or weight.dim() != 2 or weight.shape[1] != hidden.shape[1]:
+        raise ValueError(f"hidden (N, P) and weight (V, P) expected, found {tuple(hidden.shape)} and "
+                         f"{tuple(weight.shape)}")
     hidden, targets = hidden.contiguous(), targets.to(torch.int64).contiguous()
     weight, bias = weight.contiguous(), bias.contiguous()
     N, P = hidden.shape
@@ -289,8 +303,9 @@ def full_softmax_loss(hidden: torch.Tensor, targets: torch.Tensor, weight: torch
     true = torch.empty(N, device=dev)
     if N == 0:
         return true
-    _full_partial[(triton.cdiv(N, BN), splits)](hidden, targets, weight, bias, m, l, true, N, V, P, per_split,
-                                                splits, PREC=precision_code(), BN=BN, BV=BV, PP=pp, num_warps=8)
+    _full_partial[(triton.cdiv(N, BN_FULL), splits)](hidden, targets, weight, bias, m, l, true, N, V, P, per_split,
+                                                     splits, PREC=precision_code(), BN=BN_FULL, BV=BV, BK=BK_FULL,
+                                                     num_warps=8)
     m_max = m.max(dim=1).values
     lse = m_max + torch.log((l * torch.exp(m - m_max[:, None])).sum(dim=1))
     return lse - true
