@@ -1,10 +1,12 @@
 """Fused char-CNN: char embedding gather + every filter's convolution + bias + max over positions +
 activation in one kernel (ELMO_SPEC §2 steps 1-2), forward and backward.
 
-Nothing of size (tokens x filters x positions) is ever written: the forward keeps a running max per
-(token, output channel) in registers and writes only the features ``(N, F)`` and the argmax position
-``(N, F)`` int32 that the backward needs (the gradient of a max flows to its argmax; ties only occur
-between identical windows, e.g. runs of padding characters, whose gradients are identical).
+Nothing of size (tokens x filters x positions) is ever written: a program's (tokens x positions x
+channels) block lives in registers only and is reduced by the max at once; the kernel writes the features
+``(N, F)`` and the argmax position ``(N, F)`` int32 that the backward needs (the gradient of a max flows
+to its argmax, the first maximal position). Ties are almost always between identical windows (runs of
+padding characters), whose gradients are identical; a coincidental tie between different windows
+could route a gradient differently from torch's ``max``.
 
 Layout: the per-filter weights ``(1, w_i, d, n_i)`` are packed into one ``(w_max, d, F)`` tensor (zero
 rows for k >= w_i), and the output columns are cut into blocks that never straddle two filters; a small
