@@ -2,9 +2,12 @@
 ``lstm_layer_reference`` run per direction: outputs, final states and every gradient.
 
 Interpreter on CPU (``TRITON_INTERPRET=1`` set before the kernels are imported), compiled on CUDA.
-Tolerance rule as in test_kernels_char_cnn.py: ``|kernel - ref64| <= 4 |ref32 - ref64| + 1e-6 scale``.
-A recurrence amplifies rounding step after step (gradients reach ~50 here), and the float32 reference
-is amplified the same way, which is why the bound is relative to the reference's own float32 error.
+Tolerance rule as in test_kernels_char_cnn.py, ``|kernel - ref64| <= k |ref32 - ref64| + 1e-6 scale``,
+with k = 4 for outputs and states and k = 8 for gradients. A recurrence amplifies rounding step after
+step (gradients reach ~50 here) and the float32 reference is amplified the same way, which is why the
+bound is relative to the reference's own float32 error; but two differently-ordered float32 runs of a
+chaotic recurrence differ from float64 by amounts whose ratio scatters (observed up to 3.6 for dB), so
+gradients get the wider factor.
 """
 import os
 
@@ -84,9 +87,9 @@ def test_layer_matches_reference(monkeypatch, persistent, shared, residual, clip
     kern = run(tensors, lengths, shared, clip, residual, reverse, torch.float32, True, persistent)
     r32 = run(tensors, lengths, shared, clip, residual, reverse, torch.float32, False)
     r64 = run(tensors, lengths, shared, clip, residual, reverse, torch.float64, False)
-    for name, a, b, c in zip(NAMES, kern, r32, r64):
+    for i, (name, a, b, c) in enumerate(zip(NAMES, kern, r32, r64)):
         assert a.shape == b.shape, name
-        assert_as_accurate(a, b, c, name)
+        assert_as_accurate(a, b, c, name, factor=4.0 if i < 3 else 8.0)
     if clip is not None:
         # both clip regimes occur in this data: |c| reaches the clip for some units and not for others
         c_all = r64[2]
@@ -104,8 +107,8 @@ def test_clip_gradient_is_zero_where_clip_active():
     kern = run(tensors, lengths, False, 1.0, False, True, torch.float32, True, persistent=False)
     r64 = run(tensors, lengths, False, 1.0, False, True, torch.float64, False)
     r32 = run(tensors, lengths, False, 1.0, False, True, torch.float32, False)
-    for name, a, b, c in zip(NAMES, kern, r32, r64):
-        assert_as_accurate(a, b, c, name)
+    for i, (name, a, b, c) in enumerate(zip(NAMES, kern, r32, r64)):
+        assert_as_accurate(a, b, c, name, factor=4.0 if i < 3 else 8.0)
     frac = float((r64[2].abs() >= 1.0).double().mean())
     assert 0.1 < frac < 1.0, frac
     unclipped = run(tensors, lengths, False, None, False, True, torch.float64, False)
