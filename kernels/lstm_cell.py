@@ -39,7 +39,9 @@ __all__ = ["lstm_bidirectional_layer", "LSTMLayerFunction", "persistent_fits"]
 #: step-kernel tiles (batch rows, cell columns per gate, projection columns, reduction chunk); tl.dot needs
 #: >= 16. The interpreter pays ~1 ms of Python per tensor op and program, so it runs fewer, larger
 #: programs (same kernels, other tile sizes). Tests may set TILES to exercise multi-block paths.
-GPU_TILES = (16, 32, 32, 32)
+#: GPU: 64 batch rows per program, so each W_h / W_P slice is read by only ceil(B / 64) programs per step
+#: (B = 128: twice) - the step kernels are bound by streaming the recurrent weights (cost model).
+GPU_TILES = (64, 32, 32, 32)
 INTERPRETER_TILES = (16, 64, 64, 128)
 TILES: tuple[int, int, int, int] | None = None
 PERSISTENT_LIMIT = 32768  # max 5 * P_pad * C_pad float32 elements held in registers by one program
@@ -383,10 +385,11 @@ class LSTMLayerFunction(torch.autograd.Function):
                 grid_p = (triton.cdiv(B, BB), triton.cdiv(P, BP), 2)
                 for s in range(T):
                     _cell_step[grid_c](gx, bias, W_h, lengths, h, c, u, G, Cpre, Cprev, U, Hprev, s, B, T, P, C, cc,
-                                       HAS_CLIP=has_cc, SAVE=save, PREC=prec, REV=reverse, BB=BB, BC=BC, BK=BK)
+                                       HAS_CLIP=has_cc, SAVE=save, PREC=prec, REV=reverse, BB=BB, BC=BC, BK=BK,
+                                       num_warps=8)
                     _proj_step[grid_p](u, W_P, lengths, h, x, y, Hpre, s, B, T, P, C, pc,
                                        HAS_CLIP=has_pc, RESIDUAL=residual, SAVE=save, PREC=prec,
-                                       REV=reverse, BB=BB, BP=BP, BK=BK)
+                                       REV=reverse, BB=BB, BP=BP, BK=BK, num_warps=8)
         if save:
             ctx.save_for_backward(x_in, W_x, W_h, W_P, lengths, G, Cpre, Cprev, U, Hprev, Hpre)
         ctx.meta = (has_cc, has_pc, cc, pc, residual, prec, shared_x, (B, T, I), reverse)
@@ -409,9 +412,10 @@ class LSTMLayerFunction(torch.autograd.Function):
             grid_p = (triton.cdiv(B, BB), triton.cdiv(P, BP), 2)
             for s in range(T - 1, -1, -1):
                 _cell_step_bwd[grid_c](dy, dh, dc, W_P, lengths, G, Cpre, Cprev, Hpre, dZ, dHpre, s, B, T, P, C,
-                                       cc, pc, HAS_CCLIP=has_cc, HAS_PCLIP=has_pc, PREC=prec, REV=reverse, BB=BB, BC=BC, BK=BK)
+                                       cc, pc, HAS_CCLIP=has_cc, HAS_PCLIP=has_pc, PREC=prec, REV=reverse,
+                                       BB=BB, BC=BC, BK=BK, num_warps=8)
                 _hidden_step_bwd[grid_p](dZ, W_h, lengths, dh, s, B, T, P, C, PREC=prec, REV=reverse, BB=BB, BP=BP,
-                                         BK=BK)
+                                         BK=BK, num_warps=8)
         BT = B * T
         dZ2 = dZ.view(2, BT, 4 * C)
         dW_h = matmul(Hprev.view(2, BT, P).transpose(1, 2), dZ2, prec=prec)

@@ -68,19 +68,20 @@ def run(tensors, lengths, shared, clip, residual, reverse, dtype, kernel, persis
 
 NAMES = ["y", "h_n", "c_n", "dx", "dW_0", "dB", "dW_P", "dh0", "dc0"]
 CASES = [
-    # (persistent, shared input, residual, clip, reverse, small tiles)
-    (False, True, False, 3.0, True, False),   # layer 0 of the biLM: both directions read the same x
-    (False, False, True, 3.0, True, True),    # layer 1 (residual), 16-wide tiles: several column blocks/chunks
-    (True, True, False, 3.0, True, False),    # persistent kernel, layer 0
-    (True, False, True, 3.0, False, False),   # persistent, training streams: both directions forward in time
-    (False, False, False, None, False, False),  # step kernels, streams, no clipping at all
+    # (persistent, shared input, residual, clip, reverse, tiles)
+    (False, True, False, 3.0, True, "gpu"),   # layer 0 of the biLM: both directions read the same x; GPU tiles
+    (False, False, True, 3.0, True, "small"),  # layer 1 (residual), 16-wide tiles: several column blocks/chunks
+    (True, True, False, 3.0, True, None),     # persistent kernel, layer 0
+    (True, False, True, 3.0, False, "gpu"),   # persistent, training streams: both directions forward in time
+    (False, False, False, None, False, None),  # step kernels, streams, no clipping at all
 ]
 
 
-@pytest.mark.parametrize("persistent,shared,residual,clip,reverse,small_tiles", CASES)
-def test_layer_matches_reference(monkeypatch, persistent, shared, residual, clip, reverse, small_tiles):
-    if small_tiles:
-        monkeypatch.setattr(lstm_cell, "TILES", (16, 16, 16, 16))
+@pytest.mark.parametrize("persistent,shared,residual,clip,reverse,tiles", CASES)
+def test_layer_matches_reference(monkeypatch, persistent, shared, residual, clip, reverse, tiles):
+    """tiles: None = the interpreter's, "gpu" = the tile sizes compiled kernels use, "small" = 16 everywhere."""
+    if tiles is not None:
+        monkeypatch.setattr(lstm_cell, "TILES", lstm_cell.GPU_TILES if tiles == "gpu" else (16, 16, 16, 16))
     B, T, P, C = 5, 7, 19, 23          # non-powers of two, several blocks in the step kernels' column axes
     lengths = [7, 1, 4, 0, 6]           # full, length-1, padded, empty row
     tensors, lengths = make(B, T, P, C, lengths, shared)
