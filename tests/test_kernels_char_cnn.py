@@ -17,6 +17,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from elmo_fast.kernels import char_cnn as char_cnn_module  # noqa: E402
 from elmo_fast.kernels.char_cnn import char_cnn  # noqa: E402
 from elmo_fast.kernels.common import set_precision  # noqa: E402
 from elmo_fast.nn.token_encoder import char_cnn_features  # noqa: E402
@@ -60,8 +61,11 @@ def run_both(ids, emb, Ws, bs, act, grad_seed=1):
     return results
 
 
-@pytest.mark.parametrize("act", ["relu", "tanh"])
-def test_forward_and_gradients_match_reference(act):
+@pytest.mark.parametrize("act,block_n", [("relu", "gpu"), ("tanh", None)])
+def test_forward_and_gradients_match_reference(monkeypatch, act, block_n):
+    """block_n "gpu": the token block compiled kernels use (8), i.e. several token blocks here."""
+    if block_n == "gpu":
+        monkeypatch.setattr(char_cnn_module, "INTERPRETER_BLOCK_N", char_cnn_module.BLOCK_N)
     # non-powers of two everywhere; N=37 > one interpreter token block (32); d=5 pads to 16 in the dot
     filters = [[1, 5], [2, 3], [3, 33], [4, 7]]
     ids, emb, Ws, bs = make_inputs(37, 13, 5, filters)
