@@ -32,9 +32,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from . import backend as backends
 from .data import Batch, CorpusError, TrainingBatches, Vocabulary, expand_shards, heldout_batches, iter_shard_sentences
 from .nn.bilm import BiLM
-from .nn.softmax import full_softmax_loss, log_uniform_expected_count, log_uniform_sample, sampled_softmax_loss
+from .nn.softmax import full_softmax_loss, log_uniform_expected_count, log_uniform_sample
 from .options import ElmoOptions, load_options, options_from_dict, preset
 from .weights import read_softmax_weights, read_weights, write_softmax_weights
 
@@ -212,9 +213,16 @@ class LanguageModel(nn.Module):
                 V, S = self.vocab_size, ids.numel()
                 q_t = log_uniform_expected_count(t, tries, V, S).to(h.device)
                 q_s = log_uniform_expected_count(ids, tries, V, S).to(h.device)
-                losses.append(sampled_softmax_loss(h, t, self.softmax_weight, self.softmax_bias, ids.to(h.device),
-                                                   q_t, q_s).mean())
+                losses.append(self.softmax_op("sampled_softmax_loss", h)(
+                    h, t, self.softmax_weight, self.softmax_bias, ids.to(h.device), q_t, q_s).mean())
         return 0.5 * (losses[0] + losses[1]), losses[0].detach(), losses[1].detach(), new_state
+
+    def softmax_op(self, op: str, like: torch.Tensor) -> Any:
+        """The backend implementation of ``sampled_softmax_loss`` or ``full_softmax_loss`` (evaluation) for
+        tensors like ``like``: Triton on CUDA, the reference on CPU, or what ``bilm.backend`` /
+        ``ELMO_FAST_BACKEND`` asks for. Training with the *full* softmax always uses the reference's
+        chunked autograd function (the Triton full-softmax kernel is forward-only)."""
+        return backends.get_op(self.bilm.backend_name(like.device, op), op)
 
     # ---- ELMo files
     def load_elmo_files(self, weight_file: str, softmax_file: str | None = None) -> None:
@@ -367,10 +375,11 @@ def evaluate_perplexity(model: LanguageModel, vocab: Vocabulary, heldout: str, b
         batch = batch.to(device)
         fw_top, bw_top, state = model.hidden(batch, state)
         P = fw_top.shape[-1]
-        fw = full_softmax_loss(fw_top.reshape(-1, P), batch.fw_targets.reshape(-1), model.softmax_weight,
-                               model.softmax_bias, softmax_chunk).mean()
-        bw = full_softmax_loss(bw_top.reshape(-1, P), batch.bw_targets.reshape(-1), model.softmax_weight,
-                               model.softmax_bias, softmax_chunk).mean()
+        full_softmax = model.softmax_op("full_softmax_loss", fw_top)
+        fw = full_softmax(fw_top.reshape(-1, P), batch.fw_targets.reshape(-1), model.softmax_weight,
+                          model.softmax_bias, softmax_chunk).mean()
+        bw = full_softmax(bw_top.reshape(-1, P), batch.bw_targets.reshape(-1), model.softmax_weight,
+                          model.softmax_bias, softmax_chunk).mean()
         fw_total += float(fw)
         bw_total += float(bw)
         n += 1

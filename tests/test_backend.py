@@ -138,9 +138,8 @@ def test_elmo_embedder_reproduces_tensorflow_fixtures(fixtures_dir):
 
 def test_training_tracks_reference_step_by_step(tmp_path):
     """Three Trainer steps (tiny preset, sampled softmax, dropout 0.1, Adagrad, clipping) with the triton
-    token encoder and biLSTM vs the reference, same seeds (same batches, negatives, dropout masks).
-    train.py calls the reference softmax directly, so the softmax kernels are not in this loop (their own
-    tests cover them). Per-step losses must agree to 1e-4 relative: float32 summation-order differences
+    token encoder, biLSTM and sampled softmax vs the reference, same seeds (same batches, negatives,
+    dropout masks). Per-step losses must agree to 1e-4 relative: float32 summation-order differences
     (~1e-6) grow through the Adagrad updates but stay far below it."""
     from elmo_fast.data import TrainingBatches, Vocabulary
     from elmo_fast.options import preset
