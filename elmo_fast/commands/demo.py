@@ -23,6 +23,9 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
+#: training steps of the default demo (machine-independent; ~2 minutes on 2 idle cores)
+DEFAULT_STEPS = 600
+
 LAYER_KEYS = ("0", "1", "2", "average")
 LAYER_NAMES = {"0": "layer 0 (token)", "1": "layer 1", "2": "layer 2", "average": "average of 0-2"}
 #: words drawn in the PNG (one row each) and used for the printed examples
@@ -33,15 +36,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo", help="train a tiny biLM on the embedded corpus and show that its layers separate word senses",
         description="Generate the embedded English-like demo corpus (ambiguous words such as bank, play, bat, "
-                    "spring, match, light in different senses), train the tiny biLM on it for --minutes on this "
-                    "machine, export it, embed held-out sentences whose senses are labelled, and print the "
+                    "spring, match, light in different senses), train the tiny biLM on it (--steps or --minutes), "
+                    "export it, embed held-out sentences whose senses are labelled, and print the "
                     "nearest-neighbour sense accuracy of the token layer, layer 1, layer 2 and their average "
                     "(with the untrained model's numbers beside them), a few nearest-neighbour examples, and a "
                     "PNG of the ambiguous words' vectors (2-D PCA, coloured by sense). No downloads.")
-    p.add_argument("--minutes", type=float, default=2.0,
-                   help="training time budget in minutes (default 2; the whole demo takes about a minute more)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="train for this many minutes instead of a fixed number of steps (the result then "
+                        "depends on the machine's speed and load)")
     p.add_argument("--steps", type=int, default=None,
-                   help="train exactly this many steps instead of --minutes (same result on any machine)")
+                   help="train exactly this many steps (default 600 when --minutes is not given: the same "
+                        "result on any machine, about 2 minutes of training on 2 idle cores)")
     p.add_argument("--out", default=os.path.join("runs", "demo"),
                    help="output folder (default runs/demo): corpus/ (train.txt, heldout.tsv), model/ (ELMo files) "
                         "and model-run/ (checkpoint) of the trained model, untrained/ and untrained-run/ of the "
@@ -178,8 +183,10 @@ def run(args: argparse.Namespace) -> int:
     from ..demo_corpus import AMBIGUOUS_WORDS, SENSES, generate, write_corpus
     from ..probe import nearest_neighbour_senses
 
-    if args.minutes <= 0:
+    if args.minutes is not None and args.minutes <= 0:
         raise ValueError(f"--minutes: expected a positive number, found {args.minutes}")
+    if args.minutes is None and args.steps is None:
+        args.steps = DEFAULT_STEPS
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps: expected a positive integer, found {args.steps}")
     if args.threads:
@@ -205,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         logger.info("training the tiny biLM for %.1f minute(s)", args.minutes)
     trained = _train(paths, heldout_text, os.path.join(out, "model"), args, max_steps=args.steps,
-                     minutes=None if args.steps is not None else args.minutes, progress=not args.quiet)
+                     minutes=args.minutes, progress=not args.quiet)
 
     heldout = corpus.heldout
     words = [s.word for s in heldout]
