@@ -4,14 +4,12 @@ that tracks the reference step by step.
 
 Interpreter on CPU (``TRITON_INTERPRET=1`` set before the kernels are imported), compiled on CUDA.
 """
-import os
 
 import numpy as np
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from triton_helpers import DEVICE, TRITON_MARKS  # noqa: E402  (sets TRITON_INTERPRET first)
 
 from elmo_fast import backend, batch_to_ids  # noqa: E402
 from elmo_fast.backend import BackendError  # noqa: E402
@@ -19,9 +17,7 @@ from elmo_fast.nn.bilm import BiLM  # noqa: E402
 
 from helpers import tiny_options, write_model  # noqa: E402
 
-pytestmark = [pytest.mark.triton,  # sigmoid of large |x| in the interpreter: numpy warns, results are exact
-              pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")]
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = TRITON_MARKS
 SENTENCES = [["The", "cat", "sat", "."], ["Hi"], ["a", "b", "cc"]]
 
 

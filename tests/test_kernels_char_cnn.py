@@ -9,29 +9,18 @@ reference, both measured against the same math in float64:
 compute the same sums in a different order, so their rounding errors are of the same size; the 1e-6
 floor (~8 float32 ulps at scale 1) covers outputs whose reference error happens to be ~0.
 """
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from triton_helpers import DEVICE, TRITON_MARKS, assert_as_accurate  # noqa: E402  (sets TRITON_INTERPRET first)
 
 from elmo_fast.kernels import char_cnn as char_cnn_module  # noqa: E402
 from elmo_fast.kernels.char_cnn import char_cnn  # noqa: E402
 from elmo_fast.kernels.common import set_precision  # noqa: E402
 from elmo_fast.nn.token_encoder import char_cnn_features  # noqa: E402
 
-pytestmark = [pytest.mark.triton,  # sigmoid of large |x| in the interpreter: numpy warns, results are exact
-              pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")]
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def assert_as_accurate(out, ref32, ref64, name, factor=4.0, floor=1e-6):
-    scale = max(1.0, float(ref64.abs().max())) if ref64.numel() else 1.0
-    err = float((out.double() - ref64).abs().max()) if out.numel() else 0.0
-    ref_err = float((ref32.double() - ref64).abs().max()) if out.numel() else 0.0
-    assert err <= factor * ref_err + floor * scale, f"{name}: kernel error {err:.3g}, reference error {ref_err:.3g}"
+pytestmark = TRITON_MARKS
 
 
 def make_inputs(N, L, d, filters, seed=0):

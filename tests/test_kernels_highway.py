@@ -3,28 +3,17 @@
 Interpreter on CPU (``TRITON_INTERPRET=1`` set before the kernels are imported), compiled on CUDA.
 Tolerance rule as in test_kernels_char_cnn.py: ``|kernel - ref64| <= 4 |ref32 - ref64| + 1e-6 scale``.
 """
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from triton_helpers import DEVICE, TRITON_MARKS, assert_as_accurate  # noqa: E402  (sets TRITON_INTERPRET first)
 
 from elmo_fast.kernels.common import set_precision  # noqa: E402
 from elmo_fast.kernels.highway import highway, projection  # noqa: E402
 from elmo_fast.nn.token_encoder import highway_reference  # noqa: E402
 
-pytestmark = [pytest.mark.triton,  # sigmoid of large |x| in the interpreter: numpy warns, results are exact
-              pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")]
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def assert_as_accurate(out, ref32, ref64, name, factor=4.0, floor=1e-6):
-    scale = max(1.0, float(ref64.abs().max())) if ref64.numel() else 1.0
-    err = float((out.double() - ref64).abs().max()) if out.numel() else 0.0
-    ref_err = float((ref32.double() - ref64).abs().max()) if out.numel() else 0.0
-    assert err <= factor * ref_err + floor * scale, f"{name}: kernel error {err:.3g}, reference error {ref_err:.3g}"
+pytestmark = TRITON_MARKS
 
 
 def three_ways(fn_kernel, fn_ref, tensors, seed=1):

@@ -6,28 +6,17 @@ Interpreter on CPU (``TRITON_INTERPRET=1`` set before the kernels are imported),
 Tolerance rule as in test_kernels_char_cnn.py: ``|kernel - ref64| <= 4 |ref32 - ref64| + 1e-6 scale``.
 """
 import math
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from triton_helpers import DEVICE, TRITON_MARKS, assert_as_accurate  # noqa: E402  (sets TRITON_INTERPRET first)
 
 from elmo_fast.backend import BackendError  # noqa: E402
 from elmo_fast.kernels.sampled_softmax import full_softmax_loss, sampled_softmax_grads, sampled_softmax_loss  # noqa: E402
 from elmo_fast.nn import softmax as ref  # noqa: E402
 
-pytestmark = [pytest.mark.triton,  # sigmoid of large |x| in the interpreter: numpy warns, results are exact
-              pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")]
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def assert_as_accurate(out, ref32, ref64, name, factor=4.0, floor=1e-6):
-    scale = max(1.0, float(ref64.abs().max())) if ref64.numel() else 1.0
-    err = float((out.double() - ref64).abs().max()) if out.numel() else 0.0
-    ref_err = float((ref32.double() - ref64).abs().max()) if out.numel() else 0.0
-    assert err <= factor * ref_err + floor * scale, f"{name}: kernel error {err:.3g}, reference error {ref_err:.3g}"
+pytestmark = TRITON_MARKS
 
 
 def dense_definition(h, t, W, b, ids, q_t, q_s, remove_hits=True):

@@ -17,7 +17,8 @@ import torch
 from elmo_fast import ElmoEmbedder, batch_to_ids
 from elmo_fast.cli import main as cli_main
 from elmo_fast.data import TrainingBatches, Vocabulary
-from elmo_fast.nn.bilm import BiLM, _bilstm_streams_stacked, bilstm_streams_reference
+from elmo_fast.nn.bilm import BiLM, _bilstm_streams_stacked
+from elmo_fast.nn.ops import bilstm_streams as bilstm_streams_reference
 from elmo_fast.nn.ops import bilstm as bilstm_reference_op
 from elmo_fast.options import preset
 from elmo_fast.train import (CHECKPOINT_NAME, LanguageModel, TrainConfig, Trainer, evaluate_perplexity, init_weights,

@@ -104,34 +104,57 @@ class BiLSTM(nn.Module):
         Returns:
             per layer ``(B, T, 2P)`` outputs [forward; backward] (zeros at padding), and the final state.
         """
-        o = self.options
-        P, C = o.projection_dim, o.dim
         if state is None:
             state = self.zero_state(x.shape[0], x)
+        fw, fw_h, fw_c = self.run_direction(0, x, lengths, state, dropout, reverse=False)
+        bw, bw_h, bw_c = self.run_direction(1, x, lengths, state, dropout, reverse=True)
+        outputs = [torch.cat([f, b], dim=-1) for f, b in zip(fw, bw)]
+        return outputs, self.join_states((fw_h, bw_h), (fw_c, bw_c))
+
+    def run_direction(self, direction: int, x: torch.Tensor, lengths: torch.Tensor,
+                      state: tuple[torch.Tensor, torch.Tensor], dropout: float = 0.0, reverse: bool = False
+                      ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """One direction's layer stack (reference, one step at a time).
+
+        Args:
+            direction: 0 (forward cells) or 1 (backward cells).
+            x: ``(B, T, P)`` inputs of the first layer; lengths ``(B,)``.
+            state: ``(h (L, B, 2P), c (L, B, 2C))``; this direction's half is used.
+            dropout: on every layer's input (dropout masks are drawn layer by layer).
+            reverse: process each row's valid prefix from its end (the backward direction on a padded batch;
+                False for a stream that is already reversed in time).
+
+        Returns:
+            per layer ``(B, T, P)`` outputs (residual added where configured), final ``h`` ``(B, P)`` and
+            ``c`` ``(B, C)`` per layer.
+        """
+        o = self.options
+        P, C = o.projection_dim, o.dim
         h_all, c_all = state
-        layer_outputs: list[list[torch.Tensor]] = [[], []]
-        final_h: list[list[torch.Tensor]] = [[], []]
-        final_c: list[list[torch.Tensor]] = [[], []]
-        for direction in (0, 1):
-            inputs = x
-            for layer in range(o.n_layers):
-                cell = self.cells[direction][layer]
-                if dropout > 0.0:
-                    inputs = F.dropout(inputs, dropout, training=True)
-                h0 = h_all[layer, :, direction * P:(direction + 1) * P]
-                c0 = c_all[layer, :, direction * C:(direction + 1) * C]
-                y, h, c = lstm_layer_reference(inputs, lengths, h0, c0, cell.W_0, cell.B, cell.W_P_0,
-                                               o.cell_clip, o.proj_clip, reverse=direction == 1)
-                if layer > 0 and o.use_skip_connections:
-                    y = y + inputs  # inputs are zero at padding (previous layer's output)
-                layer_outputs[direction].append(y)
-                final_h[direction].append(h)
-                final_c[direction].append(c)
-                inputs = y
-        outputs = [torch.cat([layer_outputs[0][l], layer_outputs[1][l]], dim=-1) for l in range(o.n_layers)]
-        new_h = torch.stack([torch.cat([final_h[0][l], final_h[1][l]], -1) for l in range(o.n_layers)])
-        new_c = torch.stack([torch.cat([final_c[0][l], final_c[1][l]], -1) for l in range(o.n_layers)])
-        return outputs, (new_h, new_c)
+        outputs, final_h, final_c = [], [], []
+        inputs = x
+        for layer, cell in enumerate(self.cells[direction]):
+            if dropout > 0.0:
+                inputs = F.dropout(inputs, dropout, training=True)
+            h0 = h_all[layer, :, direction * P:(direction + 1) * P]
+            c0 = c_all[layer, :, direction * C:(direction + 1) * C]
+            y, h, c = lstm_layer_reference(inputs, lengths, h0, c0, cell.W_0, cell.B, cell.W_P_0,
+                                           o.cell_clip, o.proj_clip, reverse=reverse)
+            if layer > 0 and o.use_skip_connections:
+                y = y + inputs  # inputs are zero at padding (previous layer's output)
+            outputs.append(y)
+            final_h.append(h)
+            final_c.append(c)
+            inputs = y
+        return outputs, final_h, final_c
+
+    @staticmethod
+    def join_states(final_h: tuple[list[torch.Tensor], list[torch.Tensor]],
+                    final_c: tuple[list[torch.Tensor], list[torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-direction, per-layer final states -> ``(h (L, B, 2P), c (L, B, 2C))``, forward half first."""
+        h = torch.stack([torch.cat([f, b], -1) for f, b in zip(*final_h)])
+        c = torch.stack([torch.cat([f, b], -1) for f, b in zip(*final_c)])
+        return h, c
 
 
 class StateSlots:

@@ -29,5 +29,16 @@ def bilstm(lstm: BiLSTM, x: torch.Tensor, lengths: torch.Tensor, state: tuple[to
     return lstm(x, lengths, state, dropout=dropout)
 
 
+@register("reference", "bilstm_streams")
+def bilstm_streams(lstm: BiLSTM, fw: torch.Tensor, bw: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor],
+                   dropout: float = 0.0) -> tuple[list[torch.Tensor], list[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Training streams (see :meth:`elmo_fast.nn.bilm.BiLM.forward_streams`): each direction's stack reads its
+    own stream left to right (the reverse stream is already reversed in time), every row full length."""
+    lengths = torch.full((fw.shape[0],), fw.shape[1], dtype=torch.long, device=fw.device)
+    fw_out, fw_h, fw_c = lstm.run_direction(0, fw, lengths, state, dropout, reverse=False)
+    bw_out, bw_h, bw_c = lstm.run_direction(1, bw, lengths, state, dropout, reverse=False)
+    return fw_out, bw_out, lstm.join_states((fw_h, bw_h), (fw_c, bw_c))
+
+
 register("reference", "sampled_softmax_loss")(sampled_softmax_loss)
 register("reference", "full_softmax_loss")(full_softmax_loss)
