@@ -130,7 +130,7 @@ def best_time(fn: Callable[[], object], reps: int, warmup: int = 1) -> float:
 
 # ---------------------------------------------------------------------------------------------- inference
 def bench_inference(name: str, batch: int, n_batches: int, reps: int, impls: list[str],
-                    grouped: bool = False) -> dict[str, float]:
+                    grouped: bool = False, slow_warmup: int = 1) -> dict[str, float]:
     """Tokens/s of each implementation on the same ``n_batches`` batches of ``batch`` sentences.
 
     ``grouped``: the batches are formed as the stateless embedder forms them (sentences sorted by length
@@ -156,7 +156,7 @@ def bench_inference(name: str, batch: int, n_batches: int, reps: int, impls: lis
         def run() -> None:
             for ids in batches:
                 model(ids)
-        out[impl] = n_tokens / best_time(run, reps)
+        out[impl] = n_tokens / best_time(run, reps, warmup=1 if impl == "fast" else slow_warmup)
     # the implementations compute the same function: check it on the first batch
     if "reference" not in impls:
         return out
@@ -205,7 +205,8 @@ def _sampled_loss(hidden, targets, weight, bias, gen):
     return sampled_softmax_loss(hidden, targets, weight, bias, ids, q_t, q_s).mean()
 
 
-def bench_training(name: str, rows: int, steps: int, reps: int, impls: list[str]) -> tuple[dict[str, float], str]:
+def bench_training(name: str, rows: int, steps: int, reps: int, impls: list[str],
+                   slow_warmup: int = 1) -> tuple[dict[str, float], str]:
     """Tokens/s (B x T per step) of one optimisation step. Returns (results, what the fast/reference rows ran)."""
     rng = np.random.default_rng(7)
     words = make_words(VOCAB, rng)
@@ -219,10 +220,15 @@ def bench_training(name: str, rows: int, steps: int, reps: int, impls: list[str]
     except ImportError:
         have_trainer = False
         note = "fast/reference rows: local loop (elmo_fast.train absent)"
+    runs: dict[str, Callable[[], None]] = {}
     for impl in impls:
         torch.manual_seed(0)
         if impl in ("fast", "reference") and have_trainer:
-            model = LanguageModel(preset(name), VOCAB, backend=impl)
+            # fast row: backend chosen per op on CPU (the fast ops where they exist, e.g. the softmax stays
+            # on the reference op); reference row: everything on the reference backend
+            model = LanguageModel(preset(name), VOCAB, backend=None if impl == "fast" else impl)
+            if impl == "fast" and model.bilm.backend_name(torch.device("cpu"), "bilstm") != "fast":
+                raise RuntimeError("the fast backend is not the CPU default (is ELMO_FAST_BACKEND set?)")
             src = random_model(name, impl)
             model.bilm.load_state_dict(src.state_dict())
             with torch.no_grad():
@@ -230,10 +236,20 @@ def bench_training(name: str, rows: int, steps: int, reps: int, impls: list[str]
                 model.softmax_bias.zero_()
             trainer = Trainer(model, TrainConfig(batch_size=rows, unroll_steps=steps, n_negative_samples=NEGATIVES))
             data = _make_data_batch(batch)
-            step = lambda: trainer.step(data)  # noqa: E731
+            runs[impl] = (lambda tr, d: lambda: tr.step(d))(trainer, data)
         else:
-            step = _local_step(name, impl, batch, rows, steps)
-        out[impl] = rows * steps / best_time(step, reps)
+            runs[impl] = _local_step(name, impl, batch, rows, steps)
+    # warm up, then interleave the timed steps so that a change of machine load hits every implementation
+    for impl, step in runs.items():
+        for _ in range(1 if impl == "fast" else slow_warmup):
+            step()
+    best = {impl: math.inf for impl in runs}
+    for _ in range(reps):
+        for impl, step in runs.items():
+            t = time.perf_counter()
+            step()
+            best[impl] = min(best[impl], time.perf_counter() - t)
+    out = {impl: rows * steps / best[impl] for impl in runs}
     return out, note
 
 
@@ -302,6 +318,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps-original", type=int, default=1,
                         help="timed runs per original-shape measurement (best kept; each ~10-60 s)")
     parser.add_argument("--skip-training", action="store_true", help="only the inference and softmax rows")
+    parser.add_argument("--skip-inference", action="store_true", help="only the training and softmax rows")
     parser.add_argument("--impls", nargs="+", default=["fast", "reference", "baseline"],
                         choices=["fast", "reference", "baseline"], help="implementations to time")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table to this file")
@@ -309,15 +326,21 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(0)
     t_start = time.perf_counter()
+
+    def slow_warmup(name: str) -> int:
+        # reference/baseline on the original shapes: no warm-up run (each takes tens of seconds; they keep no
+        # caches to warm), which keeps the whole table near 15 minutes on a 2-core machine
+        return 0 if name == "original" else 1
     rate = matmul_rate()
+    rate_start = rate
     logger.info("fp32 matmul rate: %.1f GFLOP/s (%d threads)", rate / 1e9, torch.get_num_threads())
     rows: list[tuple] = []  # (shape, setting, flops/token, {impl: tok/s})
-    for name in args.shapes:
+    for name in args.shapes if not args.skip_inference else []:
         o = preset(name)
         reps = args.reps if name != "original" else args.reps_original
         for batch, n_batches in ((1, 4 if name != "original" else 2), (32, 2 if name != "original" else 1)):
             logger.info("inference %s batch %d ...", name, batch)
-            res = bench_inference(name, batch, n_batches, reps, args.impls)
+            res = bench_inference(name, batch, n_batches, reps, args.impls, slow_warmup=slow_warmup(name))
             rows.append((name, f"inference, batch {batch}", inference_flops(o), res))
             logger.info("  %s", {k: round(v, 1) for k, v in res.items()})
         logger.info("inference %s batch 32, length-grouped ...", name)
@@ -330,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
             rows_, steps = (32, 20) if name != "original" else (128, 20)
             reps = args.reps if name != "original" else args.reps_original
             logger.info("training step %s %dx%d ...", name, rows_, steps)
-            res, note = bench_training(name, rows_, steps, reps, args.impls)
+            res, note = bench_training(name, rows_, steps, reps, args.impls, slow_warmup=slow_warmup(name))
             notes.append(note)
             rows.append((name, f"train step {rows_}x{steps}", train_flops(preset(name)), res))
             logger.info("  %s", {k: round(v, 1) for k, v in res.items()})
@@ -341,11 +364,13 @@ def main(argv: list[str] | None = None) -> None:
         logger.info("softmax %s P=%d N=%d ...", name, P, n)
         softmax_rows.append((name, P, n, bench_softmax(P, n, args.reps)))
     # re-measure the matmul rate at the end; report the higher (the least disturbed)
-    rate = max(rate, matmul_rate())
+    rate_end = matmul_rate()
+    rate = max(rate_start, rate_end)
     elapsed = time.perf_counter() - t_start
     lines = [f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
              f"{torch.__version__}, {torch.get_num_threads()} threads; fp32 matmul rate {rate / 1e9:.1f} GFLOP/s "
-             f"(2048^3 torch.mm, best of 5); total {elapsed / 60:.1f} min",
+             f"(2048^3 torch.mm, best of 5, measured at start {rate_start / 1e9:.1f} and end {rate_end / 1e9:.1f}; "
+             f"the higher is used); load average at end {os.getloadavg()[0]:.2f}; total {elapsed / 60:.1f} min",
              "",
              "| shape | setting | fast tok/s | reference tok/s | baseline tok/s | fast / baseline | GFLOP/token "
              "| fast eff. | baseline eff. |",
