@@ -31,7 +31,9 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
+
+from .atomic import write_lines
 
 __all__ = ["Sense", "SENSES", "AMBIGUOUS_WORDS", "LabelledSentence", "DemoCorpus", "generate",
            "check_inventory", "write_corpus", "read_labelled", "sense_cues"]
@@ -432,14 +434,6 @@ def generate(seed: int = 0, n_train: int = 8000, heldout_per_sense: int = 20,
     return DemoCorpus(tuple(train), tuple(heldout), seed)
 
 
-def _atomic_write(path: str, lines: Iterable[str]) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for line in lines:
-            f.write(line + "\n")
-    os.replace(tmp, path)
-
-
 def write_corpus(corpus: DemoCorpus, directory: str | os.PathLike) -> dict[str, str]:
     """Write ``train.txt`` (one sentence per line) and ``heldout.tsv`` (index, word, sense, prefix, suffix, text).
 
@@ -449,8 +443,8 @@ def write_corpus(corpus: DemoCorpus, directory: str | os.PathLike) -> dict[str, 
     os.makedirs(directory, exist_ok=True)
     train = os.path.join(directory, "train.txt")
     heldout = os.path.join(directory, "heldout.tsv")
-    _atomic_write(train, (" ".join(s) for s in corpus.train))
-    _atomic_write(heldout, (f"{s.index}\t{s.word}\t{s.sense}\t{s.prefix}\t{s.suffix}\t{s.text}" for s in corpus.heldout))
+    write_lines(train, (" ".join(s) for s in corpus.train))
+    write_lines(heldout, (f"{s.index}\t{s.word}\t{s.sense}\t{s.prefix}\t{s.suffix}\t{s.text}" for s in corpus.heldout))
     return {"train": train, "heldout": heldout}
 
 

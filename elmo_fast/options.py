@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .atomic import write_json
+
 __all__ = ["CharCNNOptions", "LSTMOptions", "ElmoOptions", "OptionsError", "load_options", "PRESETS", "preset"]
 
 
@@ -93,11 +95,7 @@ class ElmoOptions:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write options.json atomically (temporary file + rename)."""
-        tmp = f"{os.fspath(path)}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
+        write_json(path, self.to_dict())
 
 
 def _get(d: dict, key: str, kind: type | tuple[type, ...], where: str, default: Any = ...) -> Any:

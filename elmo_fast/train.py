@@ -17,7 +17,6 @@ Pieces, top to bottom:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import backend as backends
+from .atomic import atomic_path, write_json
 from .data import Batch, CorpusError, TrainingBatches, Vocabulary, expand_shards, heldout_batches, iter_shard_sentences
 from .nn.bilm import BiLM
 from .nn.softmax import full_softmax_loss, log_uniform_expected_count, log_uniform_sample
@@ -402,13 +402,8 @@ def _checkpoint_path(run_dir: str) -> str:
 
 
 def _atomic_torch_save(obj: Any, path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:
@@ -675,10 +670,9 @@ def _run(train: str | Sequence[str], out_dir: str, options: ElmoOptions, config:
                                    // (config.batch_size * config.unroll_steps * world)))
     if is_main:
         options.save(os.path.join(out_dir, "options.json"))
-        with open(os.path.join(out_dir, "config.json.tmp"), "w", encoding="utf-8") as f:
-            json.dump({**config.to_dict(), "world_size": world, "train": list(files), "heldout": heldout,
-                       "max_steps_resolved": max_steps}, f, indent=2)
-        os.replace(os.path.join(out_dir, "config.json.tmp"), os.path.join(out_dir, "config.json"))
+        write_json(os.path.join(out_dir, "config.json"),
+                   {**config.to_dict(), "world_size": world, "train": list(files), "heldout": heldout,
+                    "max_steps_resolved": max_steps})
 
     # ---- model
     if resume:

@@ -12,6 +12,7 @@ from typing import Iterable, Mapping
 import h5py
 import numpy as np
 
+from .atomic import atomic_path, write_lines
 from .chars import NUM_SYMBOLS
 from .options import ElmoOptions
 
@@ -100,16 +101,9 @@ def read_weights(path: str | os.PathLike, options: ElmoOptions) -> dict[str, np.
 
 
 def _atomic_h5(path: str | os.PathLike, arrays: Iterable[tuple[str, np.ndarray]]) -> None:
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with h5py.File(tmp, "w") as f:
-            for name, array in arrays:
-                f.create_dataset(name, data=np.asarray(array, dtype=np.float32))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for name, array in arrays:
+            f.create_dataset(name, data=np.asarray(array, dtype=np.float32))
 
 
 def write_weights(path: str | os.PathLike, weights: Mapping[str, np.ndarray]) -> None:
@@ -162,9 +156,4 @@ def read_vocab(path: str | os.PathLike) -> list[str]:
 
 def write_vocab(path: str | os.PathLike, tokens: Iterable[str]) -> None:
     """Write a vocab file (one token per line), atomically."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        for token in tokens:
-            f.write(token + "\n")
-    os.replace(tmp, path)
+    write_lines(path, tokens)

@@ -12,7 +12,6 @@ around the ambiguous word is then no help: only a representation of the sense is
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -20,6 +19,8 @@ import time
 from typing import Any, Sequence
 
 import numpy as np
+
+from ..atomic import atomic_path, write_json, write_lines
 
 logger = logging.getLogger(__name__)
 
@@ -142,10 +143,9 @@ def _plot(path: str, vectors: dict[str, np.ndarray], sentences: Sequence[Any], a
     fig.suptitle(f"Ambiguous words in held-out sentences, 2-D PCA per layer (tiny biLM, {steps} steps = "
                  f"{minutes:.1f} min of training)", fontsize=10)
     fig.tight_layout()
-    tmp = f"{path}.tmp-{os.getpid()}"
-    fig.savefig(tmp, format="png", dpi=90)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
-    os.replace(tmp, path)
     return True
 
 
@@ -166,14 +166,6 @@ def _examples(sentences: Sequence[Any], result: Any, n: int, seed: int) -> list[
                 entry["neighbours"][key] = {"sense": sentences[j].sense, "text": sentences[j].text}
             out.append(entry)
     return out
-
-
-def _write_json(path: str, payload: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------- command
@@ -198,9 +190,7 @@ def run(args: argparse.Namespace) -> int:
     corpus = generate(args.seed, n_train=args.n_train, heldout_per_sense=args.heldout_per_sense)
     paths = write_corpus(corpus, os.path.join(out, "corpus"))
     heldout_text = os.path.join(out, "corpus", "heldout.txt")
-    with open(heldout_text + ".tmp", "w", encoding="utf-8") as f:
-        f.write("".join(s.text + "\n" for s in corpus.heldout))
-    os.replace(heldout_text + ".tmp", heldout_text)
+    write_lines(heldout_text, (s.text for s in corpus.heldout))
     logger.info("demo corpus: %d training sentences (%d tokens), %d labelled held-out sentences, %d senses of %d "
                 "words -> %s", len(corpus.train), corpus.n_train_tokens, len(corpus.heldout), len(SENSES),
                 len(AMBIGUOUS_WORDS), paths["train"])
@@ -268,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     print(f"Model (ELMo files): {os.path.join(out, 'model')}; demo took {elapsed / 60:.1f} min.")
     if args.json:
-        _write_json(args.json, {
+        write_json(args.json, {
             "sense_accuracy": {k: result.accuracy[k] for k in LAYER_KEYS},
             "sense_accuracy_untrained": {k: result_untrained.accuracy[k] for k in LAYER_KEYS},
             "sense_accuracy_other_context": {k: cross.accuracy[k] for k in LAYER_KEYS},

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
+
+from ..atomic import write_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -40,10 +40,7 @@ def run(args: argparse.Namespace) -> int:
                                  progress=not args.quiet, max_batches=args.max_batches)
     result["model_dir"] = args.model_dir
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
-        os.replace(tmp, args.json)
+        write_json(args.json, result)
     print(f"perplexity {result['perplexity']:.3f} (forward {result['forward_perplexity']:.3f}, backward "
           f"{result['backward_perplexity']:.3f}) over {result['tokens']} tokens in {result['batches']} batches")
     return 0

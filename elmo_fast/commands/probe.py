@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from pathlib import Path
+
+from ..atomic import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -78,14 +79,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def _write_json(path: str, payload: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def _threads(args: argparse.Namespace) -> None:
     if args.threads:
         import torch
@@ -118,7 +111,7 @@ def run_pos(args: argparse.Namespace) -> int:
     print(f"{'word baseline':<18} {'':>8} {result.baseline_test_accuracy:>9.4f}   (most frequent tag per form)")
     print("scalar mix weights (softmax): " + ", ".join(f"{w:.3f}" for w in result.mix_weights))
     if args.json:
-        _write_json(args.json, {"probe": "pos", "model_dir": str(args.model_dir), "files": files, **result.to_dict()})
+        write_json(args.json, {"probe": "pos", "model_dir": str(args.model_dir), "files": files, **result.to_dict()})
     return 0
 
 
@@ -143,7 +136,7 @@ def run_wic(args: argparse.Namespace) -> int:
         print(f"{label:<18} {result.threshold[key]:>9.4f} {accs}")
     print("pairs: " + ", ".join(f"{k} {v}" for k, v in result.n_pairs.items()) + " (chance 0.5)")
     if args.json:
-        _write_json(args.json, {"probe": "wic", "model_dir": str(args.model_dir), "wic_dir": str(root),
+        write_json(args.json, {"probe": "wic", "model_dir": str(args.model_dir), "wic_dir": str(root),
                                 **result.to_dict()})
     return 0
 

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from ..atomic import write_json
 import sys
 
 
@@ -100,10 +101,7 @@ def run(args: argparse.Namespace) -> int:
     import os
     if int(os.environ.get("RANK", "0")) == 0:
         if args.json:
-            tmp = args.json + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(summary, f, indent=2)
-            os.replace(tmp, args.json)
+            write_json(args.json, summary)
         h = summary.get("heldout")
         line = (f"step {summary['step']} ({summary['stopped_by']}), {summary['run_tokens']} tokens in "
                 f"{summary['seconds']:.1f}s = {summary['tokens_per_second']:.0f} tokens/s, "

@@ -11,7 +11,7 @@ from torch import nn
 from .. import backend as backends
 from ..chars import BOS_IDS, EOS_IDS
 from ..options import ElmoOptions, load_options
-from ..weights import expected_shapes, lstm_prefix, read_weights, write_weights
+from ..weights import lstm_prefix, read_weights, write_weights
 from .lstm import BiLSTM, StateSlots
 from .token_encoder import CharCNNTokenEncoder
 
