@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import torch
 
+from .atomic import atomic_path
 from .chars import batch_to_ids
 from .nn.bilm import BiLM, remove_sentence_boundaries
 
@@ -269,13 +270,12 @@ class ElmoEmbedder:
         Stateless: length-grouped batches over all of ``lines``, each result written as soon as it exists.
         Stateful: consecutive batches in input order. ``index``: sentences for ``sentence_to_index``.
         """
-        tmp = f"{path}.tmp-{os.getpid()}"
         selected = [split[i] for i in lines]
         total_tokens = sum(len(s) for s in selected)
-        try:
-            from tqdm import tqdm
-            bar = tqdm(total=total_tokens, unit="tok", unit_scale=True, disable=not progress, desc="embedding")
-            start, done = time.perf_counter(), 0
+        from tqdm import tqdm
+        bar = tqdm(total=total_tokens, unit="tok", unit_scale=True, disable=not progress, desc="embedding")
+        start, done = time.perf_counter(), 0
+        with atomic_path(path) as tmp:
             with h5py.File(tmp, "w") as fout:
                 if self.stateful:
                     results: Iterable[tuple[int, np.ndarray]] = enumerate(self.embed_sentences(selected, batch_size))
@@ -292,17 +292,11 @@ class ElmoEmbedder:
                     bar.update(len(selected[j]))
                     done += len(selected[j])
                 if index is not None:
-                    mapping = {s: keys[i] for i, s in enumerate(index)}
-                    ds = fout.create_dataset("sentence_to_index", (1,), dtype=h5py.special_dtype(vlen=str))
-                    ds[0] = json.dumps(mapping)
-            bar.close()
-            os.replace(tmp, path)
-            elapsed = time.perf_counter() - start
-            logger.info("embedded %d sentences (%d tokens) in %.1fs, %.0f tokens/s -> %s", len(selected), done,
-                        elapsed, done / max(elapsed, 1e-9), path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+                    _write_sentence_index(fout, index, keys)
+        bar.close()
+        elapsed = time.perf_counter() - start
+        logger.info("embedded %d sentences (%d tokens) in %.1fs, %.0f tokens/s -> %s", len(selected), done,
+                    elapsed, done / max(elapsed, 1e-9), path)
 
     def _embed_file_distributed(self, split: Sequence[Sequence[str]], keys: Sequence[str], sentences: Sequence[str],
                                 output: str, output_format: str, batch_size: int, forget_sentences: bool,
@@ -335,6 +329,14 @@ class ElmoEmbedder:
         return part
 
 
+def _write_sentence_index(fout: h5py.File, index: Sequence[str], keys: Sequence[str]) -> None:
+    """Dataset ``sentence_to_index`` (1,): a JSON object {sentence text: key} (AllenNLP's layout; for a repeated
+    sentence the last line's key wins, as in AllenNLP)."""
+    mapping = {s: keys[i] for i, s in enumerate(index)}
+    ds = fout.create_dataset("sentence_to_index", (1,), dtype=h5py.special_dtype(vlen=str))
+    ds[0] = json.dumps(mapping)
+
+
 def merge_parts(output: str, world: int, index: Sequence[str] | None, keys: Sequence[str]) -> None:
     """Merge ``OUTPUT.part-r-of-N`` (r < ``world``) into ``output`` atomically, add ``sentence_to_index``
     when ``index`` is given, and delete the parts. Raises if a part or a key is missing."""
@@ -342,23 +344,15 @@ def merge_parts(output: str, world: int, index: Sequence[str] | None, keys: Sequ
     missing = [p for p in parts if not os.path.exists(p)]
     if missing:
         raise FileNotFoundError(f"{output}: parts {missing} are missing (did every rank finish?)")
-    tmp = f"{output}.tmp-{os.getpid()}"
-    try:
-        with h5py.File(tmp, "w") as fout:
-            for part in parts:
-                with h5py.File(part, "r") as fin:
-                    for key in fin:
-                        fin.copy(fin[key], fout, name=key)
-            absent = [k for k in keys if k not in fout]
-            if absent:
-                raise KeyError(f"{output}: merged parts lack {len(absent)} keys, e.g. {absent[:5]}")
-            if index is not None:
-                mapping = {s: keys[i] for i, s in enumerate(index)}
-                ds = fout.create_dataset("sentence_to_index", (1,), dtype=h5py.special_dtype(vlen=str))
-                ds[0] = json.dumps(mapping)
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(output) as tmp, h5py.File(tmp, "w") as fout:
+        for part in parts:
+            with h5py.File(part, "r") as fin:
+                for key in fin:
+                    fin.copy(fin[key], fout, name=key)
+        absent = [k for k in keys if k not in fout]
+        if absent:
+            raise KeyError(f"{output}: merged parts lack {len(absent)} keys, e.g. {absent[:5]}")
+        if index is not None:
+            _write_sentence_index(fout, index, keys)
     for part in parts:
         os.remove(part)

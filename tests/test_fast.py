@@ -7,9 +7,7 @@ different summation orders over whole batches accumulate more rounding.
 """
 from __future__ import annotations
 
-import json
 
-import numpy as np
 import pytest
 import torch
 

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import math
+
 import pytest
 import torch
 
@@ -342,3 +344,22 @@ def test_training_streams_compute_the_inference_bilm(fixtures_dir):
             assert torch.allclose(fw_out[k - 1][0], inference[:n + 1, :P], atol=1e-6)
             # reverse stream position j holds inference position n + 1 - j (EOS first, w1 last)
             assert torch.allclose(bw_out[k - 1][0], inference[1:n + 2, P:].flip(0), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["reference", "fast"])
+def test_explicit_cpu_backends_train_and_evaluate(tmp_path, name):
+    """An explicitly requested CPU backend runs a training step and a full-softmax evaluation."""
+    from elmo_fast.data import TrainingBatches, Vocabulary
+    from elmo_fast.options import preset
+    from elmo_fast.train import LanguageModel, TrainConfig, Trainer, evaluate_perplexity, init_weights
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the cat sat on the mat\na dog ran\nthe dog sat\n" * 5)
+    vocab = Vocabulary.build([str(corpus)])
+    model = LanguageModel(preset("tiny"), len(vocab), backend=name)
+    init_weights(model.bilm, model.softmax_weight, model.softmax_bias, torch.Generator().manual_seed(0))
+    trainer = Trainer(model, TrainConfig(batch_size=2, unroll_steps=4, n_negative_samples=4, seed=0))
+    loss = trainer.step(TrainingBatches([str(corpus)], vocab, 2, 4, seed=0).next_batch()).loss
+    assert math.isfinite(loss) and loss > 0
+    result = evaluate_perplexity(model, vocab, str(corpus), 2, 1, max_batches=3)
+    assert math.isfinite(result["perplexity"]) and result["perplexity"] > 1.0

@@ -1,8 +1,9 @@
 """The fast pure-PyTorch CPU path (backend ``"fast"``): numerically the reference's function, much less work.
 
 Importing this package registers the ops ``token_encoder``, ``bilstm`` (same signatures as
-:mod:`elmo_fast.nn.ops`) and ``bilstm_streams`` (training streams, see :meth:`elmo_fast.nn.bilm.BiLM.forward_streams`)
-for backend ``"fast"``; :func:`elmo_fast.backend.resolve` then picks it on CPU.
+:mod:`elmo_fast.nn.ops`), ``bilstm_streams`` (training streams, see :meth:`elmo_fast.nn.bilm.BiLM.forward_streams`)
+and the two softmax losses for backend ``"fast"`` (the softmax losses are the reference's: one batched
+matmul per chunk is already what the CPU does best, so ``--backend fast`` trains and evaluates too); :func:`elmo_fast.backend.resolve` then picks it on CPU.
 See :mod:`elmo_fast.fast.token_encoder` and :mod:`elmo_fast.fast.lstm` for what each op does.
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ import torch
 
 from ..backend import register
 from ..nn.lstm import BiLSTM
+from ..nn.softmax import full_softmax_loss, sampled_softmax_loss
 from ..nn.token_encoder import CharCNNTokenEncoder
 from .lstm import bilstm_fast, bilstm_streams_fast
 from .packing import clear_cache
@@ -37,3 +39,7 @@ def bilstm_streams(lstm: BiLSTM, fw: torch.Tensor, bw: torch.Tensor, state: tupl
                    dropout: float = 0.0) -> tuple[list[torch.Tensor], list[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """Training streams (see :func:`elmo_fast.fast.lstm.bilstm_streams_fast`)."""
     return bilstm_streams_fast(lstm, fw, bw, state, dropout)
+
+
+register("fast", "sampled_softmax_loss")(sampled_softmax_loss)
+register("fast", "full_softmax_loss")(full_softmax_loss)
