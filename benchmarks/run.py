@@ -33,7 +33,6 @@ from benchmarks.baseline import BaselineElmo  # noqa: E402
 from elmo_fast.chars import batch_to_ids  # noqa: E402
 from elmo_fast.nn.bilm import BiLM  # noqa: E402
 from elmo_fast.options import ElmoOptions, preset  # noqa: E402
-from elmo_fast.weights import expected_shapes  # noqa: E402
 
 logger = logging.getLogger("bench")
 
