@@ -13,7 +13,7 @@ import torch
 
 from elmo_fast import backend as backends
 from elmo_fast.chars import batch_to_ids
-from elmo_fast.nn.bilm import BiLM, remove_sentence_boundaries
+from elmo_fast.nn.bilm import BiLM
 from elmo_fast.nn.lstm import BiLSTM
 from elmo_fast.options import options_from_dict
 
@@ -22,7 +22,7 @@ from elmo_fast.fast.lstm import make_plan
 from elmo_fast.fast.token_encoder import token_encoder_fast
 
 from helpers import random_weights, tiny_options
-from test_reference_fixtures import CASES, load_case, run_protocol
+from test_reference_fixtures import CASES, load_case, run_protocol, top_layer_embedder
 
 F32_OUT = dict(rtol=1e-5, atol=2e-5)
 F64 = dict(rtol=1e-9, atol=1e-9)
@@ -270,14 +270,7 @@ def test_stateful_bilm_fast_equals_reference_across_calls():
 def test_fast_backend_reproduces_tensorflow(fixtures_dir, name, sentence_file):
     d, sentences, expected = load_case(fixtures_dir, name, sentence_file)
     model = BiLM.from_files(d / "options.json", d / "lm_weights.hdf5", backend="fast")
-
-    @torch.no_grad()
-    def embed(batch):
-        out = model(batch_to_ids(batch))
-        top, _ = remove_sentence_boundaries(out["activations"][-1], out["mask"])
-        return [top[j, : len(s)].numpy() for j, s in enumerate(batch)]
-
-    assert run_protocol(embed, sentences, expected) < 1e-5
+    assert run_protocol(top_layer_embedder(model), sentences, expected) < 1e-5
 
 
 def test_benchmark_baseline_is_the_same_function():

@@ -17,14 +17,6 @@ from elmo_fast.nn.softmax import (full_softmax_loss, full_softmax_loss_reference
                                   sampled_softmax_loss)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids oversubscribing the 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def _law(V: int) -> list[float]:
     return [(math.log(k + 2) - math.log(k + 1)) / math.log(V + 1) for k in range(V)]

@@ -29,14 +29,6 @@ from elmo_fast.train import (CHECKPOINT_NAME, LanguageModel, TrainConfig, Traine
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """2-core machine: small models train faster (and deterministically) on one thread."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def make_corpus(directory: Path, n_files: int = 2, lines: int = 60, seed: int = 0) -> list[Path]:
     """A learnable synthetic corpus: sentences from a small first-order Markov chain over 24 words."""

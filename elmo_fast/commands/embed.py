@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import add_runtime_args
+
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -31,10 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="do not write the 'sentence_to_index' dataset")
     p.add_argument("--use-sentence-keys", action="store_true",
                    help="key datasets by the sentence text instead of the line index (duplicates are an error)")
-    p.add_argument("--device", default="cpu", help="'cpu', 'cuda' or 'cuda:N' (default cpu)")
-    p.add_argument("--backend", choices=["reference", "fast", "triton"], default=None,
-                   help="implementation to use (default: chosen by device; env ELMO_FAST_BACKEND)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_runtime_args(p)
     p.set_defaults(func=run)
     return p
 

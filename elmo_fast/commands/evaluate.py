@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..atomic import write_json
+from . import add_runtime_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -21,10 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256, help="rows (bilm-tf: 256)")
     p.add_argument("--max-batches", type=int, default=None, help="stop after this many batches (quick estimate)")
     p.add_argument("--softmax-chunk", type=int, default=16384, help="vocabulary rows per softmax chunk")
-    p.add_argument("--device", default="cpu", help="'cpu', 'cuda' or 'cuda:N'")
-    p.add_argument("--backend", choices=["reference", "fast", "triton"], default=None,
-                   help="op implementation (default: by device; env ELMO_FAST_BACKEND)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_runtime_args(p)
     p.set_defaults(func=run)
     return p
 

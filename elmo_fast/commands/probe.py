@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from ..atomic import write_json
+from . import add_runtime_args
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        help="directory with options.json and weights.hdf5 (e.g. from `elmo-fast export`)")
         q.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
         q.add_argument("--batch-size", type=int, default=64, help="sentences per embedding batch (default 64)")
-        q.add_argument("--device", default="cpu", help="'cpu', 'cuda' or 'cuda:N' (default cpu)")
-        q.add_argument("--backend", choices=["reference", "fast", "triton"], default=None,
-                       help="implementation to use (default: chosen by device; env ELMO_FAST_BACKEND)")
+        add_runtime_args(q)
         q.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads; default: "
                        "torch's choice)")
-        q.add_argument("--quiet", action="store_true", help="no progress bars")
 
     pos = kinds.add_parser(
         "pos", help="linear UPOS probe per layer (UD English EWT by default)",

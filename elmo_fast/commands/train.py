@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..atomic import write_json
+from . import add_runtime_args
 import sys
 
 
@@ -64,11 +65,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "N-process run reads")
     p.add_argument("--skip-bad-lines", action="store_true", help="log and skip lines that are not UTF-8 "
                    "instead of stopping")
-    p.add_argument("--device", default="cpu", help="'cpu' or 'cuda' (under torchrun: cuda:LOCAL_RANK)")
-    p.add_argument("--backend", choices=["reference", "fast", "triton"], default=None,
-                   help="op implementation (default: by device; env ELMO_FAST_BACKEND)")
+    add_runtime_args(p, device_help="'cpu' or 'cuda' (under torchrun: cuda:LOCAL_RANK)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per process (torch.set_num_threads)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", metavar="OUT", help="also write the final summary as JSON")
     p.set_defaults(func=run)
     return p
