@@ -16,7 +16,7 @@ WikiText-2 numbers (different training data: 217k tokens of valid.txt, a few min
 
 Usage::
 
-    .venv/bin/python benchmarks/train_wikitext.py --minutes 8 --json benchmarks/train_wikitext.json
+    .venv/bin/python benchmarks/pretraining.py --minutes 8 --json benchmarks/pretraining.json
 """
 from __future__ import annotations
 
