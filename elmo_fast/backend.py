@@ -25,6 +25,7 @@ ENV_VAR = "ELMO_FAST_BACKEND"
 _REGISTRY: dict[tuple[str, str], Callable] = {}
 _PROVIDERS = {"reference": "elmo_fast.nn.ops", "fast": "elmo_fast.fast", "triton": "elmo_fast.kernels.ops"}
 _LOADED: dict[str, bool] = {}
+_LOAD_ERRORS: dict[str, str] = {}
 
 
 class BackendError(RuntimeError):
@@ -49,8 +50,8 @@ def _load(backend: str) -> bool:
             _LOADED[backend] = True
         except ImportError as e:  # e.g. triton not installed
             _LOADED[backend] = False
-            _LOADED[backend + ":error"] = str(e)  # type: ignore[assignment]
-    return bool(_LOADED[backend])
+            _LOAD_ERRORS[backend] = str(e)
+    return _LOADED[backend]
 
 
 def available(backend: str, op: str) -> bool:
@@ -58,7 +59,7 @@ def available(backend: str, op: str) -> bool:
     return _load(backend) and (backend, op) in _REGISTRY
 
 
-def resolve(requested: str | None, device: torch.device | str, op: str | None = None) -> str:
+def resolve(requested: str | None, device: torch.device | str, op: str) -> str:
     """Pick the backend name for ``op`` on tensors on ``device``.
 
     Without an explicit request, CPU tensors get ``fast`` for the ops it provides and ``reference`` for the
@@ -74,15 +75,13 @@ def resolve(requested: str | None, device: torch.device | str, op: str | None = 
     device = torch.device(device)
     if device.type == "cuda":
         return "triton"
-    if op is None:
-        return "fast" if _load("fast") else "reference"
     return "fast" if available("fast", op) else "reference"
 
 
 def get_op(backend: str, op: str) -> Callable:
     """The implementation of ``op`` on ``backend``; raises :class:`BackendError` if there is none."""
     if not _load(backend):
-        raise BackendError(f"backend '{backend}' is not available: {_LOADED.get(backend + ':error')}")
+        raise BackendError(f"backend '{backend}' is not available: {_LOAD_ERRORS.get(backend)}")
     fn = _REGISTRY.get((backend, op))
     if fn is None:
         raise BackendError(f"backend '{backend}' has no implementation of op '{op}'")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_runtime_args"]
+__all__ = ["add_runtime_args", "add_threads_arg", "apply_threads"]
 
 
 def add_runtime_args(p: argparse.ArgumentParser,
@@ -13,3 +13,16 @@ def add_runtime_args(p: argparse.ArgumentParser,
     p.add_argument("--backend", choices=["reference", "fast", "triton"], default=None,
                    help="op implementation (default: chosen by device; environment variable ELMO_FAST_BACKEND)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_threads_arg(p: argparse.ArgumentParser, help: str = "CPU threads (torch.set_num_threads; default: "
+                                                             "torch's choice)") -> None:
+    """``--threads N``: torch's intra-op thread count for this process (see :func:`apply_threads`)."""
+    p.add_argument("--threads", type=int, default=None, help=help)
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """Set torch's thread count from ``--threads`` (process-wide), if given."""
+    if getattr(args, "threads", None):
+        import torch
+        torch.set_num_threads(args.threads)

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..atomic import atomic_path, write_json, write_lines
+from . import add_threads_arg, apply_threads
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--heldout-per-sense", type=int, default=20, help="labelled held-out sentences per sense "
                    "(default 20)")
     p.add_argument("--batch-size", type=int, default=32, help="training rows per batch (default 32; unroll 20)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads; default: "
-                   "torch's choice)")
+    add_threads_arg(p)
     p.add_argument("--examples", type=int, default=4, help="nearest-neighbour examples to print (default 4)")
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -170,7 +170,6 @@ def _examples(sentences: Sequence[Any], result: Any, n: int, seed: int) -> list[
 
 # ---------------------------------------------------------------------------------------------- command
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from ..demo_corpus import AMBIGUOUS_WORDS, SENSES, generate, write_corpus
     from ..probe import nearest_neighbour_senses
@@ -181,8 +180,7 @@ def run(args: argparse.Namespace) -> int:
         args.steps = DEFAULT_STEPS
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps: expected a positive integer, found {args.steps}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     start = time.perf_counter()
     out = args.out
     os.makedirs(out, exist_ok=True)

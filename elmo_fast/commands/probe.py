@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from ..atomic import write_json
-from . import add_runtime_args
+from . import add_runtime_args, add_threads_arg, apply_threads
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         q.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
         q.add_argument("--batch-size", type=int, default=64, help="sentences per embedding batch (default 64)")
         add_runtime_args(q)
-        q.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads; default: "
-                       "torch's choice)")
+        add_threads_arg(q)
 
     pos = kinds.add_parser(
         "pos", help="linear UPOS probe per layer (UD English EWT by default)",
@@ -77,16 +76,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def _threads(args: argparse.Namespace) -> None:
-    if args.threads:
-        import torch
-        torch.set_num_threads(args.threads)
-
-
 def run_pos(args: argparse.Namespace) -> int:
     from ..probe import find_shared_data, load_embedder, pos_probe, read_conllu
 
-    _threads(args)
+    apply_threads(args)
     files: dict[str, str | None] = {"train": args.conllu_train, "dev": args.conllu_dev, "test": args.conllu_test}
     if files["train"] is None or files["test"] is None:
         data = find_shared_data("ud-english-ewt", args.data_dir)
@@ -116,7 +109,7 @@ def run_pos(args: argparse.Namespace) -> int:
 def run_wic(args: argparse.Namespace) -> int:
     from ..probe import find_shared_data, load_embedder, read_wic, wic_probe
 
-    _threads(args)
+    apply_threads(args)
     root = find_shared_data("wic", args.wic_dir)
     splits = {}
     for split in ("train", "dev", "test"):

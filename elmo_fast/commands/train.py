@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..atomic import write_json
-from . import add_runtime_args
+from . import add_runtime_args, add_threads_arg, apply_threads
 import sys
 
 
@@ -66,19 +66,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--skip-bad-lines", action="store_true", help="log and skip lines that are not UTF-8 "
                    "instead of stopping")
     add_runtime_args(p, device_help="'cpu' or 'cuda' (under torchrun: cuda:LOCAL_RANK)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads per process (torch.set_num_threads)")
+    add_threads_arg(p, help="CPU threads per process (torch.set_num_threads)")
     p.add_argument("--json", metavar="OUT", help="also write the final summary as JSON")
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from ..train import TrainConfig, resolve_options, run_training
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     options = resolve_options(args.options)
     flags = {"batch_size": args.batch_size, "unroll_steps": args.unroll_steps,
              "n_negative_samples": args.n_negative_samples, "dropout": args.dropout,

@@ -138,7 +138,7 @@ class BiLM(nn.Module):
         self.states.reset()
 
     # ------------------------------------------------------------------ forward
-    def backend_name(self, device: torch.device, op: str | None = None) -> str:
+    def backend_name(self, device: torch.device, op: str) -> str:
         """The backend this model uses for ``op`` on tensors on ``device``."""
         return backends.resolve(self.backend, device, op)
 
