@@ -7,14 +7,20 @@ How it saves work, compared with the per-time-step reference:
   rows longer than ``s``. Rows drop out as their sentences end, so no work is spent on padding, and every
   per-step slice (inputs, gates, outputs, the previous ``h``) is a contiguous view: no gathers inside
   the loop. The backward direction uses the same layout on each row's reversed valid prefix.
+* **Both directions advance together.** A row's backward pass has as many steps as its forward pass, so
+  the two directions share one plan and every per-step tensor is stacked ``(2, n_s, ...)``: each
+  elementwise op covers both directions (half the per-op overhead, which dominates small batches), and
+  small products run as one ``torch.bmm`` over the pair (:class:`PairLinear`).
 * **Input projections for all steps in one matmul** per (layer, direction), bias and the +1 forget bias
   folded in; only the recurrent ``h @ W_h`` and the projection ``hc @ W_P`` remain per step.
 * **Weights packed once** into oneDNN's layout (:class:`~elmo_fast.fast.packing.PackedLinear`), cached
-  until the parameters change.
+  until the parameters change; large per-step products use them.
 * **Gate columns reordered** from bilm-tf's (i, j, f, o) to (i, f, o, j) so one in-place sigmoid covers
-  three gates and one tanh the fourth; state and output updates write in place into preallocated buffers.
-* **Training** uses a hand-written backward (:class:`_Recurrence`): the per-step work is only
-  ``dz @ W_hᵀ`` and ``dh @ W_Pᵀ``; the weight gradients are two large matmuls over all steps at once.
+  three gates and one tanh the fourth; state and output updates write in place into preallocated buffers
+  whose per-step views are made once per layer (``Tensor.split``), not per step.
+* **Training** uses a hand-written backward (:class:`_Layer`, input projection included): the per-step
+  work is only ``dz @ W_hᵀ`` and ``dh @ W_Pᵀ`` plus in-place elementwise passes; all weight gradients
+  (``W_0``, bias, ``W_P``) and the input gradient are a few large matmuls over all steps at once.
 
 State slots: the op receives the initial state per row in the caller's row order and returns the final
 state per row in the same order (sorting is internal), so BiLM's slot semantics are preserved.
@@ -29,7 +35,7 @@ import torch.nn.functional as F
 from ..nn.lstm import FORGET_BIAS, BiLSTM
 from .packing import PackedLinear, cached
 
-__all__ = ["bilstm_fast", "bilstm_streams_fast", "PackedPlan", "make_plan", "recurrence_forward"]
+__all__ = ["PackedPlan", "PairLinear", "bilstm_fast", "bilstm_streams_fast", "make_plan", "recurrence_forward"]
 
 
 @dataclass
@@ -85,59 +91,122 @@ def make_plan(lengths: torch.Tensor, steps: int) -> PackedPlan:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The recurrence over packed rows (shared by inference and the training Function)
+# Products over the stacked directions
 # ----------------------------------------------------------------------------------------------------------
-def recurrence_forward(gates: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_h: PackedLinear,
-                       w_p: PackedLinear, plan: PackedPlan, cell_clip: float | None, proj_clip: float | None,
-                       save: bool) -> tuple[torch.Tensor, torch.Tensor, dict | None]:
-    """Advance one direction of one layer over all steps.
+class PairLinear:
+    """``y[d] = x[d] @ W[d] (+ b[d])`` for ``D`` stacked directions, weights prepared once.
+
+    Small products (at most :attr:`BMM_MAX_MACS` multiply-adds per direction, e.g. any product of a single
+    row) are latency/memory bound: one ``torch.bmm`` over the directions runs them on all cores at once
+    and streams both weights in one call. Larger ones use each direction's oneDNN-packed weight
+    (:class:`PackedLinear`), which is what makes a 32-row recurrent product fast. Not differentiable.
 
     Args:
-        gates: ``(total, 4C)`` input projections incl. bias and forget bias, gate order (i, f, o, j);
+        W: ``(D, in, out)``; b: ``(D, out)`` or None; batch_hint: typical row count for oneDNN's packing.
+    """
+
+    __slots__ = ("bias", "packed", "weight")
+
+    #: measured on a 2-core AMD EPYC VM (benchmarks/RESULTS.md, "Measured ideas"): bmm wins below ~4M MACs
+    BMM_MAX_MACS = 1 << 22
+
+    def __init__(self, W: torch.Tensor, b: torch.Tensor | None = None, batch_hint: int = 32) -> None:
+        self.weight = W.detach().contiguous()
+        self.bias = None if b is None else b.detach().contiguous()
+        self.packed = [PackedLinear(self.weight[d], None if b is None else self.bias[d], batch_hint)
+                       for d in range(W.shape[0])]
+
+    def _bmm(self, n: int) -> bool:
+        _, k, m = self.weight.shape
+        return n * k * m <= self.BMM_MAX_MACS or self.packed[0].packed is None
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` ``(D, n, in)`` -> ``(D, n, out)`` (written into ``out`` when given)."""
+        if self._bmm(x.shape[1]):
+            if self.bias is None:
+                return torch.bmm(x, self.weight, out=out)
+            return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight, out=out)
+        ys = [p(x[d]) for d, p in enumerate(self.packed)]
+        if out is None:
+            return torch.stack(ys)
+        for d, y in enumerate(ys):
+            out[d].copy_(y)
+        return out
+
+    def add_into(self, acc: torch.Tensor, x: torch.Tensor) -> None:
+        """``acc += x @ W`` (no bias) for ``acc`` ``(D, n, out)``, ``x`` ``(D, n, in)``."""
+        if self._bmm(x.shape[1]):
+            acc.baddbmm_(x, self.weight)
+        else:
+            for d, p in enumerate(self.packed):
+                acc[d].add_(p(x[d]))
+
+
+def _steps(t: torch.Tensor | None, sizes: list[int]) -> list[torch.Tensor] | None:
+    """Per-step views ``(D, n_s, ...)`` of a packed ``(D, total, ...)`` tensor (one ``split``, no per-step slicing)."""
+    return None if t is None else list(t.split(sizes, dim=1))
+
+
+def _prev(views: list[torch.Tensor], s: int, n: int) -> torch.Tensor:
+    """The first ``n`` rows of step ``s - 1`` (the rows that continue into step ``s``)."""
+    v = views[s - 1]
+    return v if v.shape[1] == n else v[:, :n]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The recurrence over packed rows (shared by inference and the training Function)
+# ----------------------------------------------------------------------------------------------------------
+def recurrence_forward(gates: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_h: PairLinear,
+                       w_p: PairLinear, plan: PackedPlan, cell_clip: float | None, proj_clip: float | None,
+                       save: bool) -> tuple[torch.Tensor, torch.Tensor, dict | None]:
+    """Advance ``D`` stacked directions of one layer over all steps.
+
+    Args:
+        gates: ``(D, total, 4C)`` input projections incl. bias and forget bias, gate order (i, f, o, j);
             overwritten in place with the activated gates.
-        h0, c0: ``(B, P)``, ``(B, C)`` initial states of the sorted rows.
-        w_h: packed ``(P, 4C)`` recurrent weight (same gate order); w_p: packed ``(C, P)`` projection.
+        h0, c0: ``(D, B, P)``, ``(D, B, C)`` initial states of the sorted rows.
+        w_h: ``(D, P, 4C)`` recurrent weights (same gate order); w_p: ``(D, C, P)`` projections.
         save: keep what the backward needs (raw cell values, ``o * tanh(c)``, raw projections).
 
     Returns:
-        ``y`` ``(total, P)`` clipped projections (= the carried ``h``), ``c`` ``(total, C)`` clipped cells,
-        and the saved tensors (or None).
+        ``y`` ``(D, total, P)`` clipped projections (= the carried ``h``), ``c`` ``(D, total, C)`` clipped
+        cells, and the saved tensors (or None).
     """
-    total, four_c = gates.shape
+    D, total, four_c = gates.shape
     C = four_c // 4
-    P = h0.shape[1]
-    y = gates.new_empty(total, P)
-    c_all = gates.new_empty(total, C)
-    c_raw = gates.new_empty(total, C) if save and cell_clip is not None else None
-    hc_all = gates.new_empty(total, C) if save else gates.new_empty(max(plan.batch_sizes, default=0), C)
-    p_raw = gates.new_empty(total, P) if save and proj_clip is not None else None
-    offs = plan.offsets
-    for s, n in enumerate(plan.batch_sizes):
-        lo, hi = offs[s], offs[s] + n
+    P = h0.shape[-1]
+    sizes = plan.batch_sizes
+    y = gates.new_empty(D, total, P)
+    c_all = gates.new_empty(D, total, C)
+    c_raw = gates.new_empty(D, total, C) if save and cell_clip is not None else None
+    hc_all = gates.new_empty(D, total if save else max(sizes, default=0), C)
+    p_raw = gates.new_empty(D, total, P) if save and proj_clip is not None else None
+    G, SIG, J = _steps(gates, sizes), _steps(gates[..., :3 * C], sizes), _steps(gates[..., 3 * C:], sizes)
+    I, F_, O = (_steps(gates[..., k * C:(k + 1) * C], sizes) for k in range(3))
+    Y, CC, CR = _steps(y, sizes), _steps(c_all, sizes), _steps(c_raw, sizes)
+    HC, PR = (_steps(hc_all, sizes) if save else None), _steps(p_raw, sizes)
+    for s, n in enumerate(sizes):
         if s == 0:
-            h_prev, c_prev = h0[:n], c0[:n]
+            h_prev, c_prev = h0[:, :n], c0[:, :n]
         else:
-            h_prev, c_prev = y[offs[s - 1]:offs[s - 1] + n], c_all[offs[s - 1]:offs[s - 1] + n]
-        g = gates[lo:hi]
-        g.add_(w_h(h_prev))
-        g[:, :3 * C].sigmoid_()
-        g[:, 3 * C:].tanh_()
-        i, f, o, j = g[:, :C], g[:, C:2 * C], g[:, 2 * C:3 * C], g[:, 3 * C:]
-        c = c_all[lo:hi] if c_raw is None else c_raw[lo:hi]
-        torch.mul(f, c_prev, out=c)
-        c.addcmul_(i, j)
+            h_prev, c_prev = _prev(Y, s, n), _prev(CC, s, n)
+        w_h.add_into(G[s], h_prev)
+        SIG[s].sigmoid_()
+        J[s].tanh_()
+        c = CC[s] if CR is None else CR[s]
+        torch.mul(F_[s], c_prev, out=c)
+        c.addcmul_(I[s], J[s])
         if cell_clip is not None:
-            torch.clamp(c, -cell_clip, cell_clip, out=c_all[lo:hi])
-        hc = hc_all[lo:hi] if save else hc_all[:n]
-        torch.tanh(c_all[lo:hi], out=hc)
-        hc.mul_(o)
-        hp = w_p(hc)
-        if p_raw is not None:
-            p_raw[lo:hi] = hp
-        if proj_clip is not None:
-            torch.clamp(hp, -proj_clip, proj_clip, out=y[lo:hi])
+            torch.clamp(c, -cell_clip, cell_clip, out=CC[s])
+        hc = HC[s] if save else hc_all[:, :n]
+        torch.tanh(CC[s], out=hc)
+        hc.mul_(O[s])
+        if proj_clip is None:
+            w_p(hc, out=Y[s])
+        elif PR is not None:
+            torch.clamp(w_p(hc, out=PR[s]), -proj_clip, proj_clip, out=Y[s])
         else:
-            y[lo:hi] = hp
+            torch.clamp(w_p(hc), -proj_clip, proj_clip, out=Y[s])
     saved = {"c_raw": c_raw, "hc": hc_all, "p_raw": p_raw} if save else None
     return y, c_all, saved
 
@@ -149,88 +218,63 @@ def _clip_mask(raw: torch.Tensor | None, clip: float | None) -> torch.Tensor | N
     return (raw >= -clip) & (raw <= clip)
 
 
-class _Recurrence(torch.autograd.Function):
-    """Autograd wrapper of :func:`recurrence_forward` with a hand-written backward through time.
+def _recurrence_backward(dy: torch.Tensor, dc_out: torch.Tensor | None, gates: torch.Tensor, h0: torch.Tensor,
+                         c0: torch.Tensor, c_all: torch.Tensor, c_raw: torch.Tensor | None,
+                         p_raw: torch.Tensor | None, w_hT: PairLinear, w_pT: PairLinear, plan: PackedPlan,
+                         cell_clip: float | None, proj_clip: float | None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward through time of :func:`recurrence_forward` (activated ``gates`` as it left them).
 
-    Inputs ``gates_in (total, 4C)``, ``h0 (B, P)``, ``c0 (B, C)``, ``W_h (P, 4C)``, ``W_P (C, P)``
-    (gate order i, f, o, j); outputs ``y (total, P)`` and ``c (total, C)``.
+    Returns ``dz`` ``(D, total, 4C)`` (gradient of the pre-activation gates), ``dhp`` ``(D, total, P)``
+    (gradient of the raw projections), and the gradients of ``h0`` ``(D, B, P)`` and ``c0`` ``(D, B, C)``.
     """
-
-    @staticmethod
-    def forward(ctx, gates_in, h0, c0, W_h, W_P, plan, cell_clip, proj_clip):  # type: ignore[override]
-        w_h = PackedLinear(W_h, batch_hint=max(plan.batch_sizes, default=1))
-        w_p = PackedLinear(W_P, batch_hint=max(plan.batch_sizes, default=1))
-        gates = gates_in.detach().clone()
-        y, c_all, saved = recurrence_forward(gates, h0.detach(), c0.detach(), w_h, w_p, plan, cell_clip,
-                                             proj_clip, save=True)
-        ctx.plan, ctx.cell_clip, ctx.proj_clip = plan, cell_clip, proj_clip
-        ctx.save_for_backward(gates, h0, c0, W_h, W_P, y, c_all, saved["c_raw"], saved["hc"], saved["p_raw"])
-        return y, c_all
-
-    @staticmethod
-    def backward(ctx, dy, dc_out):  # type: ignore[override]
-        gates, h0, c0, W_h, W_P, y, c_all, c_raw, hc_all, p_raw = ctx.saved_tensors
-        plan, cell_clip, proj_clip = ctx.plan, ctx.cell_clip, ctx.proj_clip
-        total, four_c = gates.shape
-        C = four_c // 4
-        P = h0.shape[1]
-        hint = max(plan.batch_sizes, default=1)
-        # the transposed products dz @ W_hᵀ and dhp @ W_Pᵀ as packed linears
-        w_hT = PackedLinear(W_h.detach().t(), batch_hint=hint)
-        w_pT = PackedLinear(W_P.detach().t(), batch_hint=hint)
-        if dy is None:
-            dy = gates.new_zeros(total, P)
-        cell_mask = _clip_mask(c_raw, cell_clip)
-        proj_mask = _clip_mask(p_raw, proj_clip)
-        dz = gates.new_empty(total, four_c)
-        dhp_all = gates.new_empty(total, P)
-        dh_state = h0.new_zeros(h0.shape).detach()
-        dc_state = c0.new_zeros(c0.shape).detach()
-        offs = plan.offsets
-        tmp = gates.new_empty(hint, C)
-        for s in range(len(plan.batch_sizes) - 1, -1, -1):
-            n = plan.batch_sizes[s]
-            lo, hi = offs[s], offs[s] + n
-            dhp = dhp_all[lo:hi]
-            torch.add(dy[lo:hi], dh_state[:n], out=dhp)
-            if proj_mask is not None:
-                dhp.mul_(proj_mask[lo:hi])
-            dhc = w_pT(dhp)  # (n, C)
-            g = gates[lo:hi]
-            i, f, o, j = g[:, :C], g[:, C:2 * C], g[:, 2 * C:3 * C], g[:, 3 * C:]
-            dzs = dz[lo:hi]
-            di, df, do, dj = dzs[:, :C], dzs[:, C:2 * C], dzs[:, 2 * C:3 * C], dzs[:, 3 * C:]
-            tc = tmp[:n]
-            torch.tanh(c_all[lo:hi], out=tc)
-            torch.mul(dhc, tc, out=do)                    # d o
-            # dc = dhc * o * (1 - tanh(c)^2) + carried + d(c output)
-            dc = dhc.mul_(o)
-            tc.mul_(tc).neg_().add_(1.0)
-            dc.mul_(tc)
-            dc.add_(dc_state[:n])
-            if dc_out is not None:
-                dc.add_(dc_out[lo:hi])
-            if cell_mask is not None:
-                dc.mul_(cell_mask[lo:hi])
-            c_prev = c0[:n] if s == 0 else c_all[offs[s - 1]:offs[s - 1] + n]
-            torch.mul(dc, j, out=di)
-            torch.mul(dc, i, out=dj)
-            torch.mul(dc, c_prev, out=df)
-            torch.mul(dc, f, out=dc_state[:n])            # carried to step s - 1
-            # through the activations: sigmoid' = a (1 - a), tanh' = 1 - a^2
-            sig = g[:, :3 * C]
-            dzs[:, :3 * C].mul_(sig).mul_(1.0 - sig)
-            dj.mul_(1.0 - j * j)
-            dh_state[:n] = w_hT(dzs)
-        # weight gradients: one matmul each over all steps
-        grad_W_h = grad_W_P = None
-        if ctx.needs_input_grad[3]:
-            h_prev = torch.cat([h0[:plan.batch_sizes[0]] if plan.batch_sizes else h0[:0],
-                                y[_prev_rows(plan)]], dim=0)
-            grad_W_h = h_prev.t() @ dz
-        if ctx.needs_input_grad[4]:
-            grad_W_P = hc_all.t() @ dhp_all
-        return dz, dh_state, dc_state, grad_W_h, grad_W_P, None, None, None
+    D, total, four_c = gates.shape
+    C = four_c // 4
+    P = h0.shape[-1]
+    sizes = plan.batch_sizes
+    cell_mask = _clip_mask(c_raw, cell_clip)
+    proj_mask = _clip_mask(p_raw, proj_clip)
+    dz = gates.new_empty(D, total, four_c)
+    dhp_all = gates.new_empty(D, total, P)
+    dh_state = h0.new_zeros(h0.shape)
+    dc_state = c0.new_zeros(c0.shape)
+    tmp = gates.new_empty(D, max(sizes, default=0), C)
+    SIG, J = _steps(gates[..., :3 * C], sizes), _steps(gates[..., 3 * C:], sizes)
+    I, F_, O = (_steps(gates[..., k * C:(k + 1) * C], sizes) for k in range(3))
+    DZ, DSIG = _steps(dz, sizes), _steps(dz[..., :3 * C], sizes)
+    DI, DF, DO, DJ = (_steps(dz[..., k * C:(k + 1) * C], sizes) for k in range(4))
+    DHP, DY, CC = _steps(dhp_all, sizes), _steps(dy, sizes), _steps(c_all, sizes)
+    DCO, CM, PM = _steps(dc_out, sizes), _steps(cell_mask, sizes), _steps(proj_mask, sizes)
+    for s in range(len(sizes) - 1, -1, -1):
+        n = sizes[s]
+        dhp = DHP[s]
+        torch.add(DY[s], dh_state[:, :n], out=dhp)
+        if PM is not None:
+            dhp.mul_(PM[s])
+        dc = w_pT(dhp)                                   # d(o * tanh(c)), fresh (D, n, C)
+        tc = tmp[:, :n]
+        torch.tanh(CC[s], out=tc)
+        torch.mul(dc, tc, out=DO[s])                     # d o
+        dc.mul_(O[s])
+        tc.mul_(tc)
+        dc.addcmul_(dc, tc, value=-1.0)                  # x (1 - tanh(c)^2)
+        dc.add_(dc_state[:, :n])
+        if DCO is not None:
+            dc.add_(DCO[s])
+        if CM is not None:
+            dc.mul_(CM[s])
+        c_prev = c0[:, :n] if s == 0 else _prev(CC, s, n)
+        torch.mul(dc, J[s], out=DI[s])
+        torch.mul(dc, I[s], out=DJ[s])
+        torch.mul(dc, c_prev, out=DF[s])
+        torch.mul(dc, F_[s], out=dc_state[:, :n])        # carried to step s - 1
+        # through the activations: sigmoid' = a (1 - a), tanh' = 1 - a^2 (in place, no temporaries)
+        DSIG[s].mul_(SIG[s])
+        DSIG[s].addcmul_(DSIG[s], SIG[s], value=-1.0)
+        torch.mul(J[s], J[s], out=tc)
+        DJ[s].addcmul_(DJ[s], tc, value=-1.0)
+        w_hT(DZ[s], out=dh_state[:, :n])
+    return dz, dhp_all, dh_state, dc_state
 
 
 def _prev_rows(plan: PackedPlan) -> torch.Tensor:
@@ -249,27 +293,74 @@ def _gate_perm(C: int, device: torch.device) -> torch.Tensor:
     return blocks[[0, 2, 3, 1]].reshape(-1)
 
 
-def _cell_weights(cell, P: int, C: int, differentiable: bool):
-    """(W_x (P, 4C), bias (4C) incl. forget bias, W_h (P, 4C), W_P (C, P)) in (i, f, o, j) order."""
-    perm = _gate_perm(C, cell.W_0.device)
-    W = cell.W_0.index_select(1, perm)
-    bias = cell.B.index_select(0, perm)
-    fb = torch.zeros(4 * C, dtype=bias.dtype, device=bias.device)
-    fb[C:2 * C] = FORGET_BIAS
-    bias = bias + fb
-    if not differentiable:
-        W, bias = W.detach(), bias.detach()
-    return W[:P], bias, W[P:], cell.W_P_0
+def _layer_weights(cells, C: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One layer's cells (one per direction) as detached stacks in (i, f, o, j) gate order:
+    ``W`` ``(D, P + P, 4C)`` (input rows, then recurrent rows), bias ``(D, 4C)`` incl. the forget bias, and
+    ``W_P`` ``(D, C, P)``."""
+    perm = _gate_perm(C, cells[0].W_0.device)
+    with torch.no_grad():
+        W = torch.stack([cell.W_0.index_select(1, perm) for cell in cells])
+        bias = torch.stack([cell.B.index_select(0, perm) for cell in cells])
+        bias[:, C:2 * C] += FORGET_BIAS
+        W_P = torch.stack([cell.W_P_0.detach() for cell in cells])
+    return W, bias, W_P
 
 
-def _packed_cell(cell, P: int, C: int, hint: int):
-    """Inference weights of one cell, prepared and oneDNN-packed once per parameter version."""
+def _packed_layer(cells, P: int, C: int, hint: int) -> tuple[PairLinear, PairLinear, PairLinear]:
+    """Inference weights of one layer (both directions), prepared and oneDNN-packed once per parameter version."""
     def build():
-        with torch.no_grad():
-            W_x, bias, W_h, W_P = _cell_weights(cell, P, C, differentiable=False)
-            return (PackedLinear(W_x, bias, batch_hint=max(hint, 256)), PackedLinear(W_h, batch_hint=32),
-                    PackedLinear(W_P, batch_hint=32))
-    return cached("fast_lstm_cell", [cell.W_0, cell.B, cell.W_P_0], build)
+        W, bias, W_P = _layer_weights(cells, C)
+        return (PairLinear(W[:, :P], bias, batch_hint=max(hint, 256)), PairLinear(W[:, P:], batch_hint=32),
+                PairLinear(W_P, batch_hint=32))
+    sources = [t for cell in cells for t in (cell.W_0, cell.B, cell.W_P_0)]
+    return cached("fast_lstm_layer", sources, build)
+
+
+class _Layer(torch.autograd.Function):
+    """One layer, all directions: input projection + recurrence, with a hand-written backward through time.
+
+    Inputs: ``x`` ``(D, total, P)`` packed layer inputs, ``h0 (D, B, P)``, ``c0 (D, B, C)`` (sorted rows),
+    then per direction the cell's raw parameters ``W_0 (2P, 4C)``, ``B (4C)``, ``W_P_0 (C, P)`` (bilm-tf
+    layout; gradients are returned in it). Outputs ``y (D, total, P)`` and ``c (D, total, C)``.
+    """
+
+    @staticmethod
+    def forward(ctx, plan, cell_clip, proj_clip, cells, x, h0, c0, *params):  # type: ignore[override]
+        P, C = h0.shape[-1], c0.shape[-1]
+        W, bias, W_P = _layer_weights(cells, C)
+        hint = max(plan.batch_sizes, default=1)
+        x, h0, c0 = x.detach(), h0.detach(), c0.detach()
+        gates = torch.baddbmm(bias.unsqueeze(1), x, W[:, :P])
+        y, c_all, saved = recurrence_forward(gates, h0, c0, PairLinear(W[:, P:], batch_hint=hint),
+                                             PairLinear(W_P, batch_hint=hint), plan, cell_clip, proj_clip, save=True)
+        ctx.plan, ctx.cell_clip, ctx.proj_clip = plan, cell_clip, proj_clip
+        ctx.save_for_backward(x, h0, c0, W, W_P, gates, y, c_all, saved["c_raw"], saved["hc"], saved["p_raw"])
+        return y, c_all
+
+    @staticmethod
+    def backward(ctx, dy, dc_out):  # type: ignore[override]
+        x, h0, c0, W, W_P, gates, y, c_all, c_raw, hc_all, p_raw = ctx.saved_tensors
+        plan = ctx.plan
+        D, total, _ = gates.shape
+        P, C = h0.shape[-1], c0.shape[-1]
+        hint = max(plan.batch_sizes, default=1)
+        if dy is None:
+            dy = gates.new_zeros(D, total, P)
+        dz, dhp, dh0, dc0 = _recurrence_backward(
+            dy, dc_out, gates, h0, c0, c_all, c_raw, p_raw, PairLinear(W[:, P:].transpose(1, 2), batch_hint=hint),
+            PairLinear(W_P.transpose(1, 2), batch_hint=hint), plan, ctx.cell_clip, ctx.proj_clip)
+        dx = torch.bmm(dz, W[:, :P].transpose(1, 2)) if ctx.needs_input_grad[4] else None
+        # weight gradients: one product over all steps for [W_x; W_h], one for W_P
+        h_prev = torch.cat([h0[:, :plan.batch_sizes[0] if plan.batch_sizes else 0],
+                            y.index_select(1, _prev_rows(plan).to(y.device))], dim=1)
+        dW = torch.bmm(torch.cat([x, h_prev], dim=2).transpose(1, 2), dz)   # (D, 2P, 4C), gates (i, f, o, j)
+        dWP = torch.bmm(hc_all.transpose(1, 2), dhp)
+        db = dz.sum(1)
+        inv = torch.argsort(_gate_perm(C, dz.device))
+        grads = []
+        for d in range(D):
+            grads += [dW[d].index_select(1, inv), db[d].index_select(0, inv), dWP[d]]
+        return (None, None, None, None, dx, dh0, dc0, *grads)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -280,62 +371,55 @@ def _wants_grad(lstm: BiLSTM, *tensors: torch.Tensor) -> bool:
                                         or any(p.requires_grad for p in lstm.parameters()))
 
 
-def _run_stacks(lstm: BiLSTM, inputs: tuple[torch.Tensor, torch.Tensor], state: tuple[torch.Tensor, torch.Tensor],
-                plan: PackedPlan, order: torch.Tensor | None, dropout: float, grad: bool
-                ) -> tuple[list[list[torch.Tensor]], list[list[torch.Tensor]], list[list[torch.Tensor]]]:
-    """Both directions' layer stacks on packed inputs.
+def _run_layers(lstm: BiLSTM, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], plan: PackedPlan,
+                order: torch.Tensor | None, dropout: float, grad: bool
+                ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """Both directions' layer stacks on packed inputs, advanced together.
 
     Args:
-        inputs: per direction ``(total, P)`` packed first-layer inputs (processing order).
+        x: ``(2, total, P)`` packed first-layer inputs of the forward and backward direction (processing order).
         state: initial ``(h (L, B, 2P), c (L, B, 2C))`` in the caller's row order.
         order: sorted row -> caller row (None: rows are already in plan order).
 
     Returns:
-        per direction per layer: packed outputs ``(total, P)`` (residual included), final ``h`` ``(B, P)``
-        and ``c`` ``(B, C)`` in the caller's row order.
+        per layer: packed outputs ``(2, total, P)`` (residual included), final ``h`` ``(B, 2P)`` and ``c``
+        ``(B, 2C)`` in the caller's row order (forward half first, as the state layout).
     """
     o = lstm.options
     P, C = o.projection_dim, o.dim
     h_all, c_all = state
-    dev = inputs[0].device
+    batch = h_all.shape[1]
+    dev = x.device
     last = plan.last.to(dev)
     inverse = None if order is None else plan.inverse.to(dev)
-    outs: list[list[torch.Tensor]] = [[], []]
-    fin_h: list[list[torch.Tensor]] = [[], []]
-    fin_c: list[list[torch.Tensor]] = [[], []]
-    for d in (0, 1):
-        x = inputs[d]
-        for layer in range(o.n_layers):
-            cell = lstm.cells[d][layer]
-            if dropout > 0.0:
-                x = F.dropout(x, dropout, training=True)
-            h0 = h_all[layer, :, d * P:(d + 1) * P]
-            c0 = c_all[layer, :, d * C:(d + 1) * C]
-            if order is not None:
-                h0, c0 = h0.index_select(0, order), c0.index_select(0, order)
-            if grad:
-                W_x, bias, W_h, W_P = _cell_weights(cell, P, C, differentiable=True)
-                gates = torch.addmm(bias, x, W_x)
-                y, c_seq = _Recurrence.apply(gates, h0, c0, W_h, W_P, plan, o.cell_clip, o.proj_clip)
-            else:
-                w_x, w_h, w_p = _packed_cell(cell, P, C, plan.total)
-                h0, c0 = h0.contiguous(), c0.contiguous()
-                gates = w_x(x.contiguous())
-                y, c_seq, _ = recurrence_forward(gates, h0, c0, w_h, w_p, plan, o.cell_clip, o.proj_clip, save=False)
-            h_fin = torch.cat([y, h0], 0).index_select(0, last)
-            c_fin = torch.cat([c_seq, c0], 0).index_select(0, last)
-            if inverse is not None:
-                h_fin, c_fin = h_fin.index_select(0, inverse), c_fin.index_select(0, inverse)
-            fin_h[d].append(h_fin)
-            fin_c[d].append(c_fin)
-            out = y + x if (layer > 0 and o.use_skip_connections) else y
-            outs[d].append(out)
-            x = out
+    outs: list[torch.Tensor] = []
+    fin_h: list[torch.Tensor] = []
+    fin_c: list[torch.Tensor] = []
+    for layer in range(o.n_layers):
+        cells = [lstm.cells[d][layer] for d in (0, 1)]
+        if dropout > 0.0:
+            x = F.dropout(x, dropout, training=True)
+        h0 = h_all[layer].view(batch, 2, P).transpose(0, 1)   # (2, B, P)
+        c0 = c_all[layer].view(batch, 2, C).transpose(0, 1)
+        if order is not None:
+            h0, c0 = h0.index_select(1, order), c0.index_select(1, order)
+        if grad:
+            params = [t for cell in cells for t in (cell.W_0, cell.B, cell.W_P_0)]
+            y, c_seq = _Layer.apply(plan, o.cell_clip, o.proj_clip, cells, x, h0, c0, *params)
+        else:
+            w_x, w_h, w_p = _packed_layer(cells, P, C, plan.total)
+            h0, c0 = h0.contiguous(), c0.contiguous()
+            y, c_seq, _ = recurrence_forward(w_x(x), h0, c0, w_h, w_p, plan, o.cell_clip, o.proj_clip, save=False)
+        h_fin = torch.cat([y, h0], 1).index_select(1, last)
+        c_fin = torch.cat([c_seq, c0], 1).index_select(1, last)
+        if inverse is not None:
+            h_fin, c_fin = h_fin.index_select(1, inverse), c_fin.index_select(1, inverse)
+        fin_h.append(h_fin.transpose(0, 1).reshape(batch, 2 * P))
+        fin_c.append(c_fin.transpose(0, 1).reshape(batch, 2 * C))
+        out = y + x if (layer > 0 and o.use_skip_connections) else y
+        outs.append(out)
+        x = out
     return outs, fin_h, fin_c
-
-
-def _stack_state(fin: list[list[torch.Tensor]]) -> torch.Tensor:
-    return torch.stack([torch.cat([fw, bw], -1) for fw, bw in zip(fin[0], fin[1])])
 
 
 def bilstm_fast(lstm: BiLSTM, x: torch.Tensor, lengths: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor],
@@ -358,13 +442,13 @@ def bilstm_fast(lstm: BiLSTM, x: torch.Tensor, lengths: torch.Tensor, state: tup
     src = (plan.src_fw.to(dev), plan.src_bw.to(dev))
     grad = _wants_grad(lstm, x, *state)
     x_flat = x.reshape(batch * steps, P)
-    inputs = (x_flat.index_select(0, src[0]), x_flat.index_select(0, src[1]))
-    outs, fin_h, fin_c = _run_stacks(lstm, inputs, state, plan, plan.order.to(dev), dropout, grad)
+    inputs = torch.stack([x_flat.index_select(0, src[0]), x_flat.index_select(0, src[1])])
+    outs, fin_h, fin_c = _run_layers(lstm, inputs, state, plan, plan.order.to(dev), dropout, grad)
     outputs = []
-    for fw, bw in zip(outs[0], outs[1]):
-        halves = [x.new_zeros(batch * steps, P).index_copy(0, src[d], y) for d, y in ((0, fw), (1, bw))]
+    for y in outs:
+        halves = [x.new_zeros(batch * steps, P).index_copy(0, src[d], y[d]) for d in (0, 1)]
         outputs.append(torch.cat(halves, dim=-1).view(batch, steps, 2 * P))
-    return outputs, (_stack_state(fin_h), _stack_state(fin_c))
+    return outputs, (torch.stack(fin_h), torch.stack(fin_c))
 
 
 def bilstm_streams_fast(lstm: BiLSTM, fw: torch.Tensor, bw: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor],
@@ -380,7 +464,7 @@ def bilstm_streams_fast(lstm: BiLSTM, fw: torch.Tensor, bw: torch.Tensor, state:
     batch, steps, P = fw.shape
     plan = make_plan(torch.full((batch,), steps, dtype=torch.long), steps)
     grad = _wants_grad(lstm, fw, bw, *state)
-    inputs = (fw.transpose(0, 1).reshape(steps * batch, P), bw.transpose(0, 1).reshape(steps * batch, P))
-    outs, fin_h, fin_c = _run_stacks(lstm, inputs, state, plan, None, dropout, grad)
-    unpack = [[y.view(steps, batch, P).transpose(0, 1) for y in per_dir] for per_dir in outs]
-    return unpack[0], unpack[1], (_stack_state(fin_h), _stack_state(fin_c))
+    inputs = torch.stack([fw.transpose(0, 1).reshape(steps * batch, P), bw.transpose(0, 1).reshape(steps * batch, P)])
+    outs, fin_h, fin_c = _run_layers(lstm, inputs, state, plan, None, dropout, grad)
+    unpack = [[y[d].view(steps, batch, P).transpose(0, 1) for y in outs] for d in (0, 1)]
+    return unpack[0], unpack[1], (torch.stack(fin_h), torch.stack(fin_c))
