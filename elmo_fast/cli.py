@@ -10,6 +10,8 @@ import importlib
 import logging
 import sys
 
+from .runtime import retain_freed_memory
+
 #: subcommand modules, in the order ``--help`` lists them
 _COMMANDS = ["elmo_fast.commands.embed", "elmo_fast.commands.probe", "elmo_fast.commands.demo",
              "elmo_fast.commands.train", "elmo_fast.commands.evaluate", "elmo_fast.commands.export"]
@@ -18,7 +20,11 @@ _COMMANDS = ["elmo_fast.commands.embed", "elmo_fast.commands.probe", "elmo_fast.
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="elmo-fast",
-        description="elmo-fast: a fast ELMo engine (AllenNLP-compatible embedder, biLM pretraining, benchmarks).")
+        description="elmo-fast: a fast ELMo engine (AllenNLP-compatible embedder, biLM pretraining, benchmarks).",
+        epilog="environment: ELMO_FAST_BACKEND=reference|fast|triton forces one backend for every op; "
+               "ELMO_FAST_RETAIN_MEMORY=0 leaves glibc's allocator as it is (by default the commands keep "
+               "freed memory for reuse: large tensors are not page-faulted in again every step, see "
+               "elmo_fast.runtime).")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="logging verbosity (default INFO)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -32,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    retain_freed_memory()
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
