@@ -167,6 +167,9 @@ class LanguageModel(nn.Module):
         self.softmax_weight = nn.Parameter(torch.empty(vocab_size, P))
         self.softmax_bias = nn.Parameter(torch.empty(vocab_size))
         self.vocab_size = vocab_size
+        #: sampled-softmax steps give ``softmax_weight`` a sparse gradient of the touched rows (see
+        #: :meth:`_softmax_rows`); the Trainer turns it off under DistributedDataParallel (dense all-reduce)
+        self.sparse_softmax_grad = True
 
     def zero_state(self, batch: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """Zero LSTM state ``(h (L, B, 2P), c (L, B, 2C))`` (forward stream | reverse stream halves)."""
@@ -200,12 +203,15 @@ class LanguageModel(nn.Module):
             ``(loss, forward loss, backward loss, new state)``; losses are scalars.
         """
         fw_top, bw_top, new_state = self.hidden(batch, state, dropout)
+        streams = ((fw_top, batch.fw_targets.reshape(-1)), (bw_top, batch.bw_targets.reshape(-1)))
+        if samples is not None:
+            weight, bias, local = self._softmax_rows([t for _, t in streams]
+                                                     + [samples[0].to(fw_top.device), samples[2].to(fw_top.device)])
         losses = []
-        for d, (top, targets) in enumerate(((fw_top, batch.fw_targets), (bw_top, batch.bw_targets))):
+        for d, (top, t) in enumerate(streams):
             if dropout > 0.0:
                 top = F.dropout(top, dropout, training=True)
             h = top.reshape(-1, top.shape[-1])
-            t = targets.reshape(-1)
             if samples is None:
                 losses.append(full_softmax_loss(h, t, self.softmax_weight, self.softmax_bias, softmax_chunk).mean())
             else:
@@ -214,8 +220,30 @@ class LanguageModel(nn.Module):
                 q_t = log_uniform_expected_count(t, tries, V, S).to(h.device)
                 q_s = log_uniform_expected_count(ids, tries, V, S).to(h.device)
                 losses.append(self.softmax_op("sampled_softmax_loss", h)(
-                    h, t, self.softmax_weight, self.softmax_bias, ids.to(h.device), q_t, q_s).mean())
+                    h, local[d], weight, bias, local[2 + d], q_t, q_s).mean())
         return 0.5 * (losses[0] + losses[1]), losses[0].detach(), losses[1].detach(), new_state
+
+    def _softmax_rows(self, id_sets: list[torch.Tensor]
+                      ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """The softmax rows a sampled step touches, gathered once.
+
+        Args:
+            id_sets: int64 vocabulary ids (targets and samples of both directions).
+
+        Returns:
+            ``weight`` ``(R, P)`` and ``bias`` ``(R,)`` of the ``R`` distinct ids, and each id set mapped to
+            row indices into them. With :attr:`sparse_softmax_grad` the weight rows come from a sparse
+            embedding lookup, so ``softmax_weight.grad`` is a sparse ``(V, P)`` tensor with ``R`` rows
+            instead of a dense one (bilm-tf's ``IndexedSlices``); Adagrad then updates only those rows,
+            which is exactly the dense update (untouched rows get a zero gradient: no change).
+        """
+        rows, inverse = torch.unique(torch.cat(id_sets), return_inverse=True)
+        local = list(inverse.split([t.numel() for t in id_sets]))
+        if self.sparse_softmax_grad:
+            weight = F.embedding(rows, self.softmax_weight, sparse=True)
+        else:
+            weight = self.softmax_weight.index_select(0, rows)
+        return weight, self.softmax_bias.index_select(0, rows), local
 
     def softmax_op(self, op: str, like: torch.Tensor) -> Any:
         """The backend implementation of ``sampled_softmax_loss`` or ``full_softmax_loss`` (evaluation) for
@@ -259,7 +287,8 @@ def _clip_global_norm(params: Sequence[torch.Tensor], max_norm: float) -> float:
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return 0.0
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    norm = torch.linalg.vector_norm(torch.stack([
+        torch.linalg.vector_norm(g.coalesce().values() if g.is_sparse else g) for g in grads]))
     if norm > max_norm:
         scale = max_norm / norm
         for g in grads:
@@ -290,6 +319,11 @@ class Trainer:
                  rank: int = 0) -> None:
         self.model = model
         self.forward_model = ddp_model if ddp_model is not None else model
+        model.sparse_softmax_grad = ddp_model is None
+        if model.sparse_softmax_grad:
+            # Adagrad builds sparse updates internally; say explicitly that torch should not validate them
+            # (its default), which also silences torch's warning about the implicit default
+            torch.sparse.check_sparse_tensor_invariants.disable()
         self.config = config
         self.device = model.softmax_weight.device
         self.optimizer = torch.optim.Adagrad(model.parameters(), lr=config.learning_rate,

@@ -108,6 +108,31 @@ def test_loss_falls_on_a_small_corpus(tmp_path):
     assert all(np.isfinite(losses))
 
 
+def test_sparse_softmax_rows_update_like_the_dense_gradient(tmp_path):
+    """Sampled steps give softmax_weight a sparse gradient (touched rows only); Adagrad with it must leave
+    every parameter where the dense gradient leaves it, and untouched rows bit-identical."""
+    files = [str(p) for p in make_corpus(tmp_path / "corpus", n_files=1, lines=40)]
+    vocab = Vocabulary.build(files)
+    results = []
+    for sparse in (True, False):
+        torch.manual_seed(5)  # same dropout masks in both runs
+        model = tiny_model(len(vocab), seed=3)
+        start = model.softmax_weight.detach().clone()
+        trainer = Trainer(model, TrainConfig(batch_size=4, unroll_steps=6, n_negative_samples=9, seed=1))
+        model.sparse_softmax_grad = sparse
+        data = TrainingBatches(files, vocab, 4, 6, seed=0)
+        trainer.step(data.next_batch())
+        assert model.softmax_weight.grad.is_sparse == sparse
+        trainer.step(data.next_batch())
+        results.append((start, {n: p.detach().clone() for n, p in model.named_parameters()}))
+    (start, got), (_, want) = results
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-6, atol=1e-7, msg=name)
+    moved = (got["softmax_weight"] != start).any(dim=1)
+    assert 0 < int(moved.sum()) < len(vocab)  # some rows were touched, others never were
+    assert torch.equal(got["softmax_weight"][~moved], want["softmax_weight"][~moved])
+
+
 def _config(**kw) -> TrainConfig:
     base = dict(batch_size=4, unroll_steps=5, n_negative_samples=10, seed=7, checkpoint_every=1000,
                 eval_batch_size=4, backend="reference")
