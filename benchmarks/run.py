@@ -321,8 +321,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--impls", nargs="+", default=["fast", "reference", "baseline"],
                         choices=["fast", "reference", "baseline"], help="implementations to time")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table to this file")
+    parser.add_argument("--allocator", choices=["retain", "default"], default="retain",
+                        help="retain: glibc keeps freed memory for reuse, as the elmo-fast commands run "
+                             "(elmo_fast.runtime.retain_freed_memory; applies to every implementation in this "
+                             "process); default: glibc's own settings (large blocks unmapped on free)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.allocator == "retain":
+        from elmo_fast.runtime import retain_freed_memory
+        logger.info("allocator: freed memory retained for reuse: %s", retain_freed_memory())
     torch.manual_seed(0)
     t_start = time.perf_counter()
 
@@ -369,6 +376,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = [f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
              f"{torch.__version__}, {torch.get_num_threads()} threads; fp32 matmul rate {rate / 1e9:.1f} GFLOP/s "
              f"(2048^3 torch.mm, best of 5, measured at start {rate_start / 1e9:.1f} and end {rate_end / 1e9:.1f}; "
+             f"allocator: {args.allocator}; "
              f"the higher is used); load average at end {os.getloadavg()[0]:.2f}; total {elapsed / 60:.1f} min",
              "",
              "| shape | setting | fast tok/s | reference tok/s | baseline tok/s | fast / baseline | GFLOP/token "
