@@ -28,6 +28,7 @@ state per row in the same order (sorting is internal), so BiLM's slot semantics 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -96,10 +97,11 @@ def make_plan(lengths: torch.Tensor, steps: int) -> PackedPlan:
 class PairLinear:
     """``y[d] = x[d] @ W[d] (+ b[d])`` for ``D`` stacked directions, weights prepared once.
 
-    Small products (at most :attr:`BMM_MAX_MACS` multiply-adds per direction, e.g. any product of a single
-    row) are latency/memory bound: one ``torch.bmm`` over the directions runs them on all cores at once
-    and streams both weights in one call. Larger ones use each direction's oneDNN-packed weight
-    (:class:`PackedLinear`), which is what makes a 32-row recurrent product fast. Not differentiable.
+    Products of a single row, and all products with a small weight (at most :attr:`BMM_MAX_WEIGHT`
+    elements per direction, e.g. the ``small`` model's 128 x 4096), are latency/memory bound: one
+    ``torch.bmm`` over the directions runs them on all cores at once and streams both weights in one call.
+    Larger ones use each direction's oneDNN-packed weight (:class:`PackedLinear`), which is what makes a
+    32-row recurrent product of the original model fast. Not differentiable.
 
     Args:
         W: ``(D, in, out)``; b: ``(D, out)`` or None; batch_hint: typical row count for oneDNN's packing.
@@ -107,8 +109,9 @@ class PairLinear:
 
     __slots__ = ("bias", "packed", "weight")
 
-    #: measured on a 2-core AMD EPYC VM (benchmarks/RESULTS.md, "Measured ideas"): bmm wins below ~4M MACs
-    BMM_MAX_MACS = 1 << 22
+    #: measured on the 2-core AMD EPYC VM (benchmarks/RESULTS.md, "Measured ideas"): for a 128 x 4096 weight
+    #: one bmm beat two packed products at every row count tried (1-60); for 512 x 16384 only at one row
+    BMM_MAX_WEIGHT = 1 << 20
 
     def __init__(self, W: torch.Tensor, b: torch.Tensor | None = None, batch_hint: int = 32) -> None:
         self.weight = W.detach().contiguous()
@@ -118,7 +121,7 @@ class PairLinear:
 
     def _bmm(self, n: int) -> bool:
         _, k, m = self.weight.shape
-        return n * k * m <= self.BMM_MAX_MACS or self.packed[0].packed is None
+        return n == 1 or k * m <= self.BMM_MAX_WEIGHT or self.packed[0].packed is None
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` ``(D, n, in)`` -> ``(D, n, out)`` (written into ``out`` when given)."""
@@ -135,11 +138,26 @@ class PairLinear:
 
     def add_into(self, acc: torch.Tensor, x: torch.Tensor) -> None:
         """``acc += x @ W`` (no bias) for ``acc`` ``(D, n, out)``, ``x`` ``(D, n, in)``."""
-        if self._bmm(x.shape[1]):
-            acc.baddbmm_(x, self.weight)
-        else:
-            for d, p in enumerate(self.packed):
+        self.add_into_fn(x.shape[1])(acc, x)
+
+    def add_into_fn(self, n: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
+        """:meth:`add_into` for ``n`` rows with the product's path chosen once (for per-step loops)."""
+        if self._bmm(n):
+            W = self.weight
+            return lambda acc, x: acc.add_(torch.bmm(x, W))  # in-place baddbmm_ on the strided view: 2x slower
+        packed = self.packed
+
+        def add(acc: torch.Tensor, x: torch.Tensor) -> None:
+            for d, p in enumerate(packed):
                 acc[d].add_(p(x[d]))
+        return add
+
+    def fn(self, n: int) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
+        """``(x, out) -> x @ W`` for ``n`` rows (no bias), the product's path chosen once."""
+        if self._bmm(n):
+            W = self.weight
+            return lambda x, out: torch.bmm(x, W, out=out)
+        return lambda x, out: self(x, out)
 
 
 def _steps(t: torch.Tensor | None, sizes: list[int]) -> list[torch.Tensor] | None:
@@ -185,28 +203,37 @@ def recurrence_forward(gates: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, 
     I, F_, O = (_steps(gates[..., k * C:(k + 1) * C], sizes) for k in range(3))
     Y, CC, CR = _steps(y, sizes), _steps(c_all, sizes), _steps(c_raw, sizes)
     HC, PR = (_steps(hc_all, sizes) if save else None), _steps(p_raw, sizes)
+    # per-step work below is ~11 tensor ops; keep the Python around them minimal (batch 1 is op-bound)
+    rec = {n: w_h.add_into_fn(n) for n in set(sizes)}
+    proj = {n: w_p.fn(n) for n in set(sizes)}
+    hc_rows = HC if save else [hc_all[:, :n] for n in sizes]
+    mul, tanh, clamp = torch.mul, torch.tanh, torch.clamp
+    prev_n = -1
     for s, n in enumerate(sizes):
         if s == 0:
             h_prev, c_prev = h0[:, :n], c0[:, :n]
+        elif n == prev_n:
+            h_prev, c_prev = Y[s - 1], CC[s - 1]
         else:
-            h_prev, c_prev = _prev(Y, s, n), _prev(CC, s, n)
-        w_h.add_into(G[s], h_prev)
+            h_prev, c_prev = Y[s - 1][:, :n], CC[s - 1][:, :n]
+        prev_n = n
+        rec[n](G[s], h_prev)
         SIG[s].sigmoid_()
         J[s].tanh_()
         c = CC[s] if CR is None else CR[s]
-        torch.mul(F_[s], c_prev, out=c)
+        mul(F_[s], c_prev, out=c)
         c.addcmul_(I[s], J[s])
         if cell_clip is not None:
-            torch.clamp(c, -cell_clip, cell_clip, out=CC[s])
-        hc = HC[s] if save else hc_all[:, :n]
-        torch.tanh(CC[s], out=hc)
+            clamp(c, -cell_clip, cell_clip, out=CC[s])
+        hc = hc_rows[s]
+        tanh(CC[s], out=hc)
         hc.mul_(O[s])
         if proj_clip is None:
-            w_p(hc, out=Y[s])
+            proj[n](hc, Y[s])
         elif PR is not None:
-            torch.clamp(w_p(hc, out=PR[s]), -proj_clip, proj_clip, out=Y[s])
+            clamp(proj[n](hc, PR[s]), -proj_clip, proj_clip, out=Y[s])
         else:
-            torch.clamp(w_p(hc), -proj_clip, proj_clip, out=Y[s])
+            clamp(proj[n](hc, None), -proj_clip, proj_clip, out=Y[s])
     saved = {"c_raw": c_raw, "hc": hc_all, "p_raw": p_raw} if save else None
     return y, c_all, saved
 
