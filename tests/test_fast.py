@@ -176,6 +176,41 @@ def test_bilstm_forward_backward(dtype, overrides):
         torch.testing.assert_close(g, w, **tol_out)
 
 
+@pytest.mark.parametrize("path", ["packed", "bmm"])
+def test_bilstm_product_paths_match_reference(monkeypatch, path):
+    """Both ways PairLinear multiplies (oneDNN-packed weight per direction; one bmm over the pair) give the
+    reference's numbers, inference and training. Tiny weights normally always take the bmm path, so the
+    thresholds are forced here; PackedLinear's own small-product fallback is switched off too."""
+    from elmo_fast.fast.lstm import PairLinear
+    from elmo_fast.fast.packing import MKLDNN, PackedLinear
+    if path == "packed":
+        if not MKLDNN:
+            pytest.skip("this torch build has no oneDNN packed linear; only the bmm path exists")
+        monkeypatch.setattr(PairLinear, "BMM_MAX_WEIGHT", 0)
+        monkeypatch.setattr(PairLinear, "BMM_MIN_ROWS", 1 << 30)
+        monkeypatch.setattr(PackedLinear, "MIN_PACKED_MACS", 0)
+    else:
+        monkeypatch.setattr(PairLinear, "BMM_MAX_WEIGHT", 1 << 40)
+    gen = torch.Generator().manual_seed(15)
+    lstm = make_bilm(seed=15).lstm
+    o = lstm.options
+    lengths = torch.tensor([6, 1, 0, 9, 4])                 # shrinking row counts: 4, 3, 3, 3, 2, 2, 1, 1, 1
+    x = torch.randn(len(lengths), 10, o.projection_dim, generator=gen)
+    x = x * (torch.arange(10)[None, :, None] < lengths[:, None, None])
+    state = _random_state(lstm, len(lengths), gen, torch.float32)
+    cots = [torch.randn(len(lengths), 10, 2 * o.projection_dim, generator=gen) for _ in range(o.n_layers)]
+    cots += [torch.randn_like(t) for t in state]
+    want_out, want_grad = _run_op(backends.get_op("reference", "bilstm"), lstm, x, lengths, state, cots)
+    got_out, got_grad = _run_op(fast.bilstm, lstm, x, lengths, state, cots)
+    for g, w in zip(got_out, want_out):
+        torch.testing.assert_close(g, w, **F32_OUT)
+    assert_grads_close(got_grad, want_grad, 1e-4, 1e-4)
+    with torch.no_grad():
+        outputs, (h, c) = fast.bilstm(lstm, x, lengths, state, 0.0)
+    for g, w in zip(outputs + [h, c], want_out):
+        torch.testing.assert_close(g, w, **F32_OUT)
+
+
 def test_bilstm_empty_batch_and_all_empty_rows():
     lstm = make_bilm(seed=7).lstm
     o = lstm.options
