@@ -44,6 +44,9 @@ __all__ = ["TrainConfig", "LanguageModel", "Trainer", "StepResult", "evaluate_pe
 
 logger = logging.getLogger(__name__)
 
+#: below this many training files (but more than one) ``train`` warns about the streams' file order
+FEW_SHARDS = 8
+
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "elmo-fast-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -621,6 +624,12 @@ def _run(train: str | Sequence[str], out_dir: str, options: ElmoOptions, config:
          heldout: str | None, vocab_path: str | None, resume: bool, init_from: str | None, progress: bool,
          rank: int, world: int, device: torch.device, is_main: bool, stop: "_StopFlag") -> dict[str, Any]:
     files = expand_shards(train)
+    if is_main and 1 < len(files) < FEW_SHARDS:
+        logger.warning("%d training files: the forward and backward streams each read one file at a time in their own "
+                       "random order (bilm-tf), so with few files the two LMs spend long stretches on different "
+                       "files and each ends fitted to the file it read last. If the files differ in kind "
+                       "(e.g. Wikipedia and web text), mix their lines into many shards first (README, Pretraining)",
+                       len(files))
     if heldout is not None and not os.path.exists(heldout):
         raise FileNotFoundError(f"held-out file not found: {heldout}")
     ckpt_file = _checkpoint_path(out_dir)

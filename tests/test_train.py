@@ -268,6 +268,20 @@ def test_cli_bad_input_is_reported(tmp_path, caplog):
     assert rc == 2 and "options.json is missing" in caplog.text
 
 
+def test_few_training_files_warn_about_stream_order(tmp_path, caplog):
+    """With 2..7 files the forward and backward streams read different files for long stretches (bilm-tf's
+    independent streams); train says so. One file, or many, gives no warning."""
+    files = make_corpus(tmp_path / "c", n_files=2, lines=20)
+    args = ["--options", "tiny", "--max-steps", "1", "--batch-size", "2", "--unroll-steps", "4", "--quiet"]
+    with caplog.at_level(logging.WARNING):
+        rc = cli_main(["train", "--train", str(tmp_path / "c" / "*.txt"), "--out", str(tmp_path / "r2"), *args])
+    assert rc == 0 and "2 training files" in caplog.text and "mix their lines" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        rc = cli_main(["train", "--train", str(files[0]), "--out", str(tmp_path / "r1"), *args])
+    assert rc == 0 and "training files" not in caplog.text
+
+
 def _free_port() -> int:
     import socket
     with socket.socket() as sock:
