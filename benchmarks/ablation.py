@@ -22,6 +22,7 @@ from elmo_fast import backend as backends  # noqa: E402
 from elmo_fast.chars import batch_to_ids  # noqa: E402
 from elmo_fast.embedder import length_groups  # noqa: E402
 from elmo_fast.fast import packing  # noqa: E402
+from elmo_fast.fast import lstm as fast_lstm  # noqa: E402
 from elmo_fast.fast.lstm import PairLinear  # noqa: E402
 from elmo_fast.runtime import retain_freed_memory  # noqa: E402
 
@@ -59,6 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     PairLinear.BMM_MAX_WEIGHT = 0  # only single-row products as one bmm over the direction pair
     rows.append(("  small-weight products per direction (oneDNN) instead of one bmm over the pair", tok_s(random_batches)))
     PairLinear.BMM_MAX_WEIGHT = saved_bmm
+    fast_lstm.DISTINCT_FIRST_LAYER = False
+    rows.append(("  first-layer input projection per position instead of per distinct row", tok_s(random_batches)))
+    fast_lstm.DISTINCT_FIRST_LAYER = True
     ref_encoder = backends.get_op("reference", "token_encoder")
     fast_encoder = backends._REGISTRY[("fast", "token_encoder")]
     backends._REGISTRY[("fast", "token_encoder")] = ref_encoder
