@@ -147,12 +147,9 @@ class PairLinear:
             out[d].copy_(y)
         return out
 
-    def add_into(self, acc: torch.Tensor, x: torch.Tensor) -> None:
-        """``acc += x @ W`` (no bias) for ``acc`` ``(D, n, out)``, ``x`` ``(D, n, in)``."""
-        self.add_into_fn(x.shape[1])(acc, x)
-
     def add_into_fn(self, n: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
-        """:meth:`add_into` for ``n`` rows with the product's path chosen once (for per-step loops)."""
+        """``(acc, x) -> acc += x @ W`` (no bias) for ``acc`` ``(D, n, out)`` and ``x`` ``(D, n, in)``, the
+        product's path chosen once for ``n`` rows (for per-step loops)."""
         if self._bmm(n):
             W = self.weight
             return lambda acc, x: acc.add_(torch.bmm(x, W))  # in-place baddbmm_ on the strided view: 2x slower
