@@ -76,6 +76,22 @@ def _char_cnn_fwd(ids_ptr, emb_ptr, w_ptr, b_ptr, blk_ptr, out_ptr, arg_ptr, N, 
 
 
 @triton.jit
+def _dpre_tile(y_ptr, gy_ptr, n0, N, F, ro, omask, ACT: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Rows ``n0 : n0 + BLOCK_N`` x columns ``ro`` of the activation's input gradient ``dy * act'(y)`` (recomputed
+    from ``y`` and ``dy``); also returns the rows, mask and offsets of the tile."""
+    rn = n0 + tl.arange(0, BLOCK_N)
+    m2 = (rn[:, None] < N) & omask[None, :]
+    offs = rn[:, None] * F + ro[None, :]
+    y = tl.load(y_ptr + offs, mask=m2, other=0.0)
+    gy = tl.load(gy_ptr + offs, mask=m2, other=0.0)
+    if ACT == 0:
+        dpre = tl.where(y > 0, gy, 0.0)
+    else:
+        dpre = gy * (1.0 - y * y)
+    return rn, m2, offs, dpre
+
+
+@triton.jit
 def _char_cnn_bwd_w(ids_ptr, emb_ptr, blk_ptr, y_ptr, arg_ptr, gy_ptr, dpre_ptr, dw_ptr, db_ptr,
                     N, L, D, F, W_MAX, TOK_CHUNK,
                     ACT: tl.constexpr, DPAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr):
@@ -95,15 +111,7 @@ def _char_cnn_bwd_w(ids_ptr, emb_ptr, blk_ptr, y_ptr, arg_ptr, gy_ptr, dpre_ptr,
     # store followed by a load of the same address from another warp would race.)
     db = tl.zeros((BLOCK_O,), dtype=tl.float32)
     for n0 in range(n_start, n_end, BLOCK_N):
-        rn = n0 + tl.arange(0, BLOCK_N)
-        m2 = (rn[:, None] < N) & omask[None, :]
-        offs = rn[:, None] * F + ro[None, :]
-        y = tl.load(y_ptr + offs, mask=m2, other=0.0)
-        gy = tl.load(gy_ptr + offs, mask=m2, other=0.0)
-        if ACT == 0:
-            dpre = tl.where(y > 0, gy, 0.0)
-        else:
-            dpre = gy * (1.0 - y * y)
+        rn, m2, offs, dpre = _dpre_tile(y_ptr, gy_ptr, n0, N, F, ro, omask, ACT, BLOCK_N)
         tl.store(dpre_ptr + offs, dpre, mask=m2)
         db += tl.sum(dpre, axis=0)
     # pass 2, per window offset k: dW[k] accumulated in registers over the chunk's tokens, stored once
@@ -111,15 +119,7 @@ def _char_cnn_bwd_w(ids_ptr, emb_ptr, blk_ptr, y_ptr, arg_ptr, gy_ptr, dpre_ptr,
     for k in range(0, width):
         acc = tl.zeros((BLOCK_O, DPAD), dtype=tl.float32)
         for n0 in range(n_start, n_end, BLOCK_N):
-            rn = n0 + tl.arange(0, BLOCK_N)
-            m2 = (rn[:, None] < N) & omask[None, :]
-            offs = rn[:, None] * F + ro[None, :]
-            y = tl.load(y_ptr + offs, mask=m2, other=0.0)
-            gy = tl.load(gy_ptr + offs, mask=m2, other=0.0)
-            if ACT == 0:
-                dpre = tl.where(y > 0, gy, 0.0)
-            else:
-                dpre = gy * (1.0 - y * y)
+            rn, m2, offs, dpre = _dpre_tile(y_ptr, gy_ptr, n0, N, F, ro, omask, ACT, BLOCK_N)
             am = tl.load(arg_ptr + offs, mask=m2, other=0)
             cid = tl.load(ids_ptr + rn[:, None] * L + am + k, mask=m2, other=0)  # (BLOCK_N, BLOCK_O)
             e = tl.load(emb_ptr + (cid[:, :, None] - 1) * D + rd[None, None, :],
