@@ -185,7 +185,6 @@ def test_bilstm_product_paths_match_reference(monkeypatch, path):
     from elmo_fast.fast.packing import PackedLinear
     if path == "packed":  # without oneDNN in the torch build this is PackedLinear's addmm per direction
         monkeypatch.setattr(PairLinear, "BMM_MAX_WEIGHT", 0)
-        monkeypatch.setattr(PairLinear, "BMM_MIN_ROWS", 1 << 30)
         monkeypatch.setattr(PackedLinear, "MIN_PACKED_MACS", 0)
     else:
         monkeypatch.setattr(PairLinear, "BMM_MAX_WEIGHT", 1 << 40)

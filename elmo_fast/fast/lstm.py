@@ -106,10 +106,8 @@ class PairLinear:
     Products of a single row, and all products with a small weight (at most :attr:`BMM_MAX_WEIGHT`
     elements per direction, e.g. the ``small`` model's 128 x 4096), are latency/memory bound: one
     ``torch.bmm`` over the directions runs them on all cores at once and streams both weights in one call.
-    So are products of many rows (at least :attr:`BMM_MIN_ROWS`, e.g. all input projections of a batch),
-    where MKL's batched GEMM is as fast as oneDNN and writes the stacked result without a copy. Between
-    those, each direction's oneDNN-packed weight (:class:`PackedLinear`) is what makes a 32-row recurrent
-    product of the original model fast. Not differentiable.
+    Otherwise each direction's oneDNN-packed weight (:class:`PackedLinear`) is used: it is what makes a
+    32-row recurrent product of the original model fast. Not differentiable.
 
     Args:
         W: ``(D, in, out)``; b: ``(D, out)`` or None; batch_hint: typical row count for oneDNN's packing.
@@ -117,11 +115,9 @@ class PairLinear:
 
     __slots__ = ("bias", "packed", "weight")
 
-    #: measured on the 2-core AMD EPYC VM (benchmarks/RESULTS.md, "What changed"): for a 128 x 4096 weight
-    #: one bmm beat two packed products at every row count tried (1-60); for 512 x 16384 only at one row,
-    #: and again from a few hundred rows on (997 rows: 205.6 ms vs 228.6 ms incl. stacking the two outputs)
+    #: ``benchmarks/products.py`` on the 2-core AMD EPYC VM: for the small model's weights one bmm is as fast or
+    #: faster at almost every row count (1-997); for 512 x 16384 only at one row
     BMM_MAX_WEIGHT = 1 << 20
-    BMM_MIN_ROWS = 256
 
     def __init__(self, W: torch.Tensor, b: torch.Tensor | None = None, batch_hint: int = 32) -> None:
         self.weight = W.detach().contiguous()
@@ -131,8 +127,7 @@ class PairLinear:
 
     def _bmm(self, n: int) -> bool:
         _, k, m = self.weight.shape
-        return (n == 1 or n >= self.BMM_MIN_ROWS or k * m <= self.BMM_MAX_WEIGHT
-                or self.packed[0].packed is None)
+        return n == 1 or k * m <= self.BMM_MAX_WEIGHT or self.packed[0].packed is None
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` ``(D, n, in)`` -> ``(D, n, out)`` (written into ``out`` when given)."""
