@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
+from .errors import exit_code_for, install_signal_handlers
 from .runtime import retain_freed_memory
 
 #: subcommand modules, in the order ``--help`` lists them
@@ -27,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
                "elmo_fast.runtime).")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="logging verbosity (default INFO)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error instead of one line (also ELMO_FAST_DEBUG=1)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in _COMMANDS:
@@ -34,16 +40,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. User errors give exit 2 and one log line; SIGINT/SIGTERM exit 130/143 after cleanup."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     retain_freed_memory()
+    debug = args.debug or os.environ.get("ELMO_FAST_DEBUG", "") not in ("", "0")
+    install_signal_handlers()
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
-        logging.getLogger("elmo_fast").error("%s", e)
-        return 2
+    except BaseException as e:  # noqa: B902 - classified below; bugs keep their traceback
+        code = exit_code_for(e)
+        if code is None or debug:
+            raise
+        text = str(e) if not isinstance(e, KeyError) else f"missing key {e}"
+        logging.getLogger("elmo_fast").error("%s: %s", args.command, text or type(e).__name__)
+        return code
 
 
 if __name__ == "__main__":
