@@ -7,13 +7,24 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from .atomic import write_json
 
-__all__ = ["CharCNNOptions", "LSTMOptions", "ElmoOptions", "OptionsError", "load_options", "PRESETS", "preset"]
+__all__ = ["CharCNNOptions", "LSTMOptions", "ElmoOptions", "OptionsError", "load_options", "PRESETS", "preset",
+           "LIMITS", "MAX_PARAMETERS"]
+
+#: upper bounds checked before anything is allocated (generous: the largest public model uses
+#: dim 4096, projection 512, 2 layers, 2 highway layers, 7 filters of at most 1024, embedding 16)
+LIMITS: dict[str, int] = {
+    "dim": 1 << 16, "projection_dim": 1 << 15, "n_layers": 16, "n_highway": 16, "filters": 64,
+    "filter_count": 1 << 15, "embedding.dim": 4096,
+}
+#: the largest model (parameters of options + weights) accepted: 2^31 floats = 8 GiB in float32
+MAX_PARAMETERS = 1 << 31
 
 
 class OptionsError(ValueError):
@@ -104,13 +115,41 @@ def _get(d: dict, key: str, kind: type | tuple[type, ...], where: str, default: 
             raise OptionsError(f"{where}: missing required field '{key}'")
         return default
     value = d[key]
+    if kind is float and value is None and default is None:
+        return None  # an explicit null means "no clip", as an absent field
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
     if not ok:
         name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
         raise OptionsError(f"{where}: field '{key}' expected {name}, found {value!r}")
+    if kind is float and not math.isfinite(value):
+        raise OptionsError(f"{where}: field '{key}' expected a finite number, found {value!r}")
     return value
+
+
+def _bounded(value: int, name: str, where: str, low: int = 1, limit_key: str | None = None) -> int:
+    """Check ``low <= value <= LIMITS[limit_key or name]`` (before anything of that size is allocated)."""
+    high = LIMITS[limit_key or name]
+    if value < low:
+        kind = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise OptionsError(f"{where}: field '{name}' expected {kind}, found {value}")
+    if value > high:
+        raise OptionsError(f"{where}: field '{name}' expected at most {high}, found {value}")
+    return value
+
+
+def parameter_count(options: "ElmoOptions") -> int:
+    """Number of float parameters a weight file for ``options`` holds (char-CNN, highway, projection, LSTM)."""
+    lstm = options.lstm
+    P, C = lstm.projection_dim, lstm.dim
+    total = 2 * lstm.n_layers * (2 * P * 4 * C + 4 * C + C * P)
+    if options.char_cnn is not None:
+        c = options.char_cnn
+        F, d = c.n_filters, c.embedding_dim
+        # char_embed has 261 rows (ELMO_SPEC §4)
+        total += 261 * d + sum(w * d * n + n for w, n in c.filters) + c.n_highway * (2 * F * F + 2 * F) + F * P + P
+    return total
 
 
 def options_from_dict(d: dict[str, Any], source: str = "<options>") -> ElmoOptions:
@@ -126,8 +165,7 @@ def options_from_dict(d: dict[str, Any], source: str = "<options>") -> ElmoOptio
     proj_clip = _get(lstm_d, "proj_clip", float, w, None)
     skip = _get(lstm_d, "use_skip_connections", bool, w, False)
     for name, value in (("dim", dim), ("projection_dim", proj), ("n_layers", n_layers)):
-        if value < 1:
-            raise OptionsError(f"{w}: field '{name}' expected a positive integer, found {value}")
+        _bounded(value, name, w)
     for name, value in (("cell_clip", cell_clip), ("proj_clip", proj_clip)):
         if value is not None and value <= 0:
             raise OptionsError(f"{w}: field '{name}' expected a positive number, found {value}")
@@ -138,15 +176,20 @@ def options_from_dict(d: dict[str, Any], source: str = "<options>") -> ElmoOptio
         c = _get(d, "char_cnn", dict, source)
         w = f"{source} [char_cnn]"
         raw_filters = _get(c, "filters", list, w)
+        if len(raw_filters) > LIMITS["filters"]:
+            raise OptionsError(f"{w}: field 'filters' expected at most {LIMITS['filters']} filters, "
+                               f"found {len(raw_filters)}")
         filters = []
         for k, f in enumerate(raw_filters):
-            if (not isinstance(f, (list, tuple)) or len(f) != 2 or not all(isinstance(v, int) and v > 0 for v in f)):
+            if (not isinstance(f, (list, tuple)) or len(f) != 2
+                    or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in f)):
                 raise OptionsError(f"{w}: filters[{k}] expected [width, count] of positive integers, found {f!r}")
+            _bounded(f[1], f"filters[{k}] count", w, limit_key="filter_count")
             filters.append((int(f[0]), int(f[1])))
         if not filters:
             raise OptionsError(f"{w}: field 'filters' expected at least one [width, count], found []")
         emb = _get(c, "embedding", dict, w)
-        emb_dim = _get(emb, "dim", int, f"{w} [embedding]")
+        emb_dim = _bounded(_get(emb, "dim", int, f"{w} [embedding]"), "embedding.dim", w)
         activation = _get(c, "activation", str, w, "relu")
         if activation not in ("relu", "tanh"):
             raise OptionsError(f"{w}: field 'activation' expected 'relu' or 'tanh', found {activation!r}")
@@ -159,12 +202,15 @@ def options_from_dict(d: dict[str, Any], source: str = "<options>") -> ElmoOptio
         widest = max(wd for wd, _ in filters)
         if widest > max_chars:
             raise OptionsError(f"{w}: filter width {widest} is wider than max_characters_per_token {max_chars}")
-        n_highway = _get(c, "n_highway", int, w, 0)
-        if n_highway < 0:
-            raise OptionsError(f"{w}: field 'n_highway' expected >= 0, found {n_highway}")
+        n_highway = _bounded(_get(c, "n_highway", int, w, 0), "n_highway", w, low=0)
         char_cnn = CharCNNOptions(tuple(filters), emb_dim, n_highway, activation, n_chars, max_chars)
     extra = {k: copy.deepcopy(v) for k, v in d.items() if k not in ("lstm", "char_cnn")}
-    return ElmoOptions(lstm, char_cnn, extra)
+    options = ElmoOptions(lstm, char_cnn, extra)
+    n_params = parameter_count(options)
+    if n_params > MAX_PARAMETERS:
+        raise OptionsError(f"{source}: the model would have {n_params:,} parameters; expected at most "
+                           f"{MAX_PARAMETERS:,} (check 'dim', 'projection_dim', 'n_layers', 'n_highway', 'filters')")
+    return options
 
 
 def load_options(path: str | os.PathLike) -> ElmoOptions:

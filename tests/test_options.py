@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from elmo_fast.options import OptionsError, load_options, options_from_dict, preset
@@ -69,3 +70,46 @@ def test_invalid_json_names_line(tmp_path):
 def test_missing_file():
     with pytest.raises(FileNotFoundError, match="options file not found: /nonexistent/options.json"):
         load_options("/nonexistent/options.json")
+
+
+@pytest.mark.parametrize("name", ["tiny", "small", "medium", "original"])
+def test_parameter_count_matches_the_weight_file_shapes(name):
+    from elmo_fast.options import parameter_count
+    opts = preset(name)
+    assert parameter_count(opts) == sum(int(np.prod(s)) for s in expected_shapes(opts).values())
+
+
+@pytest.mark.parametrize("text,needle", [
+    ('"cell_clip": NaN', "field 'cell_clip' expected a finite number, found nan"),
+    ('"proj_clip": Infinity', "field 'proj_clip' expected a finite number, found inf"),
+])
+def test_non_finite_option_values_are_refused(tmp_path, text, needle):
+    body = json.dumps(tiny_options(lstm__cell_clip=None, lstm__proj_clip=None))
+    body = body.replace('"n_layers": 2', '"n_layers": 2, ' + text)
+    path = tmp_path / "options.json"
+    path.write_text(body)
+    with pytest.raises(OptionsError) as e:
+        load_options(path)
+    assert str(path) in str(e.value) and needle in str(e.value)
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    ({"lstm__n_layers": 10 ** 7}, "field 'n_layers' expected at most 16, found 10000000"),
+    ({"char_cnn__n_highway": 10 ** 7}, "field 'n_highway' expected at most 16, found 10000000"),
+    ({"char_cnn__embedding": {"dim": 0}}, "field 'embedding.dim' expected a positive integer, found 0"),
+    ({"char_cnn__embedding": {"dim": -3}}, "field 'embedding.dim' expected a positive integer, found -3"),
+    ({"char_cnn__n_highway": -1}, "field 'n_highway' expected an integer >= 0, found -1"),
+    ({"char_cnn__filters": [[1, 10 ** 6]]}, "filters[0] count' expected at most 32768"),
+    ({"lstm__dim": 60000, "lstm__projection_dim": 30000}, "parameters; expected at most 2,147,483,648"),
+])
+def test_sizes_are_bounded_before_anything_is_allocated(tmp_path, overrides, needle):
+    """A 10^7-layer options file must fail in the parser, not after allocating gigabytes."""
+    import resource
+    path = tmp_path / "options.json"
+    path.write_text(json.dumps(tiny_options(**overrides)))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(OptionsError) as e:
+        load_options(path)
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert str(path) in str(e.value) and needle in str(e.value)
+    assert grown_kib < 50_000, f"peak memory grew by {grown_kib} KiB while rejecting {overrides}"

@@ -118,3 +118,47 @@ def test_weights_load_without_pickle(tmp_path):
         kinds = set()
         f.visititems(lambda n, o: kinds.add(o.dtype.kind) if isinstance(o, h5py.Dataset) else None)
     assert kinds == {"f"}
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_weights_name_the_dataset(tmp_path, value):
+    opts = tiny_options()
+    weights = random_weights(opts)
+    name = "RNN_1/RNN/MultiRNNCell/Cell0/LSTMCell/W_P_0"
+    weights[name][3, 5] = value
+    path = tmp_path / "weights.hdf5"
+    write_weights(path, weights)
+    with pytest.raises(WeightFileError) as e:
+        read_weights(path, options_from_dict(opts))
+    msg = str(e.value)
+    assert str(path) in msg and f"dataset '{name}'" in msg and "1 non-finite values" in msg and "(3, 5)" in msg
+
+
+def test_flipped_bytes_in_a_dataset_are_caught(tmp_path):
+    """Damage the stored bytes of one dataset (all exponent bits set -> NaN/Inf) behind h5py's back."""
+    opts = tiny_options()
+    path = tmp_path / "weights.hdf5"
+    write_weights(path, random_weights(opts))
+    name = "CNN_high_1/W_carry"
+    with h5py.File(path, "r") as f:
+        offset = f[name].id.get_offset()
+    assert offset is not None  # contiguous layout: the data lies at this byte offset
+    with open(path, "r+b") as fh:
+        fh.seek(offset + 4 * 7)
+        fh.write(b"\xff\xff\xff\xff")
+    with pytest.raises(WeightFileError, match=f"dataset '{name}' holds 1 non-finite values"):
+        read_weights(path, options_from_dict(opts))
+
+
+def test_non_finite_softmax_weights_are_refused(tmp_path):
+    from elmo_fast.weights import read_softmax_weights, write_softmax_weights
+    W = np.zeros((7, 4), np.float32)
+    b = np.zeros(7, np.float32)
+    b[6] = np.nan
+    path = tmp_path / "softmax.hdf5"
+    write_softmax_weights(path, W, b)
+    with pytest.raises(WeightFileError, match=r"dataset 'softmax/b' holds 1 non-finite values .*index \(6,\)"):
+        read_softmax_weights(path, 4)
+    path.write_text("garbage")
+    with pytest.raises(WeightFileError, match="not a readable hdf5 file"):
+        read_softmax_weights(path, 4)
