@@ -159,3 +159,74 @@ def test_training_tracks_reference_step_by_step(tmp_path):
     assert len(set(np.round(losses["reference"], 4))) > 1  # the loss really moves between steps
     for a, b in zip(losses["triton_params"], losses["reference_params"]):
         assert float((a - b).abs().max()) <= 1e-4
+
+
+# ---- the public functional ops dispatch like the modules (issue 11, step 0)
+def _softmax_inputs(dtype=torch.float32):
+    g = torch.Generator().manual_seed(4)
+    N, P, V, S = 9, 16, 40, 12
+    h = torch.randn(N, P, generator=g)
+    W = torch.randn(V, P, generator=g) * 0.3
+    b = torch.randn(V, generator=g)
+    ids = torch.randperm(V, generator=g)[:S]
+    t = torch.randint(0, V, (N,), generator=g)
+    q_t, q_s = torch.rand(N, generator=g) * 0.5 + 0.1, torch.rand(S, generator=g) * 0.5 + 0.1
+    return [x.to(dtype) if x.is_floating_point() else x for x in (h, t, W, b, ids, q_t, q_s)]
+
+
+def _spy(monkeypatch, op):
+    calls = []
+    original = backend.get_op("triton", op)
+    monkeypatch.setitem(backend._REGISTRY, ("triton", op), lambda *a, **k: calls.append(1) or original(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("how", ["env", "argument"])
+def test_public_sampled_softmax_reaches_the_kernel(monkeypatch, how):
+    import elmo_fast
+    from elmo_fast.kernels import sampled_softmax as kernel_module
+    from elmo_fast.nn.softmax import sampled_softmax_loss as reference
+    args = _softmax_inputs()
+    calls = _spy(monkeypatch, "sampled_softmax_loss")
+    launched = []
+    real = kernel_module.SampledSoftmaxFunction.apply
+    monkeypatch.setattr(kernel_module.SampledSoftmaxFunction, "apply",
+                        lambda *a: launched.append(1) or real(*a))
+    if how == "env":
+        monkeypatch.setenv("ELMO_FAST_BACKEND", "triton")
+        got = elmo_fast.sampled_softmax_loss(*args)
+    else:
+        monkeypatch.setenv("ELMO_FAST_BACKEND", "reference")  # the argument wins over the environment
+        got = elmo_fast.sampled_softmax_loss(*args, backend="triton")
+    assert calls == [1] and launched == [1]
+    assert torch.allclose(got, reference(*args), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        full = elmo_fast.full_softmax_loss(args[0], args[1], args[2], args[3], backend="triton")
+    from elmo_fast.nn.softmax import full_softmax_loss_reference
+    assert torch.allclose(full, full_softmax_loss_reference(*args[:4]), atol=1e-5, rtol=1e-5)
+
+
+def test_public_sampled_softmax_default_on_cpu_is_the_reference(monkeypatch):
+    import elmo_fast
+    from elmo_fast.nn.softmax import sampled_softmax_loss as reference
+    monkeypatch.delenv("ELMO_FAST_BACKEND", raising=False)
+    calls = _spy(monkeypatch, "sampled_softmax_loss")
+    args = _softmax_inputs()
+    assert torch.equal(elmo_fast.sampled_softmax_loss(*args), reference(*args))
+    assert calls == []  # CPU tensors without a request never take the Triton kernel
+
+
+def test_public_ops_raise_when_the_backend_cannot_serve(monkeypatch):
+    import elmo_fast
+    monkeypatch.delenv("ELMO_FAST_BACKEND", raising=False)
+    with pytest.raises(BackendError, match="float32"):  # the kernels are float32-only: an error, no fallback
+        elmo_fast.sampled_softmax_loss(*_softmax_inputs(torch.float64), backend="triton")
+    meta = [torch.empty(x.shape, dtype=x.dtype, device="meta") for x in _softmax_inputs()]
+    with pytest.raises(BackendError, match="device 'meta'"):
+        elmo_fast.sampled_softmax_loss(*meta, backend="triton")
+    with pytest.raises(BackendError, match="unknown backend"):
+        elmo_fast.full_softmax_loss(*_softmax_inputs()[:4], backend="cudnn")
+    monkeypatch.setattr(backend, "_LOADED", {**backend._LOADED, "triton": False})
+    monkeypatch.setitem(backend._LOAD_ERRORS, "triton", "No module named 'triton'")
+    with pytest.raises(BackendError, match="not available"):
+        elmo_fast.sampled_softmax_loss(*_softmax_inputs(), backend="triton")
