@@ -15,7 +15,9 @@ Where the time goes in the reference, and what this does instead:
 * **Optional token cache** (:func:`enable_token_cache`, like AllenNLP's ``vocab_to_cache``): token vectors
   kept across calls in an LRU keyed by the char ids, for inference; cleared when the weights change.
 
-Differences to the reference are float32 rounding only (summation order).
+Differences to the reference are float32 rounding only (summation order). Nothing here assumes 50
+characters per token or 261 table rows: ELMoForManyLangs models (:mod:`elmo_fast.efml`) run through the same
+code with their own ``max_characters_per_token`` and character table.
 """
 from __future__ import annotations
 
@@ -203,9 +205,9 @@ def _encode_distinct(encoder: CharCNNTokenEncoder, ids: torch.Tensor, grad: bool
 
 
 def token_encoder_fast(encoder: CharCNNTokenEncoder, char_ids: torch.Tensor) -> torch.Tensor:
-    """``(N, 50)`` int64 char ids -> ``(N, P)`` token vectors; same signature as the reference op."""
+    """``(N, L)`` int64 char ids (bilm-tf: L = 50) -> ``(N, P)`` token vectors; same signature as the reference op."""
     if char_ids.dim() != 2:
-        raise ValueError(f"char_ids: expected shape (N, 50), found {tuple(char_ids.shape)}")
+        raise ValueError(f"char_ids: expected shape (N, L), found {tuple(char_ids.shape)}")
     if char_ids.shape[0] == 0:
         return encoder.char_embed.new_zeros(0, encoder.output_dim)
     grad = torch.is_grad_enabled() and any(p.requires_grad for p in encoder.parameters())

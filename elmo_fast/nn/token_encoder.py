@@ -20,8 +20,8 @@ def char_cnn_features(char_ids: torch.Tensor, char_embed: torch.Tensor, conv_wei
     """Char embedding + every convolution + bias + max over positions + activation.
 
     Args:
-        char_ids: ``(N, 50)`` int64, values 0..261 (0 = padding, embeds to zeros).
-        char_embed: ``(261, d)`` stored table (row k = symbol k, i.e. id k+1).
+        char_ids: ``(N, L)`` int64 (bilm-tf: L = 50, values 0..261); 0 = padding, embeds to zeros.
+        char_embed: ``(S, d)`` stored table (row k = symbol k, i.e. id k+1; bilm-tf: S = 261).
         conv_weights: per filter ``(1, w, d, n)`` (bilm-tf layout).
         conv_biases: per filter ``(n,)``.
         activation: ``"relu"`` or ``"tanh"``.
@@ -34,7 +34,7 @@ def char_cnn_features(char_ids: torch.Tensor, char_embed: torch.Tensor, conv_wei
     act = torch.relu if activation == "relu" else torch.tanh
     feats = []
     for W, b in zip(conv_weights, conv_biases):
-        conv = F.conv1d(x, W[0].permute(2, 1, 0), b)  # (N, n, 51 - w)
+        conv = F.conv1d(x, W[0].permute(2, 1, 0), b)  # (N, n, L + 1 - w)
         feats.append(act(conv.max(dim=-1).values))
     return torch.cat(feats, dim=-1)
 
@@ -62,16 +62,29 @@ class Highway(nn.Module):
 
 
 class CharCNNTokenEncoder(nn.Module):
-    """Token ids ``(..., 50)`` -> token vectors ``(..., P)`` (reference path, float32).
+    """Token ids ``(..., L)`` -> token vectors ``(..., P)`` (reference path, float32).
 
     ``W_proj``/``b_proj`` are None when the model has no projection (F == P and the file omits it).
+
+    Args:
+        options: the char-CNN options (filters, char embedding size, highway layers, activation).
+        projection_dim: P, the output size (must equal F without a projection).
+        has_projection: whether ``CNN_proj`` exists.
+        n_symbols: rows of the stored character table (bilm-tf: 261 symbols). Id ``k + 1`` reads row
+            ``k`` and id 0 reads a fixed zero vector, whatever the table size; the number of characters
+            per token ``L`` is the last axis of the ids (bilm-tf: 50). ELMoForManyLangs models use their
+            own table size, ``max_characters_per_token`` and a stored padding-character row
+            (:mod:`elmo_fast.efml`).
     """
 
-    def __init__(self, options: CharCNNOptions, projection_dim: int, has_projection: bool = True) -> None:
+    def __init__(self, options: CharCNNOptions, projection_dim: int, has_projection: bool = True,
+                 n_symbols: int = NUM_SYMBOLS) -> None:
         super().__init__()
         self.options = options
         d, F_ = options.embedding_dim, options.n_filters
-        self.char_embed = nn.Parameter(torch.empty(NUM_SYMBOLS, d))
+        if n_symbols < 1:
+            raise ValueError(f"n_symbols: expected a positive number of character rows, found {n_symbols}")
+        self.char_embed = nn.Parameter(torch.empty(n_symbols, d))
         self.conv_weights = nn.ParameterList([nn.Parameter(torch.empty(1, w, d, n)) for w, n in options.filters])
         self.conv_biases = nn.ParameterList([nn.Parameter(torch.empty(n)) for _, n in options.filters])
         self.highways = nn.ModuleList([Highway(F_) for _ in range(options.n_highway)])
@@ -98,12 +111,12 @@ class CharCNNTokenEncoder(nn.Module):
         return out
 
     def cnn_features(self, char_ids: torch.Tensor) -> torch.Tensor:
-        """``(N, 50)`` -> ``(N, F)`` (embedding, convolutions, max-pool, activation)."""
+        """``(N, L)`` -> ``(N, F)`` (embedding, convolutions, max-pool, activation)."""
         return char_cnn_features(char_ids, self.char_embed, list(self.conv_weights), list(self.conv_biases),
                                  self.options.activation)
 
     def forward(self, char_ids: torch.Tensor) -> torch.Tensor:
-        """``(..., 50)`` int64 -> ``(..., P)`` float32."""
+        """``(..., L)`` int64 -> ``(..., P)`` float32."""
         lead = char_ids.shape[:-1]
         x = self.cnn_features(char_ids.reshape(-1, char_ids.shape[-1]))
         for hw in self.highways:
