@@ -32,20 +32,27 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from .chars import MAX_CHARS_PER_TOKEN, CharacterMapper
-from .weights import read_vocab, write_vocab
+from .chars import BOS_CHAR, BOW_CHAR, EOS_CHAR, EOW_CHAR, MAX_CHARS_PER_TOKEN, PAD_CHAR
+from .errors import UserError
+from .weights import write_vocab
 
-__all__ = ["CorpusError", "Vocabulary", "SPECIAL_TOKENS", "BOS_ID", "EOS_ID", "UNK_ID", "expand_shards",
+__all__ = ["CorpusError", "Vocabulary", "SPECIAL_TOKENS", "BOS_ID", "EOS_ID", "UNK_ID", "read_vocab_file",
+           "word_char_ids", "format_line_numbers", "check_readable_file", "expand_shards",
            "iter_shard_sentences", "SentenceStream", "StreamBatcher", "Batch", "TrainingBatches",
            "heldout_batches", "make_batch"]
 
 logger = logging.getLogger(__name__)
 
-SPECIAL_TOKENS = ("<S>", "</S>", "<UNK>")
+BOS_TOKEN, EOS_TOKEN, UNK_TOKEN = "<S>", "</S>", "<UNK>"
+SPECIAL_TOKENS = (BOS_TOKEN, EOS_TOKEN, UNK_TOKEN)
+#: the special tokens' ids in vocabularies *built* here (a vocabulary file may put them anywhere: use
+#: ``Vocabulary.bos_id`` / ``eos_id`` / ``unk_id``)
 BOS_ID, EOS_ID, UNK_ID = 0, 1, 2
+#: a bilm-tf vocab line that is skipped (takes no id)
+MAXTERMID = "!!!MAXTERMID"
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError):
     """Bad training data: no files, an empty corpus, undecodable bytes (message names file and line)."""
 
 
@@ -98,41 +105,111 @@ def iter_shard_sentences(path: str, *, stride: int = 1, offset: int = 0,
 
 
 # ---------------------------------------------------------------------------------------------- vocabulary
-class Vocabulary:
-    """A bilm-tf vocabulary: ``<S>``, ``</S>``, ``<UNK>``, then words by descending training frequency.
+def read_vocab_file(path: str | os.PathLike) -> list[str]:
+    """Read a bilm-tf vocab file as bilm-tf's ``Vocabulary`` does: one token per line, surrounding whitespace
+    stripped, ``!!!MAXTERMID`` lines skipped (they take no id); a token's id is its position among the
+    remaining lines. Errors name the file and line.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"vocabulary file not found: {path}")
+    if os.path.isdir(path):
+        raise UserError(f"{path}: is a directory; expected a vocabulary file (one token per line)")
+    tokens: list[str] = []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start}); expected a "
+                                f"UTF-8 vocabulary file, one token per line") from None
+            if line == MAXTERMID:
+                continue
+            tokens.append(line)
+    if not tokens:
+        raise UserError(f"{path}: empty vocabulary file; expected one token per line (bilm-tf format)")
+    return tokens
 
-    Row ``v`` of the softmax belongs to ``tokens[v]``. Output-side OOV words map to ``<UNK>`` (id 2); the
-    input side always uses characters, so OOV words keep their own spelling.
+
+def word_char_ids(word: str, max_word_length: int = MAX_CHARS_PER_TOKEN) -> list[int]:
+    """bilm-tf's ``UnicodeCharsVocabulary._convert_word_to_char_ids`` (+1 shifted, as the model's inputs):
+    ``<bow>``, the UTF-8 bytes cut to ``max_word_length - 2``, ``<eow>``, padding; ``<S>``/``</S>`` get the
+    sentence-boundary patterns. For 50 this equals :meth:`elmo_fast.chars.CharacterMapper.token_to_ids`."""
+    if word in (BOS_TOKEN, EOS_TOKEN):
+        ids = [PAD_CHAR + 1] * max_word_length
+        ids[0], ids[1], ids[2] = BOW_CHAR + 1, (BOS_CHAR if word == BOS_TOKEN else EOS_CHAR) + 1, EOW_CHAR + 1
+        return ids
+    encoded = word.encode("utf-8", "ignore")[: max_word_length - 2]
+    ids = [PAD_CHAR + 1] * max_word_length
+    ids[0] = BOW_CHAR + 1
+    for k, byte in enumerate(encoded, start=1):
+        ids[k] = byte + 1
+    ids[len(encoded) + 1] = EOW_CHAR + 1
+    return ids
+
+
+class Vocabulary:
+    """A bilm-tf vocabulary: one token per softmax row; ``<S>``, ``</S>`` and ``<UNK>`` are found by name
+    wherever they are (bilm-tf's own files put them anywhere), and their ids are their positions.
+
+    Row ``v`` of the softmax belongs to ``tokens[v]``. Output-side OOV words map to ``<UNK>``
+    (:attr:`unk_id`); the input side always uses characters, so OOV words keep their own spelling. As in
+    bilm-tf, a token listed twice maps to its last line, and an empty line is a token that never occurs.
+    Vocabularies built here list the three specials first.
+
+    Args:
+        tokens: the tokens in id order.
+        source: where they came from (file name, for messages).
+        max_word_length: characters per token of :attr:`char_table` (bilm-tf's ``max_word_length``; the
+            model's ``max_characters_per_token``, 50).
     """
 
-    def __init__(self, tokens: Sequence[str]) -> None:
+    def __init__(self, tokens: Sequence[str], source: str = "vocabulary",
+                 max_word_length: int = MAX_CHARS_PER_TOKEN) -> None:
         tokens = list(tokens)
-        if tuple(tokens[:3]) != SPECIAL_TOKENS:
-            raise ValueError(f"vocabulary: expected the first tokens to be {list(SPECIAL_TOKENS)}, found {tokens[:3]}")
+        if not tokens:
+            raise UserError(f"{source}: empty vocabulary")
+        if max_word_length < 3:
+            raise ValueError(f"max_word_length: expected >= 3 (<bow>, one byte, <eow>), found {max_word_length}")
         self.tokens = tokens
+        self.source = source
+        self.max_word_length = int(max_word_length)
         self.index: dict[str, int] = {}
+        duplicates: list[int] = []
         for i, token in enumerate(tokens):
+            if not isinstance(token, str):
+                raise TypeError(f"{source}: token {i + 1} is {type(token).__name__}; expected str")
             if token in self.index:
-                raise ValueError(f"vocabulary: token {token!r} appears twice (lines {self.index[token] + 1} and {i + 1})")
-            if not token or any(ch.isspace() for ch in token):
-                raise ValueError(f"vocabulary: line {i + 1}: token {token!r} is empty or contains whitespace")
-            self.index[token] = i
+                duplicates.append(i + 1)
+            self.index[token] = i   # bilm-tf: the last line of a repeated token wins
+        if duplicates:
+            logger.warning("%s: %s repeat an earlier token (each maps to its last line, as in bilm-tf)", source,
+                           format_line_numbers(duplicates))
+        self.bos_id: int | None = self.index.get(BOS_TOKEN)
+        self.eos_id: int | None = self.index.get(EOS_TOKEN)
+        self.unk_id: int | None = self.index.get(UNK_TOKEN)
         self._char_table: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.tokens)
 
+    @property
+    def has_specials(self) -> bool:
+        return None not in (self.bos_id, self.eos_id, self.unk_id)
+
+    def require_specials(self) -> "Vocabulary":
+        """Training needs all three special tokens; raise a one-line error naming the missing ones."""
+        missing = [t for t, i in zip(SPECIAL_TOKENS, (self.bos_id, self.eos_id, self.unk_id)) if i is None]
+        if missing:
+            raise UserError(f"{self.source}: no line {' / '.join(missing)}; training needs <S>, </S> and <UNK> "
+                            f"somewhere in the vocabulary (bilm-tf finds them by name on any line)")
+        return self
+
     @classmethod
-    def from_file(cls, path: str | os.PathLike) -> "Vocabulary":
-        """Read a vocab file (``!!!MAXTERMID`` lines skipped); errors name the file and line."""
+    def from_file(cls, path: str | os.PathLike, max_word_length: int = MAX_CHARS_PER_TOKEN) -> "Vocabulary":
+        """Read a bilm-tf vocab file (see :func:`read_vocab_file`); errors name the file and line."""
         path = os.fspath(path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"vocabulary file not found: {path}")
-        try:
-            return cls(read_vocab(path))
-        except ValueError as e:
-            msg = str(e)
-            raise ValueError(msg if msg.startswith(path) else f"{path}: {msg}") from None
+        return cls(read_vocab_file(path), source=path, max_word_length=max_word_length)
 
     @classmethod
     def build(cls, files: Sequence[str], min_count: int = 1, max_vocab: int | None = None,
@@ -159,7 +236,7 @@ class Vocabulary:
             words = words[:max_vocab - len(SPECIAL_TOKENS)]
         if not words:
             raise CorpusError(f"no word occurs at least {min_count} times (--min-count); the vocabulary would be empty")
-        return cls(list(SPECIAL_TOKENS) + words)
+        return cls(list(SPECIAL_TOKENS) + words, source="built vocabulary")
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the bilm-tf vocab file (one token per line, UTF-8), atomically."""
@@ -173,42 +250,56 @@ class Vocabulary:
         return h.hexdigest()[:16]
 
     def ids(self, tokens: Sequence[str]) -> np.ndarray:
-        """Token strings -> int64 ids (OOV -> ``<UNK>``)."""
+        """Token strings -> int64 ids (OOV -> :attr:`unk_id`; a vocabulary without ``<UNK>`` raises on OOV)."""
         get = self.index.get
-        return np.fromiter((get(t, UNK_ID) for t in tokens), dtype=np.int64, count=len(tokens))
+        unk = self.unk_id if self.unk_id is not None else -1
+        out = np.fromiter((get(t, unk) for t in tokens), dtype=np.int64, count=len(tokens))
+        if unk < 0 and (out < 0).any():
+            word = tokens[int(np.argmax(out < 0))]
+            raise UserError(f"{self.source}: {word!r} is not in the vocabulary, which has no <UNK> line")
+        return out
+
+    def word_char_ids(self, word: str) -> list[int]:
+        """The :attr:`max_word_length` (+1 shifted) char ids of any word (see :func:`word_char_ids`)."""
+        return word_char_ids(word, self.max_word_length)
 
     @property
     def char_table(self) -> np.ndarray:
-        """``(V, 50)`` int16: the (+1 shifted) char ids of every vocabulary token (computed once)."""
+        """``(V, max_word_length)`` int16: the (+1 shifted) char ids of every vocabulary token, computed once
+        as bilm-tf's ``UnicodeCharsVocabulary`` does (bytes cut to ``max_word_length - 2``; the rows of
+        ``<S>`` and ``</S>``, wherever they are, get the sentence-boundary patterns)."""
         if self._char_table is None:
-            mapper = CharacterMapper()
-            table = np.empty((len(self.tokens), MAX_CHARS_PER_TOKEN), dtype=np.int16)
+            table = np.empty((len(self.tokens), self.max_word_length), dtype=np.int16)
             for i, token in enumerate(self.tokens):
-                table[i] = mapper.token_to_ids(token)
+                table[i] = word_char_ids(token, self.max_word_length)
             self._char_table = table
         return self._char_table
 
 
-_MAPPER = CharacterMapper()
-
-
 def encode_sentence(vocab: Vocabulary, words: Sequence[str], reverse: bool) -> tuple[np.ndarray, np.ndarray]:
-    """``[<S>, w1..wn, </S>]`` (reversed when ``reverse``) -> ids ``(n+2,)`` int64, char ids ``(n+2, 50)`` int16.
-
-    OOV words get id ``<UNK>`` but keep their own characters.
+    """``[<S>, w1..wn, </S>]`` (reversed when ``reverse``) -> ids ``(n+2,)`` int64, char ids
+    ``(n+2, max_word_length)`` int16. OOV words get id ``<UNK>`` but keep their own characters.
     """
     ids = np.empty(len(words) + 2, dtype=np.int64)
-    ids[0], ids[-1] = BOS_ID, EOS_ID
+    ids[0], ids[-1] = vocab.bos_id, vocab.eos_id
     ids[1:-1] = vocab.ids(words)
     chars = vocab.char_table[ids]
-    oov = np.nonzero(ids == UNK_ID)[0]
+    oov = np.nonzero(ids == vocab.unk_id)[0]
     for k in oov:
-        word = words[k - 1]
-        if word != "<UNK>":
-            chars[k] = _MAPPER.token_to_ids(word)
+        if 0 < k < len(ids) - 1:
+            word = words[k - 1]
+            if word != UNK_TOKEN:
+                chars[k] = vocab.word_char_ids(word)
     if reverse:
         ids, chars = ids[::-1].copy(), chars[::-1].copy()
     return ids, chars
+
+
+def format_line_numbers(numbers: Sequence[int], limit: int = 5) -> str:
+    """``"line 3"`` / ``"lines 2, 5"`` / ``"lines 1, 2, 3, 4, 5, ... (57 in all)"`` (1-based numbers)."""
+    shown = ", ".join(str(n) for n in numbers[:limit])
+    more = f", ... ({len(numbers)} in all)" if len(numbers) > limit else ""
+    return ("line " if len(numbers) == 1 else "lines ") + shown + more
 
 
 # ---------------------------------------------------------------------------------------------- streams
@@ -336,20 +427,40 @@ class StreamBatcher:
         self._words: list[list[str] | None] = [None] * rows
         self._done = [0] * rows
         self._enc: list[tuple[np.ndarray, np.ndarray] | None] = [None] * rows
+        self._exhausted = False
 
-    def next_batch(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """-> inputs ids ``(rows, steps)`` int64 (OOV = ``<UNK>``), input char ids ``(rows, steps, 50)``
-        int16, targets ``(rows, steps)`` int64. Raises StopIteration when a single-pass stream ends (the
-        incomplete batch is dropped, as bilm-tf does)."""
+    def next_batch(self, pad: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """-> inputs ids ``(rows, steps)`` int64 (OOV = ``<UNK>``), input char ids ``(rows, steps, W)`` int16,
+        targets ``(rows, steps)`` int64.
+
+        A single-pass stream that ends raises StopIteration: by default at once (the incomplete batch is
+        dropped, as bilm-tf does); with ``pad=True`` only when every row has used up its last sentence, the
+        rows that ran out being padded with target ``-1`` (input ``<S>``), so that every token is scored.
+        """
+        if pad and self._exhausted and all(e is None or len(e[0]) - d <= 1 for e, d in zip(self._enc, self._done)):
+            raise StopIteration
         inputs = np.empty((self.rows, self.steps), dtype=np.int64)
         targets = np.empty((self.rows, self.steps), dtype=np.int64)
-        chars = np.empty((self.rows, self.steps, MAX_CHARS_PER_TOKEN), dtype=np.int16)
+        chars = np.empty((self.rows, self.steps, self.stream.vocab.max_word_length), dtype=np.int16)
         for r in range(self.rows):
             pos = 0
             while pos < self.steps:
                 enc = self._enc[r]
                 if enc is None or len(enc[0]) - self._done[r] <= 1:
-                    words = self.stream.next_words()
+                    try:
+                        if self._exhausted:
+                            raise StopIteration
+                        words = self.stream.next_words()
+                    except StopIteration:
+                        self._exhausted = True
+                        if not pad:
+                            raise
+                        vocab = self.stream.vocab
+                        inputs[r, pos:] = vocab.bos_id
+                        chars[r, pos:] = vocab.char_table[vocab.bos_id]
+                        targets[r, pos:] = -1
+                        self._enc[r] = None
+                        break
                     self._words[r], self._done[r] = words, 0
                     enc = self._enc[r] = encode_sentence(self.stream.vocab, words, self.stream.reverse)
                 ids, sent_chars = enc
@@ -409,13 +520,14 @@ class Batch:
 
 
 def make_batch(fw: tuple[np.ndarray, np.ndarray, np.ndarray], bw: tuple[np.ndarray, np.ndarray, np.ndarray],
-               vocab_size: int) -> Batch:
+               vocab_size: int, unk_id: int | None = UNK_ID) -> Batch:
     """Assemble a :class:`Batch` from the two directions' ``(ids, chars, targets)``, deduplicating tokens so
     the char-CNN runs once per distinct spelling (in-vocabulary words by id, OOV words by characters)."""
     ids = np.concatenate([fw[0].reshape(-1), bw[0].reshape(-1)])
-    chars = np.concatenate([fw[1].reshape(-1, MAX_CHARS_PER_TOKEN), bw[1].reshape(-1, MAX_CHARS_PER_TOKEN)])
+    width = fw[1].shape[-1]
+    chars = np.concatenate([fw[1].reshape(-1, width), bw[1].reshape(-1, width)])
     keys = ids.copy()
-    oov = np.nonzero(ids == UNK_ID)[0]
+    oov = np.nonzero(ids == unk_id)[0] if unk_id is not None else np.empty(0, dtype=np.int64)
     if oov.size:
         _, oov_key = np.unique(chars[oov], axis=0, return_inverse=True)
         keys[oov] = vocab_size + oov_key.reshape(-1)
@@ -477,7 +589,8 @@ class TrainingBatches:
         fw = [b[0].next_batch() for b in self.batchers]
         bw = [b[1].next_batch() for b in self.batchers]
         cat = lambda parts, i: np.concatenate([p[i] for p in parts], axis=0)  # noqa: E731
-        return make_batch((cat(fw, 0), cat(fw, 1), cat(fw, 2)), (cat(bw, 0), cat(bw, 1), cat(bw, 2)), len(self.vocab))
+        return make_batch((cat(fw, 0), cat(fw, 1), cat(fw, 2)), (cat(bw, 0), cat(bw, 1), cat(bw, 2)), len(self.vocab),
+                          self.vocab.unk_id)
 
     def __iter__(self) -> Iterator[Batch]:
         while True:
@@ -496,16 +609,40 @@ class TrainingBatches:
             bw.load_state_dict(state[str(g)]["bw"])
 
 
-def heldout_batches(path: str, vocab: Vocabulary, rows: int = 256, steps: int = 1) -> Iterator[Batch]:
+def count_targets(path: str | Sequence[str]) -> tuple[int, int]:
+    """``(targets per direction, sentences)`` of a held-out file: each sentence of n words has n + 1 targets
+    (``w1..wn, </S>`` forward, ``wn..w1, <S>`` backward)."""
+    words = sentences = 0
+    for f in expand_shards(path):
+        for tokens in iter_shard_sentences(f):
+            words += len(tokens)
+            sentences += 1
+    return words + sentences, sentences
+
+
+def heldout_batches(path: str, vocab: Vocabulary, rows: int = 256, steps: int = 1,
+                    whole_file: bool = False) -> Iterator[Batch]:
     """One pass over a held-out file, bilm-tf's test protocol: no shuffling, the forward and reverse streams
-    read the file in order, stateful rows; the incomplete final batch is dropped."""
+    read the file in order, stateful rows; the incomplete final batch is dropped (bilm-tf), or with
+    ``whole_file=True`` the rows finish their last sentences in further batches where the rows that ran out
+    have targets ``-1`` (to be left out of the loss), so that every token of the file is scored."""
     files = expand_shards(path)
     specs = [ShardSpec(f) for f in files]
     fw = StreamBatcher(SentenceStream(specs, vocab, (0,), reverse=False, shuffle=False, loop=False), rows, steps)
     bw = StreamBatcher(SentenceStream(specs, vocab, (0,), reverse=True, shuffle=False, loop=False), rows, steps)
     while True:
         try:
-            f, b = fw.next_batch(), bw.next_batch()
+            f, b = fw.next_batch(pad=whole_file), bw.next_batch(pad=whole_file)
         except StopIteration:
             return
-        yield make_batch(f, b, len(vocab))
+        yield make_batch(f, b, len(vocab), vocab.unk_id)
+
+
+def check_readable_file(path: str, what: str) -> None:
+    """A one-line error unless ``path`` is an existing, readable regular file (``what`` names the flag)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what} {path}: no such file")
+    if os.path.isdir(path):
+        raise UserError(f"{what} {path}: is a directory; expected a UTF-8 text file, one sentence per line")
+    if not os.access(path, os.R_OK):
+        raise UserError(f"{what} {path}: not readable (permission denied)")

@@ -53,11 +53,16 @@ def test_vocab_file_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.txt"):
         Vocabulary.from_file(tmp_path / "nope.txt")
     bad = write(tmp_path / "bad.txt", "the\n<S>\n</S>\n")
-    with pytest.raises(ValueError, match="bad.txt"):
-        Vocabulary.from_file(bad)
-    dup = write(tmp_path / "dup.txt", "<S>\n</S>\n<UNK>\nthe\nthe\n")
-    with pytest.raises(ValueError, match="dup.txt.*twice"):
-        Vocabulary.from_file(dup)
+    vocab = Vocabulary.from_file(bad)  # bilm-tf reads it (no <UNK>); training refuses it
+    assert (vocab.bos_id, vocab.eos_id, vocab.unk_id) == (1, 2, None)
+    with pytest.raises(ValueError, match="bad.txt: no line <UNK>"):
+        vocab.require_specials()
+    with pytest.raises(ValueError, match="no <UNK> line"):
+        vocab.ids(["zebra"])
+    with pytest.raises(ValueError, match="empty.txt: empty vocabulary"):
+        Vocabulary.from_file(write(tmp_path / "empty.txt", ""))
+    with pytest.raises(ValueError, match="is a directory"):
+        Vocabulary.from_file(tmp_path)
     undecodable = write(tmp_path / "u.txt", b"<S>\n</S>\n<UNK>\n\xff\xfe\n")
     with pytest.raises(ValueError, match=r"u.txt:4"):
         Vocabulary.from_file(undecodable)

@@ -3,26 +3,64 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_runtime_args", "add_threads_arg", "apply_threads"]
+__all__ = ["add_runtime_args", "add_threads_arg", "apply_threads", "apply_runtime", "check_device"]
 
 
 def add_runtime_args(p: argparse.ArgumentParser,
-                     device_help: str = "'cpu', 'cuda' or 'cuda:N' (default cpu)") -> None:
-    """The flags every model-running command shares: ``--device``, ``--backend``, ``--quiet``."""
+                     device_help: str = "'cpu', 'cuda' or 'cuda:N' (default cpu)",
+                     threads_help: str | None = None) -> None:
+    """The flags every model-running command shares: ``--device``, ``--backend``, ``--threads``, ``--quiet``.
+
+    The command's ``run`` calls :func:`apply_runtime` (or :func:`apply_threads`) first."""
     p.add_argument("--device", default="cpu", help=device_help)
     p.add_argument("--backend", choices=["reference", "fast", "triton"], default=None,
                    help="op implementation (default: chosen by device; environment variable ELMO_FAST_BACKEND)")
+    add_threads_arg(p, **({"help": threads_help} if threads_help else {}))
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def add_threads_arg(p: argparse.ArgumentParser, help: str = "CPU threads (torch.set_num_threads; default: "
                                                              "torch's choice)") -> None:
-    """``--threads N``: torch's intra-op thread count for this process (see :func:`apply_threads`)."""
-    p.add_argument("--threads", type=int, default=None, help=help)
+    """``--threads N``: torch's intra-op thread count for this process (see :func:`apply_threads`).
+
+    Adding it twice to one parser is harmless (the second call does nothing)."""
+    if any("--threads" in a.option_strings for a in p._actions):
+        return
+    p.add_argument("--threads", type=int, default=None, metavar="N", help=help)
+
+
+def check_device(device: str | None) -> None:
+    """A one-line error for a ``--device`` that torch does not know or that this machine lacks (CUDA)."""
+    if device is None:
+        return
+    from ..errors import UserError
+    import torch
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {device!r}: not a device; expected 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__}"
+                            f"{', built without CUDA' if torch.version.cuda is None else ''}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise UserError(f"--device {device}: expected 'cpu', 'cuda' or 'cuda:N'")
 
 
 def apply_threads(args: argparse.Namespace) -> None:
-    """Set torch's thread count from ``--threads`` (process-wide), if given."""
-    if getattr(args, "threads", None):
+    """Set torch's thread count from ``--threads`` (process-wide), if given, and check ``--device`` if the
+    command has one (see :func:`check_device`)."""
+    from ..errors import UserError
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        if threads < 1:
+            raise UserError(f"--threads: expected a positive integer, found {threads}")
         import torch
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads)
+    check_device(getattr(args, "device", None))
+
+
+#: what a command's ``run`` calls first (threads and device)
+apply_runtime = apply_threads

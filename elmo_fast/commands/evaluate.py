@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..atomic import write_json
-from . import add_runtime_args
+from . import add_runtime_args, apply_threads
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -13,14 +13,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Full-softmax perplexity on held-out text with bilm-tf's protocol: the file is read in order "
                     "by a forward and a reverse stream of --batch-size rows x 1 step, states carried, no dropout; "
                     "the last incomplete batch is dropped; targets include </S> (forward) and <S> (backward). "
-                    "Prints forward, backward and average perplexity (exp of the mean over batches). MODEL_DIR is "
+                    "The whole file is scored: after the first row runs out of sentences (where bilm-tf stops) the other rows "
+                    "finish theirs. Prints forward, backward and average perplexity (exp of the mean loss per "
+                    "token), after a first line saying which part of the file was scored. MODEL_DIR is "
                     "a run directory (checkpoint.pt) or an export (options.json, weights.hdf5, "
                     "softmax_weights.hdf5, vocab.txt).")
     p.add_argument("model_dir", metavar="MODEL_DIR", help="run directory or ELMo export directory")
     p.add_argument("--heldout", required=True, metavar="FILE", help="UTF-8 text, one tokenized sentence per line")
     p.add_argument("--json", metavar="OUT", help="also write the result as JSON")
     p.add_argument("--batch-size", type=int, default=256, help="rows (bilm-tf: 256)")
-    p.add_argument("--max-batches", type=int, default=None, help="stop after this many batches (quick estimate)")
+    p.add_argument("--max-batches", type=int, default=None, help="stop after this many batches (a quick estimate; "
+                   "the output's first line says which fraction of the file was scored)")
     p.add_argument("--softmax-chunk", type=int, default=16384, help="vocabulary rows per softmax chunk")
     add_runtime_args(p)
     p.set_defaults(func=run)
@@ -28,10 +31,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train import evaluate_perplexity, load_model_dir
+    from ..data import check_readable_file
+    from ..errors import UserError
+    from ..training import evaluate_perplexity, load_model_dir
+    from ..training.evaluation import describe_coverage
 
+    apply_threads(args)
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size: expected a positive integer, found {args.batch_size}")
+        raise UserError(f"--batch-size: expected a positive integer, found {args.batch_size}")
+    if args.max_batches is not None and args.max_batches < 1:
+        raise UserError(f"--max-batches: expected a positive integer, found {args.max_batches}")
+    if args.softmax_chunk < 1:
+        raise UserError(f"--softmax-chunk: expected a positive integer, found {args.softmax_chunk}")
+    check_readable_file(args.heldout, "--heldout")
     model, vocab, _ = load_model_dir(args.model_dir, backend=args.backend, need_softmax=True)
     model.to(args.device)
     result = evaluate_perplexity(model, vocab, args.heldout, args.batch_size, 1, args.softmax_chunk,
@@ -39,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     result["model_dir"] = args.model_dir
     if args.json:
         write_json(args.json, result)
+    print(describe_coverage(result))
     print(f"perplexity {result['perplexity']:.3f} (forward {result['forward_perplexity']:.3f}, backward "
           f"{result['backward_perplexity']:.3f}) over {result['tokens']} tokens in {result['batches']} batches")
     return 0

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from ..atomic import write_json
-from . import add_runtime_args, add_threads_arg, apply_threads
+from . import add_runtime_args, apply_threads
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         q.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
         q.add_argument("--batch-size", type=int, default=64, help="sentences per embedding batch (default 64)")
         add_runtime_args(q)
-        add_threads_arg(q)
 
     pos = kinds.add_parser(
         "pos", help="linear UPOS probe per layer (UD English EWT by default)",

@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import argparse
 
-from ..atomic import write_json
-from . import add_runtime_args, add_threads_arg, apply_threads
+import dataclasses
+import json
+import os
 import sys
+
+from ..atomic import write_json
+from ..errors import UserError
+from . import add_runtime_args, apply_threads
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -17,17 +22,24 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     "clipping 10. Settings come from the options file's training keys, overridden by the flags "
                     "below. Under `torchrun --nproc_per_node N -m elmo_fast.cli train ...` the processes train "
                     "with DistributedDataParallel (gloo on CPU, nccl on GPU); each reads its own part of the "
-                    "corpus and rank 0 writes. Ctrl-C / SIGTERM writes a checkpoint; --resume continues exactly.")
-    p.add_argument("--train", required=True, action="append", metavar="GLOB",
-                   help="corpus files (a glob; quote it; may be repeated)")
+                    "corpus and rank 0 writes. Ctrl-C / SIGTERM writes a checkpoint; `elmo-fast train --out RUN_DIR --resume` "
+                    "continues exactly, with the run's own options, corpus, held-out file and settings. A checkpoint "
+                    "is never written with NaN/Inf weights (the run stops with an error naming the step and the "
+                    "tensor; the previous checkpoint stays).")
+    p.add_argument("--train", action="append", metavar="GLOB",
+                   help="corpus files (a glob; quote it; may be repeated); required unless --resume (default "
+                        "then: the run's corpus, checked by file names and sizes)")
     p.add_argument("--out", required=True, metavar="RUN_DIR",
                    help="run directory: options.json, vocab.txt, config.json, checkpoint.pt")
-    p.add_argument("--options", required=True, metavar="PRESET|FILE.json",
-                   help="model shape: a preset (tiny, small, medium, original) or an options.json")
+    p.add_argument("--options", metavar="PRESET|FILE.json",
+                   help="model shape: a preset (tiny, small, medium, original) or an options.json; required "
+                        "unless --resume (the run's) or --init-from (that model's)")
     p.add_argument("--heldout", metavar="FILE", help="held-out text for perplexity (periodic and at the end)")
-    p.add_argument("--vocab", metavar="FILE", help="bilm-tf vocab file (<S>, </S>, <UNK>, then words by "
-                   "descending frequency); default: built from the corpus and written to RUN_DIR/vocab.txt")
-    p.add_argument("--min-count", type=int, default=1, help="building the vocabulary: keep words seen at least "
+    p.add_argument("--vocab", metavar="FILE", help="bilm-tf vocab file, one token per line; <S>, </S> and <UNK> "
+                   "may be on any line (found by name, as bilm-tf does), !!!MAXTERMID lines are skipped; default: "
+                   "built from the corpus and written to RUN_DIR/vocab.txt. A vocabulary covering less than 50%% "
+                   "of the corpus tokens is warned about")
+    p.add_argument("--min-count", type=int, default=None, help="building the vocabulary: keep words seen at least "
                    "this often (default 1)")
     p.add_argument("--max-vocab", type=int, default=None, help="building the vocabulary: at most this many "
                    "tokens including <S>, </S>, <UNK> (default unlimited)")
@@ -49,52 +61,109 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--clip-norm", type=float, default=None, help="global gradient-norm clip (default 10)")
     p.add_argument("--n-epochs", type=float, default=None, help="passes over the corpus when --max-steps and "
                    "--max-minutes are not given (default: options n_epochs, else 10)")
-    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order, dropout and "
+    p.add_argument("--seed", type=int, default=None, help="seed of initialisation, data order, dropout and "
                    "sampling (default 0)")
-    p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoint.pt exactly")
+    p.add_argument("--resume", action="store_true", help="continue RUN_DIR/checkpoint.pt exactly; options, corpus, "
+                   "held-out file and settings default to the run's own (RUN_DIR/config.json), flags given "
+                   "override them")
+    p.add_argument("--allow-changed-corpus", action="store_true", help="with --resume: continue although the "
+                   "corpus files (names or sizes) differ from those the run was trained on")
     p.add_argument("--init-from", metavar="MODEL_DIR", help="start from ELMo files (options.json, weights.hdf5; "
                    "softmax_weights.hdf5 + vocab.txt when present) or another run directory, to fine-tune on new "
-                   "text; the model shape comes from MODEL_DIR, the softmax is kept when the vocabulary is the same")
-    p.add_argument("--checkpoint-every", type=int, default=1250, help="steps between checkpoints (default 1250)")
+                   "text; the model shape comes from MODEL_DIR (--options is then optional), the softmax is kept "
+                   "when the vocabulary is the same")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default 1250)")
     p.add_argument("--eval-every", type=int, default=None, help="steps between held-out evaluations "
                    "(default: only at the end)")
-    p.add_argument("--eval-batch-size", type=int, default=256, help="rows of the held-out evaluation "
-                   "(bilm-tf: 256)")
+    p.add_argument("--eval-batch-size", type=int, default=None, help="rows of the held-out evaluation "
+                   "(default 256, bilm-tf's; the whole file is scored)")
     p.add_argument("--data-parts", type=int, default=None, help="split the corpus into this many disjoint parts "
                    "(default: the number of processes); a 1-process run with --data-parts N reads what an "
                    "N-process run reads")
     p.add_argument("--skip-bad-lines", action="store_true", help="log and skip lines that are not UTF-8 "
                    "instead of stopping")
-    add_runtime_args(p, device_help="'cpu' or 'cuda' (under torchrun: cuda:LOCAL_RANK)")
-    add_threads_arg(p, help="CPU threads per process (torch.set_num_threads)")
+    add_runtime_args(p, device_help="'cpu' or 'cuda' (under torchrun: cuda:LOCAL_RANK)",
+                     threads_help="CPU threads per process (torch.set_num_threads)")
     p.add_argument("--json", metavar="OUT", help="also write the final summary as JSON")
     p.set_defaults(func=run)
     return p
 
 
-def run(args: argparse.Namespace) -> int:
+#: TrainConfig fields a command-line flag sets (flag value None = not given)
+_FLAG_FIELDS = ("batch_size", "unroll_steps", "n_negative_samples", "dropout", "learning_rate", "clip_norm",
+                "n_epochs", "seed", "checkpoint_every", "eval_every", "eval_batch_size", "data_parts", "min_count",
+                "max_vocab", "max_steps")
+#: fields of a run's config.json that --resume does not take over (they belong to this invocation/machine)
+_PER_INVOCATION = ("max_minutes", "device", "backend")
 
-    from ..train import TrainConfig, resolve_options, run_training
 
-    apply_threads(args)
-    options = resolve_options(args.options)
-    flags = {"batch_size": args.batch_size, "unroll_steps": args.unroll_steps,
-             "n_negative_samples": args.n_negative_samples, "dropout": args.dropout,
-             "learning_rate": args.learning_rate, "clip_norm": args.clip_norm, "n_epochs": args.n_epochs}
-    given = {k: v for k, v in flags.items() if v is not None}
+def _run_config(out_dir: str) -> dict:
+    """The run's config.json (what --resume takes its defaults from)."""
+    path = os.path.join(out_dir, "config.json")
+    if not os.path.isdir(out_dir):
+        raise FileNotFoundError(f"--resume: run directory not found: {out_dir}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--resume: {path} not found (not a run directory written by `elmo-fast train`)") \
+            from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e}); expected the run's settings") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{path}: expected a JSON object with the run's settings")
+    return saved
+
+
+def build_config(args: argparse.Namespace):
+    """-> (TrainConfig, options or None, train globs, heldout): flags over the run's own settings (--resume)
+    over the options' training keys over bilm-tf's defaults."""
+    from ..training import TrainConfig, resolve_options
+
+    options = resolve_options(args.options) if args.options else None
+    given = {k: getattr(args, k) for k in _FLAG_FIELDS if getattr(args, k, None) is not None}
     if args.full_softmax:
         given["sample_softmax"] = False
-    config = TrainConfig(seed=args.seed, max_steps=args.max_steps, max_minutes=args.max_minutes,
-                         checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
-                         eval_batch_size=args.eval_batch_size, data_parts=args.data_parts,
-                         min_count=args.min_count, max_vocab=args.max_vocab, skip_bad_lines=args.skip_bad_lines,
-                         device=args.device, backend=args.backend)
-    config = config.apply_options(options, overridden=given)
-    import dataclasses
-    config = dataclasses.replace(config, **given)
-    summary = run_training(args.train, args.out, options, config, heldout=args.heldout, vocab_path=args.vocab,
-                           resume=args.resume, init_from=args.init_from, progress=not args.quiet)
-    import os
+    given["skip_bad_lines"] = True if args.skip_bad_lines else given.get("skip_bad_lines", None)
+    if given["skip_bad_lines"] is None:
+        del given["skip_bad_lines"]
+    train, heldout = args.train, args.heldout
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    if args.resume:
+        saved = _run_config(args.out)
+        base = {k: v for k, v in saved.items() if k in fields and k not in _PER_INVOCATION}
+        try:
+            config = TrainConfig(**base)
+        except TypeError as e:
+            raise UserError(f"{os.path.join(args.out, 'config.json')}: {e}") from None
+        if train is None:
+            train = saved.get("train")
+            if not train or not isinstance(train, list):
+                raise UserError(f"{os.path.join(args.out, 'config.json')}: no 'train' file list; pass --train")
+        if heldout is None:
+            heldout = saved.get("heldout")
+        config = dataclasses.replace(config, max_steps=None) if "max_steps" not in given else config
+    else:
+        if train is None:
+            raise UserError("--train: required (unless --resume, which reads the run's corpus)")
+        config = TrainConfig()
+        if options is not None:
+            config = config.apply_options(options, overridden=given)
+    config = dataclasses.replace(config, **given, max_minutes=args.max_minutes, device=args.device,
+                                 backend=args.backend)
+    return config, options, train, heldout
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..training import run_training
+
+    apply_threads(args)
+    if args.options is None and not args.resume and not args.init_from:
+        raise UserError("--options: required unless --resume (the run's options) or --init-from (that model's)")
+    config, options, train, heldout = build_config(args)
+    summary = run_training(train, args.out, options, config, heldout=heldout, vocab_path=args.vocab,
+                           resume=args.resume, init_from=args.init_from, progress=not args.quiet,
+                           allow_changed_corpus=args.allow_changed_corpus)
     if int(os.environ.get("RANK", "0")) == 0:
         if args.json:
             write_json(args.json, summary)
@@ -104,6 +173,6 @@ def run(args: argparse.Namespace) -> int:
                 f"train loss {summary['last_loss']}")
         if h:
             line += (f", held-out perplexity {h['perplexity']:.2f} (forward {h['forward_perplexity']:.2f}, "
-                     f"backward {h['backward_perplexity']:.2f})")
+                     f"backward {h['backward_perplexity']:.2f}) over all {h['tokens']} held-out tokens")
         print(line, file=sys.stdout)
     return 130 if summary["stopped_by"] == "signal" else 0

@@ -9,10 +9,12 @@ from typing import Any
 from ..data import Vocabulary
 from ..options import load_options
 from ..weights import read_weights, write_softmax_weights
-from .checkpoints import CHECKPOINT_NAME, checkpoint_path, load_checkpoint, model_from_checkpoint
+from ..errors import UserError
+from .checkpoints import (CHECKPOINT_NAME, NonFiniteError, checkpoint_path, checkpoint_tensors, first_non_finite,
+                          load_checkpoint, model_from_checkpoint)
 from .model import LanguageModel
 
-__all__ = ["load_model_dir", "export_model", "export_run"]
+__all__ = ["load_model_dir", "export_model", "export_run", "check_export_dir"]
 
 
 def load_model_dir(model_dir: str, backend: str | None = None,
@@ -22,8 +24,11 @@ def load_model_dir(model_dir: str, backend: str | None = None,
 
     With ``need_softmax=False`` an export without softmax weights/vocab loads too (softmax left
     uninitialised, vocabulary None)."""
-    if not os.path.isdir(model_dir):
+    if not os.path.exists(model_dir):
         raise FileNotFoundError(f"model directory not found: {model_dir}")
+    if not os.path.isdir(model_dir):
+        raise UserError(f"{model_dir}: not a directory; expected a run directory ({CHECKPOINT_NAME}, vocab.txt) or "
+                        f"ELMo files (options.json, weights.hdf5, softmax_weights.hdf5, vocab.txt)")
     vocab_file = os.path.join(model_dir, "vocab.txt")
     ckpt_file = checkpoint_path(model_dir)
     if os.path.exists(ckpt_file):
@@ -31,7 +36,7 @@ def load_model_dir(model_dir: str, backend: str | None = None,
         vocab = Vocabulary.from_file(vocab_file)
         if vocab.digest() != ckpt["vocab_digest"]:
             raise ValueError(f"{vocab_file} does not match the vocabulary {ckpt_file} was trained with")
-        return model_from_checkpoint(ckpt, backend), vocab, True
+        return model_from_checkpoint(ckpt, backend, source=ckpt_file), vocab, True
     opt_file, w_file = os.path.join(model_dir, "options.json"), os.path.join(model_dir, "weights.hdf5")
     sm_file = os.path.join(model_dir, "softmax_weights.hdf5")
     for f in (opt_file, w_file):
@@ -69,14 +74,47 @@ def export_model(model: LanguageModel, vocab: Vocabulary, out_dir: str, extra: d
     vocab.save(os.path.join(out_dir, "vocab.txt"))
 
 
-def export_run(run_dir: str, out_dir: str) -> dict[str, Any]:
-    """``elmo-fast export``: the latest checkpoint of ``run_dir`` -> ELMo files in ``out_dir``."""
-    ckpt = load_checkpoint(checkpoint_path(run_dir))
+def check_export_dir(out_dir: str, run_dir: str | None = None, overwrite: bool = False) -> None:
+    """Refuse an export target that would destroy something: a path that is not a directory, the run directory
+    itself, or (unless ``overwrite``) a directory that already holds files."""
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"{out_dir}: exists and is not a directory; expected a new or empty directory for the "
+                        f"ELMo files (OUT_DIR)")
+    if run_dir is not None and os.path.isdir(out_dir) and os.path.samefile(out_dir, run_dir):
+        raise UserError(f"{out_dir}: is the run directory; export into another directory (its options.json and "
+                        f"vocab.txt would be replaced)")
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
+        raise UserError(f"{out_dir}: directory is not empty ({len(os.listdir(out_dir))} entries); pass --overwrite "
+                        f"to replace options.json, weights.hdf5, softmax_weights.hdf5 and vocab.txt in it, or choose "
+                        f"a new directory")
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    if not os.path.isdir(out_dir) and (not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK)):
+        raise UserError(f"{out_dir}: cannot create the directory ({parent} is missing or not writable)")
+    if os.path.isdir(out_dir) and not os.access(out_dir, os.W_OK | os.X_OK):
+        raise UserError(f"{out_dir}: directory is not writable")
+
+
+def export_run(run_dir: str, out_dir: str, overwrite: bool = False) -> dict[str, Any]:
+    """``elmo-fast export``: the latest checkpoint of ``run_dir`` -> ELMo files in ``out_dir``.
+
+    Refuses (:class:`~elmo_fast.errors.UserError`) an ``out_dir`` that is a file, the run directory or a
+    non-empty directory (unless ``overwrite``), and a checkpoint whose weights hold NaN/Inf
+    (:class:`~elmo_fast.training.checkpoints.NonFiniteError`): nothing is written then.
+    """
+    if not os.path.isdir(run_dir):
+        raise UserError(f"{run_dir}: {'not a directory' if os.path.exists(run_dir) else 'no such directory'}; "
+                        f"expected a run directory written by `elmo-fast train`")
+    check_export_dir(out_dir, run_dir, overwrite)
+    ckpt_file = checkpoint_path(run_dir)
+    ckpt = load_checkpoint(ckpt_file)
+    bad = first_non_finite(checkpoint_tensors(ckpt))
+    if bad is not None:
+        raise NonFiniteError(f"{ckpt_file}: tensor '{bad}' holds NaN/Inf (step {ckpt['step']}); refusing to export "
+                             f"a model that embeds to NaN")
     vocab_file = os.path.join(run_dir, "vocab.txt")
     vocab = Vocabulary.from_file(vocab_file)
     if vocab.digest() != ckpt["vocab_digest"]:
-        raise ValueError(f"{vocab_file} does not match the vocabulary the checkpoint was trained with")
-    model = model_from_checkpoint(ckpt)
+        raise UserError(f"{vocab_file} does not match the vocabulary {ckpt_file} was trained with")
+    model = model_from_checkpoint(ckpt, source=ckpt_file)
     export_model(model, vocab, out_dir)
     return {"step": int(ckpt["step"]), "out_dir": out_dir, "vocab_size": len(vocab)}
-
