@@ -8,10 +8,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test bench clean
 
-$(STAMP): pyproject.toml setup.py
+# The last pip line installs the test-only oracle of tests/test_efml*.py (ELMoForManyLangs, pure Python) with
+# --no-deps, so that it cannot pull another torch; it imports only with overrides<5, which needs typing-utils.
+$(STAMP): pyproject.toml setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps "elmoformanylangs==0.0.4.post2" "overrides<5" "typing-utils>=0.1"
 	touch $(STAMP)
 
 demo: $(STAMP)
