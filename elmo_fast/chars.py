@@ -6,7 +6,7 @@ that 0 can mean "no token here" (batch padding).
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -70,24 +70,65 @@ class CharacterMapper:
 _DEFAULT_MAPPER = CharacterMapper()
 
 
+def as_token_lists(sentences: Any, name: str = "sentences") -> list[list[str]]:
+    """Validate a batch of tokenized sentences and return it as a list of lists of str.
+
+    Accepted: any iterable (list, tuple, generator, numpy array of str) of sentences, each an iterable of
+    ``str`` tokens (``numpy.str_`` is a ``str``). Rejected with a TypeError saying what was expected: a ``str``
+    or ``bytes`` batch or sentence (text must be tokenized first, e.g. ``line.split()``), sets and dicts
+    (unordered), and non-``str`` tokens (numbers, bytes, None). A generator is consumed.
+    """
+    if isinstance(sentences, (str, bytes)):
+        raise TypeError(f"{name}: expected a list of tokenized sentences (lists of str tokens), found a "
+                        f"{type(sentences).__name__}; tokenize first, e.g. [line.split() for line in lines]")
+    if isinstance(sentences, (set, frozenset, dict, torch.Tensor)):
+        raise TypeError(f"{name}: expected an ordered sequence of sentences (lists of str tokens), found "
+                        f"{type(sentences).__name__}")
+    try:
+        rows = list(sentences)
+    except TypeError:
+        raise TypeError(f"{name}: expected a sequence of sentences (lists of str tokens), found "
+                        f"{type(sentences).__name__}") from None
+    out: list[list[str]] = []
+    for i, sentence in enumerate(rows):
+        if isinstance(sentence, (str, bytes)):
+            raise TypeError(f"{name}[{i}] is a {type(sentence).__name__}; expected a list of tokens "
+                            f"(use str.split())")
+        if isinstance(sentence, (set, frozenset, dict)):
+            raise TypeError(f"{name}[{i}]: expected an ordered list of str tokens, found {type(sentence).__name__}")
+        try:
+            tokens = list(sentence)
+        except TypeError:
+            raise TypeError(f"{name}[{i}]: expected a list of str tokens, found {type(sentence).__name__}") from None
+        for j, token in enumerate(tokens):
+            if not isinstance(token, str):
+                raise TypeError(f"{name}[{i}][{j}]: expected a str token, found {type(token).__name__} "
+                                f"{token!r:.60}")
+        out.append(tokens)
+    return out
+
+
 def batch_to_ids(sentences: Sequence[Sequence[str]], mapper: CharacterMapper | None = None) -> torch.Tensor:
     """Convert a batch of tokenized sentences to character ids.
 
     Args:
-        sentences: B sentences, each a list of token strings (no ``<S>``/``</S>``: the model adds them).
+        sentences: B sentences, each a list of token strings (no ``<S>``/``</S>``: the model adds them);
+            validated by :func:`as_token_lists` (a ``str`` batch or sentence, or a non-``str`` token, is a
+            TypeError). An empty batch gives a ``(0, 0, 50)`` tensor.
         mapper: optional custom :class:`CharacterMapper` (``tokens_to_add``).
 
     Returns:
         int64 tensor ``(B, T, 50)`` with T = the longest sentence; rows are right-padded with all-zero
         token slots.
     """
+    if mapper is not None and not isinstance(mapper, CharacterMapper):
+        raise TypeError(f"mapper: expected a CharacterMapper, found {type(mapper).__name__}")
+    sentences = as_token_lists(sentences)
     mapper = mapper or _DEFAULT_MAPPER
     max_len = max((len(s) for s in sentences), default=0)
     out = torch.zeros(len(sentences), max_len, MAX_CHARS_PER_TOKEN, dtype=torch.long)
     cache: dict[str, list[int]] = {}
     for row, sentence in enumerate(sentences):
-        if isinstance(sentence, str):
-            raise TypeError(f"sentence {row} is a str; expected a list of tokens (use str.split())")
         if not sentence:
             continue
         ids = []

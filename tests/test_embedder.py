@@ -131,9 +131,18 @@ def test_interrupted_run_leaves_no_partial_output(tiny_model, tmp_path, monkeypa
 
     monkeypatch.setattr(emb, "embed_batch", failing)
     with pytest.raises(KeyboardInterrupt):
-        emb.embed_file(src, out, batch_size=2, progress=False)
+        emb.embed_file(src, out, batch_size=2, progress=False, overwrite=True, chunk_lines=2)
     assert out.read_bytes() == b"previous complete result"
-    assert sorted(os.listdir(tmp_path)) == ["in.txt", "model", "out.hdf5"]  # no temporary file left behind
+    # no temporary file left behind; the completed chunk stays for a rerun
+    assert sorted(os.listdir(tmp_path)) == ["in.txt", "model", "out.hdf5", "out.hdf5.embed-work"]
+    assert sorted(os.listdir(tmp_path / "out.hdf5.embed-work")) == ["chunk-000000.h5", "lock-0", "sentences.sqlite"]
+    monkeypatch.setattr(emb, "embed_batch", real)
+    emb.embed_file(src, out, batch_size=2, progress=False, overwrite=True, chunk_lines=2)
+    assert sorted(os.listdir(tmp_path)) == ["in.txt", "model", "out.hdf5"]
+    ref = ElmoEmbedder(opt, w)
+    data = _read(out)
+    for i, e in enumerate(ref.embed_sentences([line.split() for line in LINES], batch_size=2)):
+        np.testing.assert_array_equal(data[str(i)], e)
 
 
 def test_cli_end_to_end(tiny_model, tmp_path):

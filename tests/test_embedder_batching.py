@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from elmo_fast.embedder import ElmoEmbedder, length_groups, merge_parts, rank_share
+from elmo_fast.embedder import ElmoEmbedder, length_groups, rank_share
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 
@@ -109,31 +109,37 @@ def test_stateless_embed_file_equals_per_sentence(tiny_model, tmp_path):
         np.testing.assert_allclose(data[str(i)], emb.embed_sentence(s), **TOL)
 
 
-def test_parts_merge_to_single_process_result_and_resume(tiny_model, tmp_path, monkeypatch):
-    """The per-rank parts (as written under torchrun) merge into the single-process file; existing parts
-    are kept on a rerun."""
+def test_chunked_file_equals_single_chunk_and_rerun_reuses_chunks(tiny_model, tmp_path, monkeypatch):
+    """Chunks of 5 lines (sorting window) give the same values as one chunk; a killed run's chunks are kept
+    and a rerun embeds only the rest."""
     opt, w = tiny_model
     src = _write_input(tmp_path)
     emb = ElmoEmbedder(opt, w, stateful=False)
     single = tmp_path / "single.hdf5"
-    emb.embed_file(src, single, batch_size=3, progress=False)
-    split = [s for s in SENTENCES]
-    keys = [str(i) for i in range(len(split))]
-    out = str(tmp_path / "multi.hdf5")
-    for rank in (2, 0, 1):
-        emb.embed_file_part(split, keys, out, "all", 3, False, rank, 3)
+    emb.embed_file(src, single, batch_size=3, progress=False, chunk_lines=10 ** 6)
+    out = tmp_path / "multi.hdf5"
+    real = emb.embed_batch
+    calls = []
+
+    def dying(batch):
+        calls.append(1)
+        if len(calls) == 3:  # chunk 0 (2 batches) complete, chunk 1 dies
+            raise KeyboardInterrupt
+        return real(batch)
+    monkeypatch.setattr(emb, "embed_batch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        emb.embed_file(src, out, batch_size=3, progress=False, chunk_lines=5)
+    monkeypatch.setattr(emb, "embed_batch", real)
     batches = record_batches(emb, monkeypatch)
-    emb.embed_file_part(split, keys, out, "all", 3, False, 1, 3)  # already there: not recomputed
-    assert batches == []
-    merge_parts(out, 3, [" ".join(s) for s in SENTENCES], keys)
+    emb.embed_file(src, out, batch_size=3, progress=False, chunk_lines=5)
+    assert sum(len(b) for b in batches) == len(SENTENCES) - 5  # chunk 0 was not recomputed
     want, got = _read(single), _read(out)
     assert set(got) == set(want)
     assert got["sentence_to_index"][0] == want["sentence_to_index"][0]
-    for k in keys:
-        np.testing.assert_allclose(got[k], want[k], **TOL)
+    for k in want:
+        if k != "sentence_to_index":
+            np.testing.assert_allclose(got[k], want[k], **TOL)
     assert sorted(os.listdir(tmp_path)) == ["in.txt", "model", "multi.hdf5", "single.hdf5"]
-    with pytest.raises(FileNotFoundError, match="missing"):
-        merge_parts(str(tmp_path / "none.hdf5"), 2, None, keys)
 
 
 @pytest.mark.slow
@@ -144,7 +150,8 @@ def test_torchrun_two_processes(tiny_model, tmp_path):
     script.write_text(textwrap.dedent(f"""
         from elmo_fast.embedder import ElmoEmbedder
         ElmoEmbedder({str(opt)!r}, {str(w)!r}, stateful=False).embed_file(
-            {src!r}, {str(tmp_path / 'multi.hdf5')!r}, output_format="top", batch_size=2, progress=False)
+            {src!r}, {str(tmp_path / 'multi.hdf5')!r}, output_format="top", batch_size=2, progress=False,
+            chunk_lines=3)
     """))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -157,4 +164,4 @@ def test_torchrun_two_processes(tiny_model, tmp_path):
     for k in want:
         if k != "sentence_to_index":
             np.testing.assert_allclose(got[k], want[k], **TOL)
-    assert not [p for p in os.listdir(tmp_path) if ".part-" in p or ".tmp-" in p]
+    assert not [p for p in os.listdir(tmp_path) if ".embed-work" in p or ".tmp-" in p]
