@@ -66,18 +66,27 @@ def architecture(c: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_model(model_dir: Path, name: str, seed: int = 0, scale: float = 0.4) -> Path:
-    """Write a random EFML model directory for configuration ``name`` with the package's classes."""
+#: a model bilm-tf's format can hold (no word embedding, 50 characters per token) for `elmo-fast convert`
+CONVERTIBLE = {"word_dim": 0, "char_dim": 4, "filters": [[1, 3], [2, 4], [5, 5]], "n_highway": 2,
+               "activation": "relu", "max_chars": 50, "projection_dim": 6, "dim": 10, "n_layers": 2,
+               "cell_clip": 3, "proj_clip": 3}
+ASCII_CHARS = [ch for ch in CHARS if ord(ch) < 128 and ch != " "]
+
+
+def build_model(model_dir: Path, name: str, seed: int = 0, scale: float = 0.4, *,
+                config: dict[str, Any] | None = None, chars: list[str] | None = None) -> Path:
+    """Write a random EFML model directory for configuration ``name`` (or ``config``) with the package's
+    classes; ``chars``: the characters of its char.dic (default :data:`CHARS`)."""
     require_efml()
     from elmoformanylangs.biLM import Model
     from elmoformanylangs.modules.embedding_layer import EmbeddingLayer
 
-    c = CONFIGS[name]
+    c = config if config is not None else CONFIGS[name]
     model_dir.mkdir(parents=True, exist_ok=True)
     arch = architecture(c)
     # the package's trainer: characters in order of appearance, then the specials; words after 4 specials
     char_lexicon: dict[str, int] = {}
-    for ch in CHARS:
+    for ch in (CHARS if chars is None else chars):
         char_lexicon.setdefault(ch, len(char_lexicon))
     for special in ("<bos>", "<eos>", "<oov>", "<pad>", "<bow>", "<eow>"):
         char_lexicon.setdefault(special, len(char_lexicon))
