@@ -16,7 +16,7 @@ from .runtime import retain_freed_memory
 
 #: subcommand modules, in the order ``--help`` lists them
 _COMMANDS = ["elmo_fast.commands.embed", "elmo_fast.commands.probe", "elmo_fast.commands.demo",
-             "elmo_fast.commands.train", "elmo_fast.commands.evaluate", "elmo_fast.commands.export"]
+             "elmo_fast.commands.train", "elmo_fast.commands.evaluate", "elmo_fast.commands.export", "elmo_fast.commands.convert"]
 
 
 def build_parser() -> argparse.ArgumentParser:
