@@ -425,7 +425,10 @@ class EFMLBiLM(nn.Module):
         ``T`` = the longest sentence; padding positions are all-zero ids)."""
         batch = len(sentences)
         steps = max((len(s) for s in sentences), default=0)
-        chars = torch.zeros(batch, steps, self.config.max_chars, dtype=torch.long)
+        chars = np.zeros((batch, steps, self.config.max_chars), dtype=np.int64)
+        words = None
+        if self.word_lexicon is not None:
+            words = np.full((batch, steps), self.word_lexicon["<pad>"], dtype=np.int64)
         cache: dict[str, list[int]] = {}
         for b, sentence in enumerate(sentences):
             for t, token in enumerate(sentence):
@@ -434,14 +437,12 @@ class EFMLBiLM(nn.Module):
                 ids = cache.get(token)
                 if ids is None:
                     ids = cache[token] = self.token_char_ids(token)
-                chars[b, t] = torch.tensor(ids)
-        if self.word_lexicon is None:
-            return (chars,)
-        words = torch.full((batch, steps), self.word_lexicon["<pad>"], dtype=torch.long)
-        for b, sentence in enumerate(sentences):
-            for t, token in enumerate(sentence):
-                words[b, t] = self.word_id(token)
-        return chars, words
+                chars[b, t] = ids
+                if words is not None:
+                    words[b, t] = self.word_id(token)
+        if words is None:
+            return (torch.from_numpy(chars),)
+        return torch.from_numpy(chars), torch.from_numpy(words)
 
     # ------------------------------------------------------------------ state / files
     def reset_states(self) -> None:

@@ -254,3 +254,15 @@ def test_load_pretrained_detects_bilm_tf(tmp_path):
         load_pretrained(tmp_path)
     with pytest.raises(UserError, match="not found"):
         load_pretrained(tmp_path / "missing")
+
+
+def test_fast_token_cache_works_on_efml_models(models):
+    """The fast backend's token cache keys on the char ids only; the word embedding is added after it."""
+    from elmo_fast.fast import enable_token_cache
+    model_dir, embedder = models["word+char"]
+    model = load_efml(model_dir, stateful=False, backend="fast")
+    cache = enable_token_cache(model)
+    ref = oracle_embed(embedder, SENTENCES, -2)
+    _assert_close(sents2elmo(model, SENTENCES, -2), ref, "cache, first pass")
+    _assert_close(sents2elmo(model, SENTENCES, -2), ref, "cache, second pass")
+    assert cache.hits > 0
