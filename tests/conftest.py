@@ -9,6 +9,8 @@ import torch
 # other job on a 2-core machine slow the per-time-step loops down >10x (measured: 21 s vs 1.6 s for the
 # fixture tests under load). ELMO_FAST_TEST_THREADS overrides.
 torch.set_num_threads(int(os.environ.get("ELMO_FAST_TEST_THREADS", "1")))
+# commands run in-process (cli.main) and in subprocesses keep that count instead of choosing automatically
+os.environ.setdefault("ELMO_FAST_THREADS", os.environ.get("ELMO_FAST_TEST_THREADS", "1"))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

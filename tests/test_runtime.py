@@ -9,6 +9,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -51,3 +52,80 @@ def test_retained_memory_is_reused_without_page_faults():
     # always reuse a freed block of exactly its own size), after which blocks are reused without faults
     assert on["faults"][0] > pages // 2, on
     assert max(on["faults"][-4:]) < pages // 20, on
+
+
+# ---------------------------------------------------------------------------------------------- threads
+@pytest.mark.parametrize("cpus,busy,want", [(2, 0.0, 2), (2, 0.4, 2), (2, 0.6, 1), (2, 2.0, 1), (2, 5.0, 1),
+                                            (8, 3.0, 5), (8, 0.0, 8), (1, 0.0, 1)])
+def test_governor_uses_the_cores_others_leave(cpus, busy, want):
+    from elmo_fast.runtime import ThreadGovernor
+    assert ThreadGovernor.choose(cpus, busy) == want
+
+
+def test_governor_changes_only_when_two_measurements_agree(monkeypatch):
+    import torch
+    from elmo_fast import runtime
+    gov = runtime.ThreadGovernor(None, interval=0.0, cpus=2)
+    samples = iter([
+        (0.0, 0, 0, 0), (1.0, 0, 200, 0),        # start: nothing busy elsewhere -> 2 threads
+        (2.0, 200, 400, 0),                      # others kept 2 cores busy: pending, not applied yet
+        (3.0, 200, 600, 0),                      # idle again: pending dropped
+        (4.0, 400, 800, 0), (5.0, 600, 1000, 0),  # busy twice in a row -> 1 thread
+    ])
+    monkeypatch.setattr(gov, "_sample", lambda: next(samples))
+    monkeypatch.setattr(runtime.time, "sleep", lambda s: None)
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
+    before = torch.get_num_threads()
+    try:
+        assert gov.start() == 2
+        assert gov.tick() == 2
+        assert gov.tick() == 2
+        assert gov.tick() == 2
+        assert gov.tick() == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_fixed_thread_count_and_bad_values(monkeypatch):
+    import torch
+    from elmo_fast.runtime import ThreadGovernor, configure_threads
+    before = torch.get_num_threads()
+    try:
+        assert configure_threads(1).threads == 1 and torch.get_num_threads() == 1
+        monkeypatch.setenv("ELMO_FAST_THREADS", "1")
+        gov = configure_threads(None)
+        assert gov.requested == 1 and gov.tick() == 1
+        monkeypatch.setenv("ELMO_FAST_THREADS", "many")
+        with pytest.raises(ValueError, match="ELMO_FAST_THREADS: expected a positive integer or 'auto', found 'many'"):
+            configure_threads(None)
+        for bad in (0, -2, 1.5, True):
+            with pytest.raises(ValueError, match="threads: expected a positive integer"):
+                ThreadGovernor(bad)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_governor_sees_a_real_competing_load():
+    """Two busy loops on this machine: the automatic choice leaves them their cores (at least one fewer)."""
+    import multiprocessing as mp
+    from elmo_fast.runtime import ThreadGovernor, available_cpus
+    cpus = available_cpus()
+    if cpus < 2:
+        pytest.skip("needs at least 2 CPUs to show a reduced thread count")
+    procs = [mp.Process(target=_spin, daemon=True) for _ in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        time.sleep(0.3)
+        gov = ThreadGovernor(None, cpus=cpus)
+        busy = gov._busy_elsewhere(gov._sample(), (time.sleep(0.5), gov._sample())[1])
+        assert busy > 1.0, f"two busy loops measured as {busy:.2f} busy cores"
+        assert ThreadGovernor.choose(cpus, busy) <= cpus - 1
+    finally:
+        for p in procs:
+            p.terminate()
+
+
+def _spin() -> None:
+    while True:
+        pass
