@@ -41,6 +41,9 @@ def evaluate_perplexity(model: LanguageModel, vocab: Vocabulary, heldout: str, b
     if max_batches is not None and max_batches < 1:
         raise ValueError(f"max_batches: expected a positive integer, found {max_batches}")
     total_tokens, _ = count_targets(heldout)
+    if total_tokens == 0:
+        raise CorpusError(f"{heldout}: no sentences to score (the file is empty or blank); expected UTF-8 text, "
+                          f"one tokenized sentence per line")
     model.eval()
     device = model.softmax_weight.device
     h, c = model.zero_state(batch_size, device)

@@ -6,6 +6,8 @@ import dataclasses
 import os
 from typing import Any
 
+import torch
+
 from ..data import Vocabulary
 from ..options import load_options
 from ..weights import read_weights, write_softmax_weights
@@ -94,6 +96,24 @@ def check_export_dir(out_dir: str, run_dir: str | None = None, overwrite: bool =
         raise UserError(f"{out_dir}: directory is not writable")
 
 
+@torch.no_grad()
+def check_model_output(model: LanguageModel, vocab: Vocabulary, source: str, n_words: int = 8) -> None:
+    """Run the biLM and the softmax on one short sentence of vocabulary words; NaN/Inf anywhere means the
+    weights, though finite, are unusable (a diverged run: weights near float32's limit) -> NonFiniteError."""
+    from ..chars import batch_to_ids
+    words = [t for t in vocab.tokens if t and t not in ("<S>", "</S>", "<UNK>")][:n_words] or ["the"]
+    model.eval()
+    out = model.bilm(batch_to_ids([words]))["activations"]
+    top = out[-1][0, :, out[-1].shape[-1] // 2:]                      # backward half: (T+2, P)
+    logits = torch.cat([out[-1][0, :, :top.shape[-1]], top]) @ model.softmax_weight.t() + model.softmax_bias
+    for name, t in [(f"layer {k}", a) for k, a in enumerate(out)] + [("softmax logits", logits)]:
+        if not bool(torch.isfinite(t).all()):
+            biggest = max(float(p.detach().abs().max()) for p in model.parameters())
+            raise NonFiniteError(f"{source}: the weights are finite but the model computes NaN/Inf ({name}) on a "
+                                 f"test sentence (largest weight {biggest:.3g}: training diverged); refusing to "
+                                 f"export it. Train again from an earlier checkpoint or with a lower --learning-rate")
+
+
 def export_run(run_dir: str, out_dir: str, overwrite: bool = False) -> dict[str, Any]:
     """``elmo-fast export``: the latest checkpoint of ``run_dir`` -> ELMo files in ``out_dir``.
 
@@ -116,5 +136,6 @@ def export_run(run_dir: str, out_dir: str, overwrite: bool = False) -> dict[str,
     if vocab.digest() != ckpt["vocab_digest"]:
         raise UserError(f"{vocab_file} does not match the vocabulary {ckpt_file} was trained with")
     model = model_from_checkpoint(ckpt, source=ckpt_file)
+    check_model_output(model, vocab, f"{ckpt_file} (step {ckpt['step']})")
     export_model(model, vocab, out_dir)
     return {"step": int(ckpt["step"]), "out_dir": out_dir, "vocab_size": len(vocab)}
