@@ -10,7 +10,7 @@ import sys
 
 from ..atomic import write_json
 from ..errors import UserError
-from . import add_runtime_args, apply_threads
+from . import add_runtime_args, apply_threads, check_device
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -82,8 +82,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "N-process run reads")
     p.add_argument("--skip-bad-lines", action="store_true", help="log and skip lines that are not UTF-8 "
                    "instead of stopping")
-    add_runtime_args(p, device_help="'cpu' or 'cuda' (under torchrun: cuda:LOCAL_RANK)",
+    add_runtime_args(p, device_help="'cpu' or 'cuda' (under torchrun: cuda:LOCAL_RANK); default cpu, with "
+                                    "--resume the run's",
                      threads_help="CPU threads per process (torch.set_num_threads)")
+    p.set_defaults(device=None)
     p.add_argument("--json", metavar="OUT", help="also write the final summary as JSON")
     p.set_defaults(func=run)
     return p
@@ -94,7 +96,7 @@ _FLAG_FIELDS = ("batch_size", "unroll_steps", "n_negative_samples", "dropout", "
                 "n_epochs", "seed", "checkpoint_every", "eval_every", "eval_batch_size", "data_parts", "min_count",
                 "max_vocab", "max_steps")
 #: fields of a run's config.json that --resume does not take over (they belong to this invocation/machine)
-_PER_INVOCATION = ("max_minutes", "device", "backend")
+_PER_INVOCATION = ("max_minutes",)
 
 
 def _run_config(out_dir: str) -> dict:
@@ -149,8 +151,9 @@ def build_config(args: argparse.Namespace):
         config = TrainConfig()
         if options is not None:
             config = config.apply_options(options, overridden=given)
-    config = dataclasses.replace(config, **given, max_minutes=args.max_minutes, device=args.device,
-                                 backend=args.backend)
+    runtime = {k: getattr(args, k) for k in ("device", "backend") if getattr(args, k) is not None}
+    config = dataclasses.replace(config, **given, max_minutes=args.max_minutes, **runtime)
+    check_device(config.device)
     return config, options, train, heldout
 
 
