@@ -69,7 +69,7 @@ from .errors import UserError
 from .nn.bilm import add_sentence_boundaries, token_mask
 from .nn.lstm import BiLSTM, StateSlots
 from .nn.token_encoder import CharCNNTokenEncoder
-from .options import CharCNNOptions, LSTMOptions
+from .options import CharCNNOptions, ElmoOptions, LSTMOptions
 
 __all__ = ["EFMLConfig", "EFMLBiLM", "is_efml_dir", "load_efml", "read_lexicon", "load_torch_state",
            "sents2elmo", "EFML_FILES"]
@@ -380,6 +380,10 @@ class EFMLBiLM(nn.Module):
         self.lstm = BiLSTM(config.lstm_options())
         self.states = StateSlots()
         self.output_dim = config.output_dim
+        #: the same numbers as ElmoOptions (``lstm.n_layers``, ``output_dim``, the char-CNN with this model's table
+        #: size and characters per token); not a bilm-tf options file (see :func:`to_bilm_tf` for that)
+        self.options = ElmoOptions(lstm=config.lstm_options(), char_cnn=config.char_cnn_options(n_char_rows),
+                                   extra={"efml": True})
         self.files: list[str] = []
         # character ids of a token, +1 shifted (0 = no token): EFML's markers are swapped
         self._first = self.char_lexicon["<eow>"] + 1

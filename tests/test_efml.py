@@ -266,3 +266,29 @@ def test_fast_token_cache_works_on_efml_models(models):
     _assert_close(sents2elmo(model, SENTENCES, -2), ref, "cache, first pass")
     _assert_close(sents2elmo(model, SENTENCES, -2), ref, "cache, second pass")
     assert cache.hits > 0
+
+
+def test_elmo_embedder_and_embed_command_on_an_efml_directory(models, tmp_path):
+    """ElmoEmbedder.from_pretrained and `elmo-fast embed --model-dir` give the package's numbers (stateless:
+    all layers = output_layer -2, --average = output_layer -1, --top = output_layer 2)."""
+    import h5py
+    from elmo_fast import ElmoEmbedder
+    from elmo_fast.cli import main
+    model_dir, embedder = models["word+char"]
+    sentences = [s for s in SENTENCES if s]
+    elmo = ElmoEmbedder.from_pretrained(model_dir, stateful=False)
+    _assert_close([elmo.embed_sentence(s) for s in sentences], oracle_embed(embedder, sentences, -2),
+                  "ElmoEmbedder.embed_sentence")
+    _assert_close(elmo.embed_batch(sentences), oracle_embed(embedder, sentences, -2), "ElmoEmbedder.embed_batch")
+    # the command splits lines at any Unicode whitespace: "a\u3000b" would be two tokens there
+    sentences = [s for s in sentences if not any(ch.isspace() for tok in s for ch in tok)]
+    assert len(sentences) >= 3
+    text = tmp_path / "in.txt"
+    text.write_text("".join(" ".join(s) + "\n" for s in sentences), encoding="utf-8")
+    for flag, layer in (("--average", -1), ("--top", 2), ("--all", -2)):
+        out = tmp_path / f"out{flag}.hdf5"
+        assert main(["embed", str(text), str(out), flag, "--model-dir", str(model_dir), "--stateless",
+                     "--batch-size", "2"]) == 0
+        with h5py.File(out, "r") as f:
+            got = [f[str(k)][()] for k in range(len(sentences))]
+        _assert_close(got, oracle_embed(embedder, sentences, layer), f"embed {flag}")
