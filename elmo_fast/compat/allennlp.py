@@ -1,0 +1,131 @@
+"""AllenNLP's ELMo names and signatures in one import path.
+
+Replace, in an import line::
+
+    from allennlp.modules.elmo import Elmo, _ElmoBiLm, _ElmoCharacterEncoder, batch_to_ids
+    from allennlp.modules.elmo_lstm import ElmoLstm
+    from allennlp.modules.token_embedders import ElmoTokenEmbedder
+    from allennlp.commands.elmo import ElmoEmbedder, elmo_command      # AllenNLP <= 0.9
+    from allennlp.nn.util import remove_sentence_boundaries, add_sentence_boundary_token_ids
+
+by ``from elmo_fast.compat.allennlp import ...`` with the same names. The numbers are AllenNLP's (stateful by
+default, same BOS/EOS handling, same slot semantics for carried states); what still differs is listed in
+the README's compatibility table (parameter names and shapes follow the bilm-tf files, not AllenNLP's
+``Linear`` layers; no downloads: the options and weight files are required).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..chars import batch_to_ids
+from ..embedder import ElmoEmbedder
+from ..nn.bilm import add_sentence_boundaries, remove_sentence_boundaries
+from ..nn.scalar_mix import Elmo, ScalarMix
+from .modules import ElmoLstm, _ElmoBiLm, _ElmoCharacterEncoder
+
+__all__ = ["Elmo", "_ElmoBiLm", "_ElmoCharacterEncoder", "ElmoLstm", "ElmoTokenEmbedder", "ElmoEmbedder",
+           "ScalarMix", "batch_to_ids", "remove_sentence_boundaries", "add_sentence_boundaries",
+           "add_sentence_boundary_token_ids", "elmo_command", "empty_embedding", "DEFAULT_BATCH_SIZE"]
+
+#: AllenNLP's ``allennlp.commands.elmo.DEFAULT_BATCH_SIZE``
+DEFAULT_BATCH_SIZE = 64
+
+
+def add_sentence_boundary_token_ids(tensor: torch.Tensor, mask: torch.Tensor, sentence_begin_token: Any,
+                                    sentence_end_token: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """AllenNLP's name for :func:`elmo_fast.nn.bilm.add_sentence_boundaries`: ``(B, T)`` ids or ``(B, T, D)``
+    values and their ``(B, T)`` mask -> ``(B, T + 2, ...)`` with the begin/end values and the new bool mask."""
+    begin = torch.as_tensor(sentence_begin_token, dtype=tensor.dtype, device=tensor.device)
+    end = torch.as_tensor(sentence_end_token, dtype=tensor.dtype, device=tensor.device)
+    return add_sentence_boundaries(tensor, mask.bool(), begin, end)
+
+
+class ElmoTokenEmbedder(nn.Module):
+    """AllenNLP's ``ElmoTokenEmbedder``: one ELMo mix, optionally projected to ``projection_dim``.
+
+    Args (AllenNLP's, same order): options_file, weight_file (required: no download), do_layer_norm, dropout,
+        requires_grad, projection_dim (a ``Linear(2P, projection_dim)`` with bias after the mix),
+        vocab_to_cache, scalar_mix_parameters. Extra keywords ``stateful`` and ``backend`` as :class:`Elmo`.
+
+    ``forward(elmo_tokens (B, T, 50) or (B, N, T, 50), word_inputs=None) -> (..., T, output_dim)``.
+    """
+
+    def __init__(self, options_file: str | os.PathLike, weight_file: str | os.PathLike, do_layer_norm: bool = False,
+                 dropout: float = 0.5, requires_grad: bool = False, projection_dim: int | None = None,
+                 vocab_to_cache: list[str] | None = None, scalar_mix_parameters: list[float] | None = None,
+                 *, stateful: bool = True, backend: str | None = None) -> None:
+        super().__init__()
+        self._elmo = Elmo(options_file, weight_file, 1, do_layer_norm=do_layer_norm, dropout=dropout,
+                          requires_grad=requires_grad, vocab_to_cache=vocab_to_cache,
+                          scalar_mix_parameters=scalar_mix_parameters, stateful=stateful, backend=backend)
+        if projection_dim is not None and (isinstance(projection_dim, bool) or not isinstance(projection_dim, int)
+                                           or projection_dim < 0):
+            raise ValueError(f"projection_dim: expected a positive integer or None, found {projection_dim!r}")
+        if projection_dim:
+            self._projection: nn.Linear | None = nn.Linear(self._elmo.get_output_dim(), projection_dim)
+            self.output_dim = projection_dim
+        else:
+            self._projection = None
+            self.output_dim = self._elmo.get_output_dim()
+
+    def get_output_dim(self) -> int:
+        return self.output_dim
+
+    def reset_states(self) -> None:
+        self._elmo.reset_states()
+
+    def forward(self, elmo_tokens: torch.Tensor, word_inputs: torch.Tensor | None = None) -> torch.Tensor:
+        rep = self._elmo(elmo_tokens, word_inputs)["elmo_representations"][0]
+        return self._projection(rep) if self._projection is not None else rep
+
+
+def empty_embedding() -> np.ndarray:
+    """AllenNLP's ``allennlp.commands.elmo.empty_embedding``: ``(3, 0, 1024)`` float zeros."""
+    return np.zeros((3, 0, 1024))
+
+
+def _path_of(value: Any, what: str) -> str:
+    """A path from an AllenNLP namespace field (a path string or an open file, as ``argparse.FileType`` gives)."""
+    if isinstance(value, (str, os.PathLike)):
+        return os.fspath(value)
+    name = getattr(value, "name", None)
+    if isinstance(name, str) and not name.startswith("<"):
+        return name
+    raise ValueError(f"{what}: expected a file path (standard input/output is not supported), found {value!r}")
+
+
+def elmo_command(args: argparse.Namespace) -> int:
+    """AllenNLP's ``allennlp.commands.elmo.elmo_command``: run ``elmo-fast embed`` with an AllenNLP namespace.
+
+    Fields read (AllenNLP's names): ``input_file``, ``output_file``, ``all`` / ``top`` / ``average``,
+    ``options_file``, ``weight_file``, ``batch_size`` (default 64), ``cuda_device`` (default -1),
+    ``forget_sentences``, ``use_sentence_keys``. As AllenNLP, an existing output file is replaced.
+    """
+    from ..commands import embed as embed_command
+
+    formats = [f for f in ("all", "top", "average") if getattr(args, f, False)]
+    if len(formats) != 1:
+        raise ValueError(f"elmo_command: exactly one of all/top/average must be set, found {formats or 'none'}")
+    for field in ("options_file", "weight_file"):
+        if not getattr(args, field, None):
+            raise ValueError(f"elmo_command: '{field}' is required (elmo-fast does not download models)")
+    argv = ["embed", _path_of(args.input_file, "input_file"), _path_of(args.output_file, "output_file"),
+            f"--{formats[0]}", "--options-file", os.fspath(args.options_file), "--weight-file",
+            os.fspath(args.weight_file), "--batch-size", str(getattr(args, "batch_size", DEFAULT_BATCH_SIZE)),
+            "--overwrite"]
+    cuda = int(getattr(args, "cuda_device", -1))
+    if cuda >= 0:
+        argv += ["--device", f"cuda:{cuda}"]
+    if getattr(args, "forget_sentences", False):
+        argv.append("--forget-sentences")
+    if getattr(args, "use_sentence_keys", False):
+        argv.append("--use-sentence-keys")
+    parser = argparse.ArgumentParser(prog="elmo-fast")
+    embed_command.add_parser(parser.add_subparsers(dest="command"))
+    return embed_command.run(parser.parse_args(argv))
