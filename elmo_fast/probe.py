@@ -172,7 +172,9 @@ def read_wic(data_path: str | os.PathLike, gold_path: str | os.PathLike) -> list
     with open(gold_path, encoding="utf-8") as f:
         gold_lines = f.read().splitlines()
     if len(data_lines) != len(gold_lines):
-        raise WicError(f"{data_path} has {len(data_lines)} lines but {gold_path} has {len(gold_lines)}; "
+        def n_lines(n: int) -> str:
+            return f"{n} line" if n == 1 else f"{n} lines"
+        raise WicError(f"{data_path} has {n_lines(len(data_lines))} but {gold_path} has {n_lines(len(gold_lines))}; "
                        f"expected one gold label per example")
     pairs = []
     for lineno, (line, gold) in enumerate(zip(data_lines, gold_lines), start=1):

@@ -76,3 +76,13 @@ def test_demo_writes_png_and_model(demo_run):
 def test_demo_rejects_bad_minutes(tmp_path, caplog):
     assert cli.main(["demo", "--minutes", "0", "--out", str(tmp_path)]) == 2
     assert "--minutes" in caplog.text
+
+
+def test_demo_refuses_an_out_that_is_a_file_or_holds_other_files(tmp_path, caplog):
+    afile = tmp_path / "notes.txt"
+    afile.write_text("keep me")
+    assert cli.main(["demo", "--steps", "1", "--out", str(afile)]) == 2
+    assert "exists and is not a directory" in caplog.text and afile.read_text() == "keep me"
+    caplog.clear()
+    assert cli.main(["demo", "--steps", "1", "--out", str(tmp_path)]) == 2
+    assert "holds files the demo did not write" in caplog.text and afile.read_text() == "keep me"

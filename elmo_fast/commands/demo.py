@@ -25,6 +25,9 @@ from . import add_threads_arg, apply_threads
 
 logger = logging.getLogger(__name__)
 
+#: the file that marks a folder as the demo's own (``--out`` may then be reused)
+DEMO_MARKER = ".elmo-fast-demo"
+
 #: training steps of the default demo (machine-independent; ~2 minutes on 2 idle cores)
 DEFAULT_STEPS = 600
 
@@ -169,6 +172,22 @@ def _examples(sentences: Sequence[Any], result: Any, n: int, seed: int) -> list[
 
 
 # ---------------------------------------------------------------------------------------------- command
+def _check_out(out: str) -> None:
+    """``--out`` must be new, empty or an earlier demo's folder: the demo replaces folders inside it."""
+    from ..errors import UserError
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise UserError(f"--out {out}: exists and is not a directory; expected a new or empty folder (or an earlier "
+                        f"demo's)")
+    if os.path.isdir(out) and os.listdir(out):
+        if not (os.path.exists(os.path.join(out, DEMO_MARKER))
+                or os.path.isfile(os.path.join(out, "corpus", "train.txt"))):
+            raise UserError(f"--out {out}: holds files the demo did not write, and the demo replaces the folders "
+                            f"model/, model-run/, untrained/, untrained-run/ and corpus/ in it; choose a new or empty "
+                            f"folder")
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise UserError(f"--out {out}: directory is not writable")
+
+
 def run(args: argparse.Namespace) -> int:
 
     from ..demo_corpus import AMBIGUOUS_WORDS, SENSES, generate, write_corpus
@@ -183,7 +202,10 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args)
     start = time.perf_counter()
     out = args.out
+    _check_out(out)
     os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, DEMO_MARKER), "w", encoding="utf-8") as f:
+        f.write("written by `elmo-fast demo`: its model, run and corpus folders are replaced on every call\n")
 
     corpus = generate(args.seed, n_train=args.n_train, heldout_per_sense=args.heldout_per_sense)
     paths = write_corpus(corpus, os.path.join(out, "corpus"))
