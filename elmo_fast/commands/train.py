@@ -138,8 +138,10 @@ def build_config(args: argparse.Namespace):
             config = TrainConfig(**base)
         except TypeError as e:
             raise UserError(f"{os.path.join(args.out, 'config.json')}: {e}") from None
-        if train is None:
-            train = saved.get("train")
+        if train is None:  # the files themselves (absolute paths, data order), else the globs as given
+            corpus = saved.get("corpus")
+            train = ([p for p, _ in corpus["files"]] if isinstance(corpus, dict) and corpus.get("files")
+                     else saved.get("train"))
             if not train or not isinstance(train, list):
                 raise UserError(f"{os.path.join(args.out, 'config.json')}: no 'train' file list; pass --train")
         if heldout is None:

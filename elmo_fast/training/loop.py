@@ -295,7 +295,8 @@ class _Job:
             options.save(os.path.join(self.out_dir, "options.json"))
             write_json(os.path.join(self.out_dir, "config.json"),
                        {**cfg.to_dict(), "world_size": self.world, "train": list(self.files),
-                        "heldout": self.heldout, "max_steps_resolved": max_steps, "corpus": self.corpus})
+                        "heldout": os.path.abspath(self.heldout) if self.heldout else None,
+                        "max_steps_resolved": max_steps, "corpus": self.corpus})
 
     def build_model(self) -> None:
         cfg = self.config
