@@ -197,7 +197,7 @@ def test_wic_scores_match_direct_cosines(tmp_path):
      r"train\.data\.txt: line 2: field 3 expected 'i1-i2'"),
     ("bank\tN\t0-0\tbank .\n", "T\n", r"train\.data\.txt: line 1: expected 5 tab-separated fields"),
     ("bank\tN\t0-0\tbank .\tbank .\n", "yes\n", r"train\.gold\.txt: line 1: expected 'T' or 'F'"),
-    ("bank\tN\t0-0\tbank .\tbank .\n", "T\nF\n", r"has 1 lines but .*train\.gold\.txt has 2"),
+    ("bank\tN\t0-0\tbank .\tbank .\n", "T\nF\n", r"has 1 line but .*train\.gold\.txt has 2"),
 ])
 def test_wic_errors_name_file_and_line(tmp_path, data, gold, message):
     (tmp_path / "train.data.txt").write_text(data, encoding="utf-8")
