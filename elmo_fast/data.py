@@ -15,9 +15,17 @@ or lines ``i::parts`` of every shard when there are fewer shards than parts). Pa
 block of rows with streams seeded by ``(seed, g)``. A process handles a contiguous range of parts, so a
 1-process run with ``parts=2`` reads exactly the data that a 2-process run reads.
 
+Vocabulary files are read as bilm-tf reads them (:func:`read_vocab_file`): one token per line, stripped,
+``!!!MAXTERMID`` lines skipped, ``<S>``/``</S>``/``<UNK>`` found by name on any line (their ids are their
+positions; vocabularies built here put them first). Training uses ``Vocabulary.bos_id``/``eos_id``/``unk_id``.
+
 Character ids are the inference ids (+1 shifted, :class:`elmo_fast.chars.CharacterMapper` with literal
 ``<S>``/``</S>`` markers); with no padding in training batches this is the same function as bilm-tf's raw
-ids, so one embedding table serves both. Char ids of vocabulary words are computed once (``(V, 50)`` table).
+ids, so one embedding table serves both. Char ids of vocabulary words are computed once (``(V, 50)`` table,
+bilm-tf's ``max_word_length`` handling: bytes cut to ``max_word_length - 2``).
+
+Held-out files: :func:`heldout_batches` with ``whole_file=True`` scores every token (rows that run out of
+sentences are padded with target ``-1`` while the others finish theirs).
 """
 from __future__ import annotations
 
