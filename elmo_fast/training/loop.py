@@ -357,9 +357,8 @@ class _Job:
         """Every rank checks its weights and optimizer state are finite (they are equal across ranks), then
         rank 0 writes; with NaN/Inf nothing is written and :class:`NonFiniteError` names the tensor."""
         model, trainer = self.model, self.trainer
-        state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                 "optimizer": trainer.optimizer.state_dict()}
-        bad = first_non_finite(checkpoint_tensors(state))
+        on_device = {"model": model.state_dict(), "optimizer": trainer.optimizer.state_dict()}
+        bad = first_non_finite(checkpoint_tensors(on_device))    # checked where the tensors are (no copies)
         if bad is not None:
             raise NonFiniteError(f"step {self.step}: tensor '{bad}' holds NaN/Inf; checkpoint not written "
                                  f"({self.ckpt_file} keeps the last finite one). Lower --learning-rate (now "
@@ -371,6 +370,8 @@ class _Job:
         else:
             gathered = [mine]
         if self.is_main:
+            state = {"model": {k: v.detach().cpu() for k, v in on_device["model"].items()},
+                     "optimizer": on_device["optimizer"]}
             save_checkpoint_file({"step": self.step, "tokens": self.tokens_seen, **state,
                                   "options": self.options.to_dict(), "vocab_size": len(self.vocab),
                                   "vocab_digest": self.vocab.digest(), "world_size": self.world,
