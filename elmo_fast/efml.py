@@ -23,7 +23,8 @@ What the model computes (checked against ``elmoformanylangs.Embedder.sents2elmo`
   ``n`` characters becomes ``[id('<eow>'), c_1 .. c_n, id('<bow>'), id('<pad>') ...]``: the package swaps
   the two word markers (it still reads consistently, because training did the same). Tokens longer than
   ``max_characters_per_token - 2`` characters are cut to that length, for the word lookup too. The padding
-  character has its own stored (non-zero) embedding row. The sentence markers are the tokens ``<bos>`` and
+  character has its own stored, non-zero embedding row (a random unit-norm vector fixed at initialisation:
+  the package's ``padding_idx`` blocks its gradient, so it is never trained, but it is not zero). The sentence markers are the tokens ``<bos>`` and
   ``<eos>`` (chars ``[id('<eow>'), id('<bos>'), id('<bow>'), pad ...]``); a literal input token ``<bos>``
   reads the same way.
 * Token embedding: char-CNN (max over positions, then the activation), highway layers (always ReLU; the
