@@ -267,8 +267,8 @@ def embed_to_hdf5(model: Any, input_file: str | os.PathLike | IO, output: str | 
         if store is not None:
             store.close()
         lock.release()
-        if done_ok and rank == 0:
-            shutil.rmtree(work, ignore_errors=True)
+        if rank == 0 and (done_ok or not _has_chunks(work)):
+            shutil.rmtree(work, ignore_errors=True)  # done, or nothing there worth resuming
 
 
 class _nullcontext:
@@ -276,6 +276,13 @@ class _nullcontext:
         return None
 
     def __exit__(self, *exc: Any) -> bool:
+        return False
+
+
+def _has_chunks(work: str) -> bool:
+    try:
+        return any(n.startswith("chunk-") and n.endswith(".h5") for n in os.listdir(work))
+    except OSError:
         return False
 
 

@@ -111,7 +111,7 @@ def check_outputs(outputs: Sequence[str], *, protected: Iterable[tuple[str, str]
                 raise UserError(f"OUTPUT {out} is the {role} ({p}); choose another output path")
         try:
             st = os.lstat(out)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             st = None
         if st is not None:
             if stat.S_ISLNK(st.st_mode):
