@@ -160,24 +160,14 @@ def write_softmax_weights(path: str | os.PathLike, W: np.ndarray, b: np.ndarray)
 
 
 def read_vocab(path: str | os.PathLike) -> list[str]:
-    """Read a bilm-tf vocab file: one token per line, ``<S>``, ``</S>``, ``<UNK>`` first.
+    """Read a bilm-tf vocab file as bilm-tf does: one token per line (stripped), ``!!!MAXTERMID`` lines skipped.
 
-    A line ``!!!MAXTERMID`` is skipped. Errors name the file and line.
+    ``<S>``, ``</S>`` and ``<UNK>`` may stand on any line; a token's id is its position in the returned list
+    (see :class:`elmo_fast.data.Vocabulary`, which finds the special tokens by name). Errors name the file and
+    line. Same reader as :func:`elmo_fast.data.read_vocab_file`.
     """
-    path = os.fspath(path)
-    tokens: list[str] = []
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-            if line == "!!!MAXTERMID":
-                continue
-            tokens.append(line)
-    if tokens[:3] != ["<S>", "</S>", "<UNK>"]:
-        raise ValueError(f"{path}: expected the first lines to be '<S>', '</S>', '<UNK>', found {tokens[:3]}")
-    return tokens
+    from .data import read_vocab_file  # data imports this module
+    return read_vocab_file(path)
 
 
 def write_vocab(path: str | os.PathLike, tokens: Iterable[str]) -> None:
