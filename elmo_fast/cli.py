@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     install_signal_handlers()
     try:
         # automatic thread count unless --threads N / ELMO_FAST_THREADS (elmo_fast.runtime.ThreadGovernor)
-        configure_threads(getattr(args, "threads", None) or None)
+        threads = getattr(args, "threads", None)
+        configure_threads(threads if isinstance(threads, int) and threads > 0 else None)
         return int(args.func(args) or 0)
     except BaseException as e:  # noqa: B902 - classified below; bugs keep their traceback
         code = exit_code_for(e)

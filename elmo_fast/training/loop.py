@@ -18,6 +18,7 @@ from ..atomic import write_json
 from ..data import TrainingBatches, Vocabulary, check_readable_file, expand_shards, iter_shard_sentences
 from ..errors import UserError
 from ..options import ElmoOptions, options_from_dict
+from ..runtime import thread_tick
 from .checkpoints import (CHECKPOINT_NAME, NonFiniteError, checkpoint_path, checkpoint_tensors, first_non_finite,
                           load_checkpoint, model_from_checkpoint, remove_stale_temporaries, save_checkpoint_file)
 from .config import TrainConfig
@@ -417,6 +418,7 @@ class _Job:
                 break
             batch = self.data.next_batch()
             last = self.trainer.step(batch)
+            thread_tick()  # automatic thread count follows the machine's load (elmo_fast.runtime)
             self.step += 1
             step_tokens = last.tokens * world
             self.tokens_seen += step_tokens
