@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import check_device, interpreting, mm, precision_code, tanh
+from .common import check_device, gpu_tiles, launch, mm, precision_code, tanh
 
 __all__ = ["char_cnn", "CharCNNFunction", "pack_filters"]
 
@@ -29,7 +29,7 @@ INTERPRETER_BLOCK_N = 32
 BLOCK_O = 32  # output channels per program
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "L", "D", "F"])
 def _char_cnn_fwd(ids_ptr, emb_ptr, w_ptr, b_ptr, blk_ptr, out_ptr, arg_ptr, N, L, D, F,
                   ACT: tl.constexpr, PREC: tl.constexpr, DPAD: tl.constexpr, NPOS: tl.constexpr,
                   BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr):
@@ -91,7 +91,7 @@ def _dpre_tile(y_ptr, gy_ptr, n0, N, F, ro, omask, ACT: tl.constexpr, BLOCK_N: t
     return rn, m2, offs, dpre
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "L", "D", "F", "W_MAX", "TOK_CHUNK"])
 def _char_cnn_bwd_w(ids_ptr, emb_ptr, blk_ptr, y_ptr, arg_ptr, gy_ptr, dpre_ptr, dw_ptr, db_ptr,
                     N, L, D, F, W_MAX, TOK_CHUNK,
                     ACT: tl.constexpr, DPAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr):
@@ -129,7 +129,7 @@ def _char_cnn_bwd_w(ids_ptr, emb_ptr, blk_ptr, y_ptr, arg_ptr, gy_ptr, dpre_ptr,
     tl.store(db_ptr + chunk * F + ro, db, mask=omask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_blocks", "N", "L", "D", "F"])
 def _char_cnn_bwd_x(blk_ptr, n_blocks, w_ptr, arg_ptr, dpre_ptr, dx_ptr, N, L, D, F,
                     PREC: tl.constexpr, DPAD: tl.constexpr, NPOS: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_O: tl.constexpr):
@@ -159,6 +159,12 @@ def _char_cnn_bwd_x(blk_ptr, n_blocks, w_ptr, arg_ptr, dpre_ptr, dx_ptr, N, L, D
     q = r % NPOS
     tl.store(dx_ptr + rn[:, None] * (L * D) + q[:, None] * D + rd[None, :], acc,
              mask=(rn[:, None] < N) & (q[:, None] < L) & (rd[None, :] < D))
+
+
+def _gpu_block_n(dpad: int) -> int:
+    """Tokens per program on the GPU: 8 at the public models' 16-dim char embeddings, fewer for wider ones
+    (the (tokens x 64 positions, DPAD) embedding tile must stay in registers: 8 tokens at DPAD 32 spill)."""
+    return max(2, BLOCK_N * 16 // max(16, dpad))
 
 
 def pack_filters(conv_weights: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
@@ -203,11 +209,10 @@ class CharCNNFunction(torch.autograd.Function):
         dpad = max(16, triton.next_power_of_2(D))
         npos = triton.next_power_of_2(L)
         if N > 0:
-            block_n = INTERPRETER_BLOCK_N if interpreting() else BLOCK_N
+            block_n = _gpu_block_n(dpad) if gpu_tiles() else INTERPRETER_BLOCK_N
             grid = (triton.cdiv(N, block_n), table.shape[0])
-            _char_cnn_fwd[grid](ids, emb, packed, bias.contiguous(), table, out, arg, N, L, D, F_,
-                                ACT=act, PREC=prec, DPAD=dpad, NPOS=npos, BLOCK_N=block_n, BLOCK_O=BLOCK_O,
-                                num_warps=8)
+            launch(_char_cnn_fwd, grid, (ids, emb, packed, bias.contiguous(), table, out, arg, N, L, D, F_),
+                   dict(ACT=act, PREC=prec, DPAD=dpad, NPOS=npos, BLOCK_N=block_n, BLOCK_O=BLOCK_O), num_warps=8)
         ctx.save_for_backward(ids, emb, packed, table, out, arg)
         ctx.meta = (act, prec, dpad, npos)
         return out
@@ -226,13 +231,13 @@ class CharCNNFunction(torch.autograd.Function):
         dpre = torch.empty(N, F_, device=emb.device, dtype=torch.float32)
         dx = torch.zeros(N, L, D, device=emb.device, dtype=torch.float32)
         if N > 0:
-            _char_cnn_bwd_w[(table.shape[0], n_chunks)](ids, emb, table, out, arg, grad_out, dpre, dw_parts,
-                                                        db_parts, N, L, D, F_, w_max, tok_chunk,
-                                                        ACT=act, DPAD=dpad, BLOCK_N=32, BLOCK_O=BLOCK_O)
-            block_n = INTERPRETER_BLOCK_N if interpreting() else BLOCK_N
-            _char_cnn_bwd_x[(triton.cdiv(N, block_n),)](table, table.shape[0], packed, arg, dpre, dx,
-                                                        N, L, D, F_, PREC=prec, DPAD=dpad, NPOS=npos,
-                                                        BLOCK_N=block_n, BLOCK_O=BLOCK_O, num_warps=8)
+            launch(_char_cnn_bwd_w, (table.shape[0], n_chunks),
+                   (ids, emb, table, out, arg, grad_out, dpre, dw_parts, db_parts, N, L, D, F_, w_max, tok_chunk),
+                   dict(ACT=act, DPAD=dpad, BLOCK_N=32, BLOCK_O=BLOCK_O), num_warps=8)  # 4 warps spill
+            block_n = _gpu_block_n(dpad) if gpu_tiles() else INTERPRETER_BLOCK_N
+            launch(_char_cnn_bwd_x, (triton.cdiv(N, block_n),),
+                   (table, table.shape[0], packed, arg, dpre, dx, N, L, D, F_),
+                   dict(PREC=prec, DPAD=dpad, NPOS=npos, BLOCK_N=block_n, BLOCK_O=BLOCK_O), num_warps=8)
         d_packed = dw_parts.sum(0)
         d_bias = db_parts.sum(0)
         # scatter char-position gradients to the (tiny, 261-row) table; id 0 is the fixed zero row

@@ -1,18 +1,31 @@
-"""Shared pieces of the Triton kernels: device checks, precision modes, a strided batched matmul.
+"""Shared pieces of the Triton kernels: device checks, precision modes, tile modes, a strided batched matmul.
 
 Precision modes (see :func:`precision`):
 
 * ``"fp32"`` (default, the parity mode): every matmul takes float32 inputs with IEEE float32 products
-  (``input_precision="ieee"``), so results differ from the reference only by summation order.
+  (``input_precision="ieee"``), so results differ from the reference only by summation order. On CUDA the
+  large plain matmuls (no fused epilogue beyond a bias/add) go to cuBLAS (``torch.matmul``), whose float32
+  GEMM is far faster than an FMA-only Triton kernel (``ELMO_FAST_TRITON_MATMUL=triton`` keeps them in Triton).
+* ``"tf32x3"``: three-pass TF32 on tensor cores (``input_precision="tf32x3"``): each input is split into a
+  TF32 high part and a TF32 remainder, three tensor-core products, near-float32 accuracy. Selectable; it is
+  not the default because its parity with the float64 reference has not been measured on a GPU yet (the
+  interpreter does not emulate TF32: there it runs as fp32), see ``benchmarks/gpu_check.py``.
 * ``"tf32"``: matmul inputs rounded to TF32 (10-bit mantissa) on tensor cores, float32 accumulation.
 * ``"bf16"``: matmul inputs cast to bfloat16 (8-bit mantissa), float32 accumulation.
 
 In every mode, cell states, gate nonlinearities, clipping, max-pooling, log-sum-exp and all
 reductions outside matmuls stay in float32.
+
+Tile modes (see :func:`gpu_tiles`): compiled kernels use the GPU tile sizes; under the interpreter the host
+code picks larger tiles (fewer programs: the interpreter pays per program) unless ``ELMO_FAST_TRITON_TILES=gpu``
+or :func:`tile_mode` ``("gpu")`` forces the GPU's own tiles, so that tests run the numerics of the code that
+will run on the device.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Iterator
 
 import torch
 import triton
@@ -20,11 +33,17 @@ import triton.language as tl
 
 from elmo_fast.backend import BackendError
 
-__all__ = ["interpreting", "check_device", "precision", "set_precision", "matmul", "colsum", "PRECISIONS"]
+from .launch import is_recording, launch
 
-PRECISIONS = ("fp32", "tf32", "bf16")
+__all__ = ["interpreting", "check_device", "precision", "set_precision", "matmul", "colsum", "PRECISIONS",
+           "gpu_tiles", "tile_mode", "launch"]
+
+PRECISIONS = ("fp32", "tf32", "bf16", "tf32x3")
 PRECISION_ENV = "ELMO_FAST_TRITON_PRECISION"
 _precision: str | None = None
+TILES_ENV = "ELMO_FAST_TRITON_TILES"
+_tile_mode: str | None = None
+MATMUL_ENV = "ELMO_FAST_TRITON_MATMUL"
 
 
 def interpreting() -> bool:
@@ -34,6 +53,30 @@ def interpreting() -> bool:
     first imported; setting it later has no effect on them, so this checks the built kernel itself.
     """
     return type(_colsum_kernel).__name__ == "InterpretedFunction"
+
+
+def gpu_tiles() -> bool:
+    """Whether the host code picks the compiled GPU path's tile sizes: always for compiled kernels; under the
+    interpreter only when forced (:func:`tile_mode` or ``ELMO_FAST_TRITON_TILES=gpu``)."""
+    if not interpreting():
+        return True
+    mode = _tile_mode or os.environ.get(TILES_ENV, "auto").strip().lower()
+    if mode not in ("auto", "gpu"):
+        raise BackendError(f"{TILES_ENV}={mode!r}: expected 'auto' or 'gpu'")
+    return mode == "gpu"
+
+
+@contextlib.contextmanager
+def tile_mode(mode: str) -> Iterator[None]:
+    """``with tile_mode("gpu"):`` run the interpreter with the GPU's tile sizes (``"auto"``: the default)."""
+    global _tile_mode
+    if mode not in ("auto", "gpu"):
+        raise ValueError(f"tile mode {mode!r}: expected 'auto' or 'gpu'")
+    previous, _tile_mode = _tile_mode, mode
+    try:
+        yield
+    finally:
+        _tile_mode = previous
 
 
 def check_device(op: str, *tensors: torch.Tensor) -> None:
@@ -48,6 +91,8 @@ def check_device(op: str, *tensors: torch.Tensor) -> None:
         if t.device.type == "cuda":
             continue
         if t.device.type == "cpu" and interpreting():
+            continue
+        if t.device.type == "meta" and is_recording():  # the compile check runs the host code on meta tensors
             continue
         raise BackendError(
             f"triton backend, op '{op}': tensor on device '{t.device}' cannot run; expected CUDA tensors "
@@ -73,20 +118,26 @@ def set_precision(name: str | None) -> None:
     _precision = name
 
 
+#: kernel constexpr per mode (3 is bf16 emulated with exact float32 products, used under the interpreter)
+PREC_CODES = {"fp32": 0, "tf32": 1, "bf16": 2, "tf32x3": 4}
+
+
 def precision_code(name: str | None = None) -> int:
-    """0 = fp32 (IEEE), 1 = tf32, 2 = bf16 (3 = bf16 emulated, used under the interpreter): kernel constexpr."""
-    code = PRECISIONS.index(name or precision())
+    """0 = fp32 (IEEE), 1 = tf32, 2 = bf16, 4 = tf32x3 (3 = bf16 emulated, under the interpreter): kernel constexpr."""
+    code = PREC_CODES[name or precision()]
     if interpreting() and code == 2:
         code = 3
-    if interpreting() and code == 1:  # the interpreter has no TF32; round like bf16 would overstate the error
+    if interpreting() and code in (1, 4):  # the interpreter has no TF32; rounding like bf16 would overstate it
         code = 0
     return code
 
 
 @triton.jit
 def mm(a, b, PREC: tl.constexpr):
-    """``a @ b`` with float32 accumulation in the requested input precision (0 ieee, 1 tf32, 2 bf16)."""
-    if PREC == 3:  # bf16 rounding emulated with float32 products (exact): the interpreter's bf16 dot is broken
+    """``a @ b`` with float32 accumulation in the requested input precision (0 ieee, 1 tf32, 2 bf16, 4 tf32x3)."""
+    if PREC == 4:
+        return tl.dot(a, b, input_precision="tf32x3")
+    elif PREC == 3:  # bf16 rounding emulated with float32 products (exact): the interpreter's bf16 dot is broken
         return tl.dot(a.to(tl.bfloat16).to(tl.float32), b.to(tl.bfloat16).to(tl.float32), input_precision="ieee")
     elif PREC == 2:
         return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), out_dtype=tl.float32)
@@ -103,8 +154,8 @@ def _matmul_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, add_ptr, M, N, K,
                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    z = tl.program_id(2)
-    rm = pid_m * BM + tl.arange(0, BM)
+    z = tl.program_id(2).to(tl.int64)  # 64-bit offsets: a (2, B*T, 4C) output passes 2^31 elements
+    rm = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)
     rn = pid_n * BN + tl.arange(0, BN)
     rk = tl.arange(0, BK)
     acc = tl.zeros((BM, BN), dtype=tl.float32)
@@ -125,15 +176,29 @@ def _matmul_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, add_ptr, M, N, K,
     tl.store(c_ptr + z * s_cz + rm[:, None] * s_cm + rn[None, :] * s_cn, acc, mask=cmask)
 
 
+#: GPU tiles of the Triton matmul (used for the tensor-core modes; fp32 products go to cuBLAS on CUDA)
+MATMUL_TILES = (64, 64, 32)
+
+
 def _as3(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
     if t.dim() == 2:
         return t, (0, t.stride(0), t.stride(1))
     return t, (t.stride(0), t.stride(1), t.stride(2))
 
 
+def cublas_matmul(prec: int, a: torch.Tensor) -> bool:
+    """Whether :func:`matmul` hands this product to cuBLAS: CUDA tensors (or the compile check's recording,
+    which stands for them) in the fp32 mode, unless ``ELMO_FAST_TRITON_MATMUL=triton``."""
+    choice = os.environ.get(MATMUL_ENV, "cublas").strip().lower()
+    if choice not in ("cublas", "triton"):
+        raise BackendError(f"{MATMUL_ENV}={choice!r}: expected 'cublas' or 'triton'")
+    return prec == 0 and choice == "cublas" and (a.device.type == "cuda" or (is_recording() and not interpreting()))
+
+
 def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, add: torch.Tensor | None = None,
            prec: int | None = None) -> torch.Tensor:
-    """``a @ b (+ bias) (+ add)`` in one Triton kernel, float32 output and accumulation.
+    """``a @ b (+ bias) (+ add)`` in one Triton kernel (or cuBLAS, see :func:`cublas_matmul`), float32 output
+    and accumulation.
 
     Args:
         a: ``(M, K)`` or ``(Z, M, K)`` (any strides, e.g. a transposed view).
@@ -162,19 +227,28 @@ def matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, a
         if add is not None:
             out += add
         return out
+    if cublas_matmul(prec, a):  # IEEE float32 GEMM (torch's default: TF32 off), then the epilogue
+        with torch.cuda.device(a.device) if a.device.type == "cuda" else contextlib.nullcontext():
+            out = torch.matmul(a, b)
+            if bias is not None:
+                out += bias
+            if add is not None:
+                out += add
+        return out
     _, sa = _as3(a)
     _, sb = _as3(b)
     _, sc = _as3(out)
     sd = _as3(add)[1] if add is not None else (0, 0, 0)
-    BM, BN, BK = (128, 128, 64) if interpreting() else (64, 64, 32)  # interpreter: fewer programs
+    BM, BN, BK = MATMUL_TILES if gpu_tiles() else (128, 128, 64)  # interpreter: fewer programs
     grid = (triton.cdiv(M, BM), triton.cdiv(N, BN), Z)
-    _matmul_kernel[grid](a, b, out, bias if bias is not None else out, add if add is not None else out,
-                         M, N, K, *sa, *sb, *sc, *sd,
-                         HAS_BIAS=bias is not None, HAS_ADD=add is not None, PREC=prec, BM=BM, BN=BN, BK=BK)
+    launch(_matmul_kernel, grid, (a, b, out, bias if bias is not None else out, add if add is not None else out,
+                                  M, N, K, *sa, *sb, *sc, *sd),
+           dict(HAS_BIAS=bias is not None, HAS_ADD=add is not None, PREC=prec, BM=BM, BN=BN, BK=BK), num_warps=4,
+           wide=True)
     return out
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])
 def _colsum_kernel(x_ptr, out_ptr, M, N, s_m, s_n, BM: tl.constexpr, BN: tl.constexpr):
     pid = tl.program_id(0)
     rn = pid * BN + tl.arange(0, BN)
@@ -194,7 +268,7 @@ def colsum(x: torch.Tensor) -> torch.Tensor:
     if N == 0:
         return out
     BN = 64
-    _colsum_kernel[(triton.cdiv(N, BN),)](x, out, M, N, x.stride(0), x.stride(1), BM=32, BN=BN)
+    launch(_colsum_kernel, (triton.cdiv(N, BN),), (x, out, M, N, x.stride(0), x.stride(1)), dict(BM=32, BN=BN))
     return out
 
 

@@ -16,12 +16,16 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import check_device, colsum, interpreting, matmul, mm, precision_code
+from .common import check_device, colsum, gpu_tiles, launch, matmul, mm, precision_code
 
 __all__ = ["highway", "projection", "HighwayFunction", "ProjectionFunction"]
 
+#: GPU tiles of the fused highway forward (rows, columns, K chunk), 8 warps, 2 stages: the compile check
+#: finds spills on sm_80 with a K chunk of 32 or 3 stages (two float32 accumulators per program)
+HIGHWAY_TILES = (64, 64, 16)
 
-@triton.jit
+
+@triton.jit(do_not_specialize=["N"])
 def _highway_fwd(x_ptr, wc_ptr, bc_ptr, wt_ptr, bt_ptr, y_ptr, g_ptr, t_ptr, N, F,
                  PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     pid_m = tl.program_id(0)
@@ -51,7 +55,7 @@ def _highway_fwd(x_ptr, wc_ptr, bc_ptr, wt_ptr, bt_ptr, y_ptr, g_ptr, t_ptr, N, 
     tl.store(t_ptr + offs, t, mask=m2)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["numel"])
 def _highway_bwd_elementwise(x_ptr, g_ptr, t_ptr, dy_ptr, dpre_ptr, dcarry_ptr, numel, F, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = offs < numel
@@ -80,10 +84,11 @@ class HighwayFunction(torch.autograd.Function):
         t = torch.empty_like(x)
         prec = precision_code()
         if N > 0:
-            BM, BN, BK = (128, 128, 64) if interpreting() else (64, 64, 32)  # interpreter: fewer programs
-            _highway_fwd[(triton.cdiv(N, BM), triton.cdiv(F_, BN))](
-                x, W_carry.contiguous(), b_carry.contiguous(), W_transform.contiguous(), b_transform.contiguous(),
-                y, g, t, N, F_, PREC=prec, BM=BM, BN=BN, BK=BK)
+            BM, BN, BK = HIGHWAY_TILES if gpu_tiles() else (128, 128, 64)  # interpreter: fewer programs
+            launch(_highway_fwd, (triton.cdiv(N, BM), triton.cdiv(F_, BN)),
+                   (x, W_carry.contiguous(), b_carry.contiguous(), W_transform.contiguous(), b_transform.contiguous(),
+                    y, g, t, N, F_), dict(PREC=prec, BM=BM, BN=BN, BK=BK), num_warps=8,
+                   num_stages=2)
         ctx.save_for_backward(x, W_carry, W_transform, g, t)
         ctx.prec = prec
         return y
@@ -97,8 +102,8 @@ class HighwayFunction(torch.autograd.Function):
         dcarry = torch.empty_like(x)
         if N > 0:
             BLOCK = 1024
-            _highway_bwd_elementwise[(triton.cdiv(N * F_, BLOCK),)](x, g, t, dy, dpre, dcarry, N * F_, F_,
-                                                                    BLOCK=BLOCK)
+            launch(_highway_bwd_elementwise, (triton.cdiv(N * F_, BLOCK),), (x, g, t, dy, dpre, dcarry, N * F_, F_),
+                   dict(BLOCK=BLOCK), num_warps=4)
         W_cat = torch.cat([W_carry, W_transform], dim=1)  # (F, 2F)
         dx = matmul(dpre, W_cat.t(), add=dcarry, prec=ctx.prec)
         dW = matmul(x.t(), dpre, prec=ctx.prec)  # (F, 2F)

@@ -10,15 +10,16 @@ Math per direction d and step (bilm-tf gate order i, j, f, o; TF weight layout k
 
 **Step kernels** (any shape): per time step two launches, grid ``(batch blocks, column blocks, 2)``
 with the direction as the last grid axis. The cell kernel does the recurrent matmul for the four gate
-column blocks of its cell tile, adds ``gx`` and the bias (+1.0 forget bias), applies the nonlinearities,
+column blocks of its cell tile, adds ``gx`` and the bias (bilm-tf's +1 forget bias folded in by the host), applies the nonlinearities,
 the cell update and clip, and writes ``u = σ(o) tanh(c)``; the projection kernel does ``u @ W_P``, the
 clip, the masked state update and the output write (+ residual). Step s of row b of length L_b touches
 time ``t = s`` (forward) or ``t = L_b - 1 - s`` (backward) and only while ``s < L_b``; other rows keep
 their state, so the final state is the state after each row's last valid position.
 
-**Persistent kernel** (small shapes): one program per (batch block, direction) runs all steps with
-``W_h`` and ``W_P`` held in registers and ``h``, ``c`` never leaving the chip; used automatically when
-``5 * P_pad * C_pad`` fits the register budget (the tiny test models), and for the forward only.
+**Persistent kernel** (small shapes): one program per (batch block of 16 rows, direction) runs all steps
+with ``W_h`` and ``W_P`` held on chip (registers, and shared memory for the layout conversions between its
+two dots) and ``h``, ``c`` never leaving the chip; used automatically within the budget that the compile
+check proves (see :func:`persistent_fits`: the tiny test models), and for the forward only.
 
 **Backward through time**: per step (reversed) one kernel forms ``dh_pre`` (zero where the projection
 clip was active), ``du = dh_pre @ W_Pᵀ``, the cell backward (zero where the cell clip was active) and
@@ -32,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import check_device, colsum, interpreting, matmul, mm, precision_code
+from .common import check_device, colsum, gpu_tiles, launch, matmul, mm, precision_code
 
 __all__ = ["lstm_bidirectional_layer", "LSTMLayerFunction", "persistent_fits"]
 
@@ -44,7 +45,9 @@ __all__ = ["lstm_bidirectional_layer", "LSTMLayerFunction", "persistent_fits"]
 GPU_TILES = (64, 32, 32, 32)
 INTERPRETER_TILES = (16, 64, 64, 128)
 TILES: tuple[int, int, int, int] | None = None
-PERSISTENT_LIMIT = 32768  # max 5 * P_pad * C_pad float32 elements held in registers by one program
+PERSISTENT_MAX = (64, 128, 2048)  # padded P, padded C, P_pad * C_pad of the persistent kernel (see persistent_fits)
+PERSISTENT_BB = 16        # batch rows per program of the persistent kernel (GPU)
+PERSISTENT_WARPS = 8
 
 
 @triton.jit
@@ -68,7 +71,7 @@ def _split_gates(acc, BB: tl.constexpr, BC: tl.constexpr):
     return g_i, g_j, g_f, g_o
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["s", "B", "T"])
 def _cell_step(gx_ptr, bias_ptr, wh_ptr, len_ptr, h_ptr, c_ptr, u_ptr,
                g_sv, cpre_sv, cprev_sv, u_sv, hprev_sv, s, B, T, P, C, cell_clip,
                HAS_CLIP: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr, REV: tl.constexpr,
@@ -76,7 +79,7 @@ def _cell_step(gx_ptr, bias_ptr, wh_ptr, len_ptr, h_ptr, c_ptr, u_ptr,
     pid_b = tl.program_id(0)
     pid_c = tl.program_id(1)
     d = tl.program_id(2)
-    rb = pid_b * BB + tl.arange(0, BB)
+    rb = (pid_b * BB + tl.arange(0, BB)).to(tl.int64)  # 64-bit offsets: B*T*4C may pass 2^31
     rc = pid_c * BC + tl.arange(0, BC)
     valid, t = _row_time(len_ptr, rb, B, s, d, REV)
     cmask = rc < C
@@ -106,7 +109,7 @@ def _cell_step(gx_ptr, bias_ptr, wh_ptr, len_ptr, h_ptr, c_ptr, u_ptr,
     zo = acc_o + tl.load(gx_row + 3 * C, mask=m2, other=0.0) + tl.load(bias + 3 * C, mask=cmask, other=0.0)[None, :]
     gi = tl.sigmoid(zi)
     gj = 2.0 * tl.sigmoid(2.0 * zj) - 1.0  # tanh, inline
-    gf = tl.sigmoid(zf + 1.0)  # bilm-tf forget bias, added at run time
+    gf = tl.sigmoid(zf)  # the bias arrives with bilm-tf's +1 forget bias folded in (host)
     go = tl.sigmoid(zo)
     c_off = (d * B + rb[:, None]) * C + rc[None, :]
     c_prev = tl.load(c_ptr + c_off, mask=m2, other=0.0)
@@ -130,14 +133,14 @@ def _cell_step(gx_ptr, bias_ptr, wh_ptr, len_ptr, h_ptr, c_ptr, u_ptr,
         tl.store(u_sv + sv * C + rc[None, :], u, mask=m2)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["s", "B", "T"])
 def _proj_step(u_ptr, wp_ptr, len_ptr, h_ptr, x_ptr, y_ptr, hpre_sv, s, B, T, P, C, proj_clip,
                HAS_CLIP: tl.constexpr, RESIDUAL: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr,
                REV: tl.constexpr, BB: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr):
     pid_b = tl.program_id(0)
     pid_p = tl.program_id(1)
     d = tl.program_id(2)
-    rb = pid_b * BB + tl.arange(0, BB)
+    rb = (pid_b * BB + tl.arange(0, BB)).to(tl.int64)  # 64-bit offsets: B*T*4C may pass 2^31
     rp = pid_p * BP + tl.arange(0, BP)
     valid, t = _row_time(len_ptr, rb, B, s, d, REV)
     pmask = rp < P
@@ -165,7 +168,7 @@ def _proj_step(u_ptr, wp_ptr, len_ptr, h_ptr, x_ptr, y_ptr, hpre_sv, s, B, T, P,
     tl.store(y_ptr + sv, out, mask=m2)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["B", "T"])
 def _persistent_fwd(gx_ptr, bias_ptr, wh_ptr, wp_ptr, len_ptr, h_ptr, c_ptr, x_ptr, y_ptr,
                     g_sv, cpre_sv, cprev_sv, u_sv, hprev_sv, hpre_sv, B, T, P, C, cell_clip, proj_clip,
                     HAS_CCLIP: tl.constexpr, HAS_PCLIP: tl.constexpr, RESIDUAL: tl.constexpr,
@@ -173,7 +176,7 @@ def _persistent_fwd(gx_ptr, bias_ptr, wh_ptr, wp_ptr, len_ptr, h_ptr, c_ptr, x_p
                     PP: tl.constexpr, CC: tl.constexpr):
     pid_b = tl.program_id(0)
     d = tl.program_id(1)
-    rb = pid_b * BB + tl.arange(0, BB)
+    rb = (pid_b * BB + tl.arange(0, BB)).to(tl.int64)  # 64-bit offsets: B*T*4C may pass 2^31
     rp = tl.arange(0, PP)
     rc = tl.arange(0, CC)
     G4 = 4 * C
@@ -188,7 +191,7 @@ def _persistent_fwd(gx_ptr, bias_ptr, wh_ptr, wp_ptr, len_ptr, h_ptr, c_ptr, x_p
     bias = bias_ptr + d * G4 + rc
     b_i = tl.load(bias, mask=cm, other=0.0)[None, :]
     b_j = tl.load(bias + C, mask=cm, other=0.0)[None, :]
-    b_f = tl.load(bias + 2 * C, mask=cm, other=0.0)[None, :] + 1.0
+    b_f = tl.load(bias + 2 * C, mask=cm, other=0.0)[None, :]  # +1 folded in on the host
     b_o = tl.load(bias + 3 * C, mask=cm, other=0.0)[None, :]
     rows = rb < B
     hm = rows[:, None] & pm[None, :]
@@ -243,7 +246,7 @@ def _persistent_fwd(gx_ptr, bias_ptr, wh_ptr, wp_ptr, len_ptr, h_ptr, c_ptr, x_p
     tl.store(c_ptr + (d * B + rb[:, None]) * C + rc[None, :], c, mask=cmm)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["s", "B", "T"])
 def _cell_step_bwd(dy_ptr, dh_ptr, dc_ptr, wp_ptr, len_ptr, g_sv, cpre_sv, cprev_sv, hpre_sv, dz_ptr, dhpre_ptr,
                    s, B, T, P, C, cell_clip, proj_clip,
                    HAS_CCLIP: tl.constexpr, HAS_PCLIP: tl.constexpr, PREC: tl.constexpr, REV: tl.constexpr,
@@ -251,7 +254,7 @@ def _cell_step_bwd(dy_ptr, dh_ptr, dc_ptr, wp_ptr, len_ptr, g_sv, cpre_sv, cprev
     pid_b = tl.program_id(0)
     pid_c = tl.program_id(1)
     d = tl.program_id(2)
-    rb = pid_b * BB + tl.arange(0, BB)
+    rb = (pid_b * BB + tl.arange(0, BB)).to(tl.int64)  # 64-bit offsets: B*T*4C may pass 2^31
     rc = pid_c * BC + tl.arange(0, BC)
     valid, t = _row_time(len_ptr, rb, B, s, d, REV)
     cmask = rc < C
@@ -300,14 +303,14 @@ def _cell_step_bwd(dy_ptr, dh_ptr, dc_ptr, wp_ptr, len_ptr, g_sv, cpre_sv, cprev
     tl.store(dc_ptr + c_off, dc_t * gf, mask=m2)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["s", "B", "T"])
 def _hidden_step_bwd(dz_ptr, wh_ptr, len_ptr, dh_ptr, s, B, T, P, C, PREC: tl.constexpr, REV: tl.constexpr,
                      BB: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr):
     """dh_{t-1}[rows, rp] = dz_t @ W_h[rp, :]ᵀ for valid rows (others carry dh unchanged)."""
     pid_b = tl.program_id(0)
     pid_p = tl.program_id(1)
     d = tl.program_id(2)
-    rb = pid_b * BB + tl.arange(0, BB)
+    rb = (pid_b * BB + tl.arange(0, BB)).to(tl.int64)  # 64-bit offsets: B*T*4C may pass 2^31
     rp = pid_p * BP + tl.arange(0, BP)
     valid, t = _row_time(len_ptr, rb, B, s, d, REV)
     G4 = 4 * C
@@ -323,16 +326,30 @@ def _hidden_step_bwd(dz_ptr, wh_ptr, len_ptr, dh_ptr, s, B, T, P, C, PREC: tl.co
 
 
 def persistent_fits(P: int, C: int) -> bool:
-    """Whether the persistent kernel's register-resident ``W_h`` and ``W_P`` fit (see PERSISTENT_LIMIT)."""
+    """Whether the persistent kernel may run ``(P, C)``: padded ``P <= 64``, ``C <= 128``, ``P * C <= 4096``.
+
+    The budget is what the compile check (``tests/test_gpu_compile.py``) proves for sm_80 and sm_90 at
+    ``PERSISTENT_BB`` rows and ``PERSISTENT_WARPS`` warps, training mode included: the compiled kernel fits
+    the shared memory of a block (up to ~160 KB: layout conversions between its two dots go through shared
+    memory) and does not spill. At (64, 64) and (32, 128) the training form (SAVE) spills; a product-only
+    budget is not enough either: (16, 256) spills and needs 230 KB where (64, 64) needs 120 KB.
+    """
     pp = max(16, triton.next_power_of_2(P))
     cc = max(16, triton.next_power_of_2(C))
-    return 5 * pp * cc <= PERSISTENT_LIMIT
+    return pp <= PERSISTENT_MAX[0] and cc <= PERSISTENT_MAX[1] and pp * cc <= PERSISTENT_MAX[2]
+
+
+def persistent_edges() -> list[tuple[int, int]]:
+    """The largest padded ``(P, C)`` pairs :func:`persistent_fits` accepts (doubling either leaves the budget)."""
+    sizes = [16 << i for i in range(10)]
+    return [(p, c) for p in sizes for c in sizes
+            if persistent_fits(p, c) and not persistent_fits(2 * p, c) and not persistent_fits(p, 2 * c)]
 
 
 def _tiles() -> tuple[int, int, int, int]:
     if TILES is not None:
         return TILES
-    return INTERPRETER_TILES if interpreting() else GPU_TILES
+    return GPU_TILES if gpu_tiles() else INTERPRETER_TILES
 
 
 class LSTMLayerFunction(torch.autograd.Function):
@@ -348,7 +365,11 @@ class LSTMLayerFunction(torch.autograd.Function):
         save = ctx.needs_input_grad is not None and any(ctx.needs_input_grad[:7])
         shared_x = x.stride(0) == 0  # layer 0: both directions read the same embeddings
         x_in = x[0].contiguous().view(B * T, I) if shared_x else x.contiguous().view(2, B * T, I)
-        W_h, W_P, bias = W_h.contiguous(), W_P.contiguous(), bias.contiguous()
+        W_h, W_P = W_h.contiguous(), W_P.contiguous()
+        # bilm-tf's +1 forget bias folded into the f block once, in float32 (as AllenNLP stores it and the
+        # reference computes it), not added to each pre-activation; the bias gradient is unchanged
+        bias = bias.detach().clone().contiguous()
+        bias[:, 2 * C:3 * C] += 1.0
         lengths = lengths.to(device=dev, dtype=torch.int32).contiguous()
         # input gates for every (row, time) of both directions: one batched matmul
         gx = matmul(x_in, W_x, prec=prec)
@@ -375,21 +396,23 @@ class LSTMLayerFunction(torch.autograd.Function):
                     raise BackendError(f"persistent LSTM kernel: P={P}, C={C} do not fit the register budget")
                 pp = max(16, triton.next_power_of_2(P))
                 cpad = max(16, triton.next_power_of_2(C))
-                _persistent_fwd[(triton.cdiv(B, BB), 2)](
-                    gx, bias, W_h, W_P, lengths, h, c, x, y, G, Cpre, Cprev, U, Hprev, Hpre, B, T, P, C, cc, pc,
-                    HAS_CCLIP=has_cc, HAS_PCLIP=has_pc, RESIDUAL=residual, SAVE=save, PREC=prec, REV=reverse, BB=BB, PP=pp,
-                    CC=cpad, num_warps=8)
+                pbb = PERSISTENT_BB if gpu_tiles() else BB
+                launch(_persistent_fwd, (triton.cdiv(B, pbb), 2),
+                       (gx, bias, W_h, W_P, lengths, h, c, x, y, G, Cpre, Cprev, U, Hprev, Hpre, B, T, P, C, cc, pc),
+                       dict(HAS_CCLIP=has_cc, HAS_PCLIP=has_pc, RESIDUAL=residual, SAVE=save, PREC=prec, REV=reverse,
+                            BB=pbb, PP=pp, CC=cpad), num_warps=PERSISTENT_WARPS, num_stages=2, wide=True)
             else:
                 u = torch.zeros(2, B, C, device=dev)
                 grid_c = (triton.cdiv(B, BB), triton.cdiv(C, BC), 2)
                 grid_p = (triton.cdiv(B, BB), triton.cdiv(P, BP), 2)
                 for s in range(T):
-                    _cell_step[grid_c](gx, bias, W_h, lengths, h, c, u, G, Cpre, Cprev, U, Hprev, s, B, T, P, C, cc,
-                                       HAS_CLIP=has_cc, SAVE=save, PREC=prec, REV=reverse, BB=BB, BC=BC, BK=BK,
-                                       num_warps=8)
-                    _proj_step[grid_p](u, W_P, lengths, h, x, y, Hpre, s, B, T, P, C, pc,
-                                       HAS_CLIP=has_pc, RESIDUAL=residual, SAVE=save, PREC=prec,
-                                       REV=reverse, BB=BB, BP=BP, BK=BK, num_warps=8)
+                    launch(_cell_step, grid_c,
+                           (gx, bias, W_h, lengths, h, c, u, G, Cpre, Cprev, U, Hprev, s, B, T, P, C, cc),
+                           dict(HAS_CLIP=has_cc, SAVE=save, PREC=prec, REV=reverse, BB=BB, BC=BC, BK=BK), num_warps=8,
+                           num_stages=1, wide=True)  # pipelined loads spill on sm_80 (compile check)
+                    launch(_proj_step, grid_p, (u, W_P, lengths, h, x, y, Hpre, s, B, T, P, C, pc),
+                           dict(HAS_CLIP=has_pc, RESIDUAL=residual, SAVE=save, PREC=prec, REV=reverse, BB=BB, BP=BP,
+                                BK=BK), num_warps=8, wide=True)
         if save:
             ctx.save_for_backward(x_in, W_x, W_h, W_P, lengths, G, Cpre, Cprev, U, Hprev, Hpre)
         ctx.meta = (has_cc, has_pc, cc, pc, residual, prec, shared_x, (B, T, I), reverse)
@@ -411,11 +434,12 @@ class LSTMLayerFunction(torch.autograd.Function):
             grid_c = (triton.cdiv(B, BB), triton.cdiv(C, BC), 2)
             grid_p = (triton.cdiv(B, BB), triton.cdiv(P, BP), 2)
             for s in range(T - 1, -1, -1):
-                _cell_step_bwd[grid_c](dy, dh, dc, W_P, lengths, G, Cpre, Cprev, Hpre, dZ, dHpre, s, B, T, P, C,
-                                       cc, pc, HAS_CCLIP=has_cc, HAS_PCLIP=has_pc, PREC=prec, REV=reverse,
-                                       BB=BB, BC=BC, BK=BK, num_warps=8)
-                _hidden_step_bwd[grid_p](dZ, W_h, lengths, dh, s, B, T, P, C, PREC=prec, REV=reverse, BB=BB, BP=BP,
-                                         BK=BK, num_warps=8)
+                launch(_cell_step_bwd, grid_c,
+                       (dy, dh, dc, W_P, lengths, G, Cpre, Cprev, Hpre, dZ, dHpre, s, B, T, P, C, cc, pc),
+                       dict(HAS_CCLIP=has_cc, HAS_PCLIP=has_pc, PREC=prec, REV=reverse, BB=BB, BC=BC, BK=BK),
+                       num_warps=8, wide=True)
+                launch(_hidden_step_bwd, grid_p, (dZ, W_h, lengths, dh, s, B, T, P, C),
+                       dict(PREC=prec, REV=reverse, BB=BB, BP=BP, BK=BK), num_warps=8, wide=True)
         BT = B * T
         dZ2 = dZ.view(2, BT, 4 * C)
         dW_h = matmul(Hprev.view(2, BT, P).transpose(1, 2), dZ2, prec=prec)

@@ -13,7 +13,7 @@ floor (~8 float32 ulps at scale 1) covers outputs whose reference error happens 
 import pytest
 import torch
 
-from triton_helpers import DEVICE, TRITON_MARKS, assert_as_accurate  # noqa: E402  (sets TRITON_INTERPRET first)
+from triton_helpers import DEVICE, TRITON_MARKS, use_gpu_tiles, assert_as_accurate  # noqa: E402  (sets TRITON_INTERPRET first)
 
 from elmo_fast.kernels import char_cnn as char_cnn_module  # noqa: E402
 from elmo_fast.kernels.char_cnn import char_cnn  # noqa: E402
@@ -52,9 +52,10 @@ def run_both(ids, emb, Ws, bs, act, grad_seed=1):
 
 @pytest.mark.parametrize("act,block_n", [("relu", "gpu"), ("tanh", None)])
 def test_forward_and_gradients_match_reference(monkeypatch, act, block_n):
-    """block_n "gpu": the token block compiled kernels use (8), i.e. several token blocks here."""
+    """block_n "gpu": the GPU path's tiles (token block 8, i.e. several token blocks here), forced under the
+    interpreter through the tile mode, so the numerics tested are those of the compiled configuration."""
     if block_n == "gpu":
-        monkeypatch.setattr(char_cnn_module, "INTERPRETER_BLOCK_N", char_cnn_module.BLOCK_N)
+        use_gpu_tiles(monkeypatch)
     # non-powers of two everywhere; N=37 > one interpreter token block (32); d=5 pads to 16 in the dot
     filters = [[1, 5], [2, 3], [3, 33], [4, 7]]
     ids, emb, Ws, bs = make_inputs(37, 13, 5, filters)

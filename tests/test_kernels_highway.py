@@ -7,7 +7,7 @@ Tolerance rule as in test_kernels_char_cnn.py: ``|kernel - ref64| <= 4 |ref32 - 
 import pytest
 import torch
 
-from triton_helpers import DEVICE, TRITON_MARKS, assert_as_accurate  # noqa: E402  (sets TRITON_INTERPRET first)
+from triton_helpers import DEVICE, TRITON_MARKS, use_gpu_tiles, assert_as_accurate  # noqa: E402  (sets TRITON_INTERPRET first)
 
 from elmo_fast.kernels.common import set_precision  # noqa: E402
 from elmo_fast.kernels.highway import highway, projection  # noqa: E402
@@ -38,8 +38,10 @@ def highway_inputs(N, F, seed=0):
     return [x, W_c, b_c, W_t, b_t]
 
 
-@pytest.mark.parametrize("N,F", [(37, 45), (1, 70), (130, 19)])
-def test_highway_matches_reference(N, F):
+@pytest.mark.parametrize("N,F,tiles", [(37, 45, "auto"), (1, 70, "auto"), (130, 19, "auto"), (70, 45, "gpu")])
+def test_highway_matches_reference(monkeypatch, N, F, tiles):
+    if tiles == "gpu":  # the GPU path's 64 x 64 x 32 tiles: several row and column blocks, a K loop
+        use_gpu_tiles(monkeypatch)
     kern, r32, r64 = three_ways(highway, highway_reference, highway_inputs(N, F))
     for name, a, b, c in zip(["y", "dx", "dW_carry", "db_carry", "dW_transform", "db_transform"], kern, r32, r64):
         assert a.shape == b.shape
@@ -49,8 +51,10 @@ def test_highway_matches_reference(N, F):
     assert (t > 0).any() and (t <= 0).any()
 
 
-@pytest.mark.parametrize("N,F,P", [(37, 45, 19), (3, 124, 16)])
-def test_projection_matches_reference(N, F, P):
+@pytest.mark.parametrize("N,F,P,tiles", [(37, 45, 19, "auto"), (3, 124, 16, "auto"), (70, 45, 19, "gpu")])
+def test_projection_matches_reference(monkeypatch, N, F, P, tiles):
+    if tiles == "gpu":
+        use_gpu_tiles(monkeypatch)
     g = torch.Generator().manual_seed(2)
     tensors = [torch.randn(N, F, generator=g, dtype=torch.float64), torch.randn(F, P, generator=g, dtype=torch.float64),
                torch.randn(P, generator=g, dtype=torch.float64)]

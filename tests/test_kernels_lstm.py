@@ -3,17 +3,18 @@
 
 Interpreter on CPU (``TRITON_INTERPRET=1`` set before the kernels are imported), compiled on CUDA.
 Tolerance rule as in test_kernels_char_cnn.py, ``|kernel - ref64| <= k |ref32 - ref64| + 1e-6 scale``,
-with k = 4 for outputs and states and k = 8 for gradients. A recurrence amplifies rounding step after
+with k = 4 for outputs and states and k = 12 for gradients. A recurrence amplifies rounding step after
 step (gradients reach ~50 here) and the float32 reference is amplified the same way, which is why the
 bound is relative to the reference's own float32 error; but two differently-ordered float32 runs of a
-chaotic recurrence differ from float64 by amounts whose ratio scatters (observed up to 3.6 for dB), so
-gradients get the wider factor.
+chaotic recurrence differ from float64 by amounts whose ratio scatters (observed up to 3.6 for dB; 9 for
+dc0 once the reference adopted AllenNLP's operation order, issue 13, whose float32 error on dc0 is smaller),
+so gradients get the wider factor.
 """
 
 import pytest
 import torch
 
-from triton_helpers import DEVICE, TRITON_MARKS, assert_as_accurate  # noqa: E402  (sets TRITON_INTERPRET first)
+from triton_helpers import DEVICE, TRITON_MARKS, assert_as_accurate, use_gpu_tiles  # noqa: E402  (sets TRITON_INTERPRET first)
 
 from elmo_fast.kernels import lstm_cell  # noqa: E402
 from elmo_fast.kernels.common import set_precision  # noqa: E402
@@ -68,9 +69,13 @@ CASES = [
 
 @pytest.mark.parametrize("persistent,shared,residual,clip,reverse,tiles", CASES)
 def test_layer_matches_reference(monkeypatch, persistent, shared, residual, clip, reverse, tiles):
-    """tiles: None = the interpreter's, "gpu" = the tile sizes compiled kernels use, "small" = 16 everywhere."""
-    if tiles is not None:
-        monkeypatch.setattr(lstm_cell, "TILES", lstm_cell.GPU_TILES if tiles == "gpu" else (16, 16, 16, 16))
+    """tiles: None = the interpreter's, "gpu" = the GPU path's own tiles (step kernels, persistent batch block,
+    matmuls: forced through the tile mode), "small" = 16 everywhere."""
+    if tiles == "gpu":
+        use_gpu_tiles(monkeypatch)
+        assert lstm_cell._tiles() == lstm_cell.GPU_TILES
+    elif tiles == "small":
+        monkeypatch.setattr(lstm_cell, "TILES", (16, 16, 16, 16))
     B, T, P, C = 5, 7, 19, 23          # non-powers of two, several blocks in the step kernels' column axes
     lengths = [7, 1, 4, 0, 6]           # full, length-1, padded, empty row
     tensors, lengths = make(B, T, P, C, lengths, shared)
@@ -79,7 +84,7 @@ def test_layer_matches_reference(monkeypatch, persistent, shared, residual, clip
     r64 = run(tensors, lengths, shared, clip, residual, reverse, torch.float64, False)
     for i, (name, a, b, c) in enumerate(zip(NAMES, kern, r32, r64)):
         assert a.shape == b.shape, name
-        assert_as_accurate(a, b, c, name, factor=4.0 if i < 3 else 8.0)
+        assert_as_accurate(a, b, c, name, factor=4.0 if i < 3 else 12.0)
     if clip is not None:
         # both clip regimes occur in this data: |c| reaches the clip for some units and not for others
         c_all = r64[2]
@@ -98,7 +103,7 @@ def test_clip_gradient_is_zero_where_clip_active():
     r64 = run(tensors, lengths, False, 1.0, False, True, torch.float64, False)
     r32 = run(tensors, lengths, False, 1.0, False, True, torch.float32, False)
     for i, (name, a, b, c) in enumerate(zip(NAMES, kern, r32, r64)):
-        assert_as_accurate(a, b, c, name, factor=4.0 if i < 3 else 8.0)
+        assert_as_accurate(a, b, c, name, factor=4.0 if i < 3 else 12.0)
     frac = float((r64[2].abs() >= 1.0).double().mean())
     assert 0.1 < frac < 1.0, frac
     unclipped = run(tensors, lengths, False, None, False, True, torch.float64, False)
@@ -108,6 +113,9 @@ def test_clip_gradient_is_zero_where_clip_active():
 def test_persistent_kernel_only_where_it_fits():
     assert persistent_fits(16, 64)          # tiny preset / test fixtures
     assert not persistent_fits(512, 4096)   # original: W_h is 8 MB, the step kernels run instead
+    # the compile-checked budget (tests/test_gpu_compile.py): these spill or pass the shared memory limit
+    assert not persistent_fits(64, 64) and not persistent_fits(32, 128) and not persistent_fits(16, 256)
+    assert persistent_fits(32, 64) and persistent_fits(16, 128)
 
 
 def test_bf16_fast_mode_tolerance():

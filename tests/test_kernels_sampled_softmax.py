@@ -66,6 +66,20 @@ def test_sampled_softmax_matches_reference(N, P, V, S, remove_hits):
     assert torch.allclose(dense_definition(*data, remove_hits=remove_hits), r64[0], atol=1e-12)
 
 
+def test_sampled_softmax_chunked_over_p(monkeypatch):
+    """The kernels' P chunks (logits' dot in BK columns, backward programs over BPD columns) at small sizes:
+    P = 33 in 16-wide chunks is three of each, as P = 513 is on the GPU (64 / 256)."""
+    from elmo_fast.kernels import sampled_softmax as module
+    monkeypatch.setattr(module, "BK_SAMPLED", 16)
+    monkeypatch.setattr(module, "BPD_SAMPLED", 16)
+    data = make(37, 33, 101, 40)
+    kern = run(sampled_softmax_loss, data, torch.float32, DEVICE)
+    r32 = run(ref.sampled_softmax_loss, data, torch.float32, "cpu")
+    r64 = run(ref.sampled_softmax_loss, data, torch.float64, "cpu")
+    for name, a, b, c in zip(["loss", "dh", "dW", "db"], kern, r32, r64):
+        assert_as_accurate(a, b, c, name)
+
+
 def test_gradients_touch_only_targets_and_samples():
     data = make(11, 17, 200, 13, seed=2)
     h, t, W, b, ids = data[:5]

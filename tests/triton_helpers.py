@@ -22,3 +22,10 @@ def assert_as_accurate(out, ref32, ref64, name, factor=4.0, floor=1e-6):
     err = float((out.double() - ref64).abs().max()) if out.numel() else 0.0
     ref_err = float((ref32.double() - ref64).abs().max()) if out.numel() else 0.0
     assert err <= factor * ref_err + floor * scale, f"{name}: kernel error {err:.3g}, reference error {ref_err:.3g}"
+
+
+def use_gpu_tiles(monkeypatch):
+    """Make the host code pick the compiled GPU path's tile sizes under the interpreter (no-op on CUDA)."""
+    from elmo_fast.kernels import common
+    monkeypatch.setattr(common, "_tile_mode", "gpu")
+    assert common.gpu_tiles()
