@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench gpu-check clean
 
 # The last pip line installs the test-only oracle of tests/test_efml*.py (ELMoForManyLangs, pure Python) with
 # --no-deps, so that it cannot pull another torch; it imports only with overrides<5, which needs typing-utils.
@@ -25,6 +25,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
+
+# One-shot device check of the Triton backend (needs a CUDA GPU; < 8 min): kernel suite compiled, fixture
+# parity, 50-step original-preset training vs the reference, gpu_kernels.py; one JSON + markdown report.
+GPU_CHECK_OUT ?= gpu-check-report
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py --out $(GPU_CHECK_OUT)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

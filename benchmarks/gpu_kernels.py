@@ -10,7 +10,7 @@ for the chosen precision on an H100.
 Without CUDA the script says so and exits 0 (the kernels are verified on CPU by the test suite, under
 the Triton interpreter, which says nothing about speed).
 
-    python benchmarks/gpu_kernels.py [--preset original] [--precision fp32|tf32|bf16] [--backward]
+    python benchmarks/gpu_kernels.py [--preset original] [--precision fp32|tf32x3|tf32|bf16] [--backward] [--json F]
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import torch
 
 # H100 figures of the cost model (see KERNELS_COST_MODEL.md)
 HBM_BYTES_PER_S = 3.0e12
-PEAK_FLOPS = {"fp32": 67e12, "tf32": 400e12, "bf16": 800e12}
+PEAK_FLOPS = {"fp32": 67e12, "tf32": 400e12, "bf16": 800e12, "tf32x3": 400e12 / 3}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--negatives", type=int, default=8192, help="sampled-softmax negatives (default 8192)")
     p.add_argument("--vocab", type=int, default=793471, help="softmax vocabulary size (default 793471, 1B Word)")
     p.add_argument("--eval-rows", type=int, default=256, help="rows of the full-softmax evaluation (default 256)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"],
+    p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16", "tf32x3"],
                    help="Triton matmul input precision (default fp32: parity mode)")
     p.add_argument("--backward", action="store_true", help="time forward + backward instead of forward only")
     p.add_argument("--repeats", type=int, default=20, help="timed repetitions per entry (median reported)")
@@ -44,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true",
                    help="no GPU: run the script end to end on CPU under the Triton interpreter with tiny shapes "
                         "(checks the script; the times mean nothing)")
+    p.add_argument("--json", help="also write the table (one object per row) to this JSON file")
     return p.parse_args(argv)
 
 
@@ -192,6 +193,14 @@ def main(argv: list[str] | None = None) -> int:
         fmt = lambda v: f"{v:.3f}" if v is not None else "-"  # noqa: E731
         speed = f"{t_ref / t_ours:.2f}x" if t_ref and t_ours else "-"
         print(f"{name:46} {fmt(t_ref):>12} {fmt(t_ours):>10} {speed:>8} {fmt(t_cudnn):>9} {fl:>9.3f} {bound}")
+    if args.json:
+        import json
+        with open(args.json, "w") as f:
+            json.dump({"device": device_name, "preset": args.preset, "batch": B, "steps": T,
+                       "precision": args.precision, "mode": mode, "repeats": args.repeats,
+                       "rows": [{"kernel": name, "reference_ms": t_ref, "triton_ms": t_ours, "cudnn_ms": t_cudnn,
+                                 "floor_ms": fl, "bound": bound} for name, t_ref, t_ours, t_cudnn, (fl, bound) in rows]},
+                      f, indent=1)
     return 0
 
 

@@ -1,0 +1,260 @@
+"""One-shot device check of the Triton backend (issue 11): run it first whenever a CUDA GPU is available.
+
+    make gpu-check                       # = python benchmarks/gpu_check.py --out gpu-check-report
+    python benchmarks/gpu_check.py --out DIR [--budget-s 480] [--skip PART ...]
+    python benchmarks/gpu_check.py --out DIR --cpu-smoke   # no GPU: every part on tiny shapes, interpreter
+
+Parts, in order, each with its own time limit inside the overall budget (default 480 s, compilation
+included; a part that does not fit is reported as skipped, never silently dropped):
+
+1. ``kernel_suite``: ``tests/test_kernels_*.py`` compiled on the GPU (no interpreter): every kernel, GPU
+   tiles, vs the float32/float64 references.
+2. ``backend_parity``: ``tests/test_backend.py``: BiLM/ElmoEmbedder parity with the reference, the shared
+   TensorFlow fixtures through the Triton backend, and a short training run tracking the reference.
+3. ``training_original``: 50 training steps of the ``original`` preset (128 x 20, 8192 sampled negatives)
+   on the Triton backend and on the reference backend, same seeds: per-step losses and their differences.
+4. ``kernel_suite_tf32x3``: the kernel suite again with ``ELMO_FAST_TRITON_PRECISION=tf32x3``: whether
+   three-pass TF32 holds the parity tolerance (the condition for making it the default CUDA precision).
+5. ``gpu_kernels``: ``benchmarks/gpu_kernels.py`` (kernels vs the reference and cuDNN
+   ``torch.nn.LSTM(proj_size=...)``), original preset, forward and forward+backward.
+
+Writes ``DIR/gpu_check.json`` and ``DIR/gpu_check.md`` (one report), also after a failing part. Exit
+status: 0 when every part that ran passed, 1 otherwise, 2 when there is no CUDA device (without
+``--cpu-smoke``: that mode only checks this script, its times and results say nothing about a GPU).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[1]
+PARTS = ("kernel_suite", "backend_parity", "training_original", "kernel_suite_tf32x3", "gpu_kernels")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="directory for gpu_check.json and gpu_check.md (created)")
+    p.add_argument("--budget-s", type=float, default=480.0, help="overall time budget in seconds (default 480)")
+    p.add_argument("--skip", action="append", default=[], choices=PARTS, help="skip a part (repeatable)")
+    p.add_argument("--steps", type=int, default=50, help="training steps of the original-preset run (default 50)")
+    p.add_argument("--cpu-smoke", action="store_true",
+                   help="no GPU: run every part on tiny shapes under the Triton interpreter (checks the script)")
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------- parts
+def _pytest(targets: list[str], timeout: float, extra_env: dict[str, str] | None = None,
+            select: str | None = None) -> dict[str, Any]:
+    """Run pytest in a subprocess; counts and failing test ids from its JUnit XML."""
+    with tempfile.TemporaryDirectory() as tmp:
+        xml = os.path.join(tmp, "junit.xml")
+        cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", f"--junitxml={xml}",
+               "-m", "not gpu_compile", *targets]
+        if select:
+            cmd += ["-k", select]
+        env = dict(os.environ, **(extra_env or {}))
+        try:
+            proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"status": "timeout", "detail": f"pytest exceeded {timeout:.0f} s"}
+        counts = {"passed": 0, "failed": 0, "skipped": 0, "errors": 0}
+        failing = []
+        if os.path.exists(xml):
+            for case in ET.parse(xml).getroot().iter("testcase"):
+                tid = f"{case.get('classname')}::{case.get('name')}"
+                if case.find("failure") is not None:
+                    counts["failed"] += 1
+                    failing.append(tid)
+                elif case.find("error") is not None:
+                    counts["errors"] += 1
+                    failing.append(tid)
+                elif case.find("skipped") is not None:
+                    counts["skipped"] += 1
+                else:
+                    counts["passed"] += 1
+    ok = proc.returncode == 0 and counts["passed"] > 0
+    return {"status": "ok" if ok else "failed", **counts, "failing": failing,
+            "tail": "" if ok else proc.stdout[-3000:] + proc.stderr[-2000:]}
+
+
+def _training(steps: int, smoke: bool) -> dict[str, Any]:
+    """Same-seed training on the triton and reference backends; per-step losses and relative differences."""
+    import numpy as np
+    import torch
+
+    from elmo_fast.data import TrainingBatches, Vocabulary
+    from elmo_fast.options import preset
+    from elmo_fast.train import LanguageModel, TrainConfig, Trainer, init_weights
+
+    name, batch, unroll, negatives, n_words = ("tiny", 2, 4, 8, 30) if smoke else ("original", 128, 20, 8192, 20000)
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(n_words)]
+    # Zipf-like word frequencies, as a real corpus (the sampler is log-uniform over frequency ranks)
+    p = 1.0 / np.arange(1, n_words + 1)
+    p /= p.sum()
+    dev = "cpu" if smoke else "cuda"
+    out: dict[str, Any] = {"preset": name, "batch": batch, "unroll": unroll, "negatives": negatives,
+                           "vocab": n_words, "steps": steps}
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "corpus.txt"
+        n_lines = max(50, steps * batch * unroll // 8)
+        corpus.write_text("\n".join(" ".join(rng.choice(words, size=int(rng.integers(3, 15)), p=p))
+                                    for _ in range(n_lines)) + "\n")
+        vocab = Vocabulary.build([str(corpus)])
+        losses: dict[str, list[float]] = {}
+        for backend in ("reference", "triton"):
+            model = LanguageModel(preset(name), len(vocab), backend=backend)
+            init_weights(model.bilm, model.softmax_weight, model.softmax_bias, torch.Generator().manual_seed(0))
+            model.to(dev)
+            trainer = Trainer(model, TrainConfig(batch_size=batch, unroll_steps=unroll,
+                                                 n_negative_samples=negatives, seed=0))
+            data = TrainingBatches([str(corpus)], vocab, batch, unroll, seed=0)
+            torch.manual_seed(0)
+            t0 = time.perf_counter()
+            losses[backend] = [float(trainer.step(data.next_batch()).loss) for _ in range(steps)]
+            if dev == "cuda":
+                torch.cuda.synchronize()
+            out[f"{backend}_s"] = time.perf_counter() - t0
+            del model, trainer
+    ref, tri = np.array(losses["reference"]), np.array(losses["triton"])
+    rel = np.abs(tri - ref) / np.maximum(np.abs(ref), 1e-12)
+    out.update(reference_losses=ref.tolist(), triton_losses=tri.tolist(), max_rel_diff=float(rel.max()),
+               max_rel_diff_first10=float(rel[:10].max()), final_rel_diff=float(rel[-1]))
+    # float32 summation-order differences grow through Adagrad but must stay small; both must train
+    ok = rel[:10].max() <= 1e-3 and rel.max() <= 2e-2 and np.isfinite(tri).all()
+    out["status"] = "ok" if ok else "failed"
+    return out
+
+
+def _gpu_kernels(timeout: float, smoke: bool) -> dict[str, Any]:
+    results = {}
+    for mode in ("backward",) if smoke else ("forward", "backward"):  # smoke: the backward mode runs both
+        with tempfile.TemporaryDirectory() as tmp:
+            js = os.path.join(tmp, "k.json")
+            cmd = [sys.executable, str(REPO / "benchmarks" / "gpu_kernels.py"), "--json", js]
+            cmd += ["--smoke"] if smoke else ["--skip-reference-lstm", "--repeats", "10"]
+            if mode == "backward":
+                cmd.append("--backward")
+            try:
+                proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout / 2)
+            except subprocess.TimeoutExpired:
+                results[mode] = {"status": "timeout"}
+                continue
+            if proc.returncode != 0 or not os.path.exists(js):
+                results[mode] = {"status": "failed", "tail": proc.stdout[-2000:] + proc.stderr[-2000:]}
+                continue
+            with open(js) as f:
+                results[mode] = dict(json.load(f), status="ok")
+    status = "ok" if all(r.get("status") == "ok" for r in results.values()) else "failed"
+    return {"status": status, **results}
+
+
+# ---------------------------------------------------------------------------------------------- report
+def _markdown(report: dict[str, Any]) -> str:
+    env = report["environment"]
+    lines = [f"# gpu-check report ({'CPU SMOKE RUN: says nothing about a GPU' if report['cpu_smoke'] else 'device'})",
+             "", f"- device: {env.get('device')}; torch {env.get('torch')}; triton {env.get('triton')}; "
+             f"python {env.get('python')}", f"- total: {report['total_s']:.0f} s of a {report['budget_s']:.0f} s budget",
+             "", "| part | status | time (s) | summary |", "|---|---|---|---|"]
+    for name, part in report["parts"].items():
+        summary = ""
+        if "passed" in part:
+            summary = (f"{part['passed']} passed, {part['failed']} failed, {part['errors']} errors, "
+                       f"{part['skipped']} skipped" + (f"; failing: {', '.join(part['failing'][:5])}"
+                                                       if part.get("failing") else ""))
+        elif name == "training_original" and "max_rel_diff" in part:
+            summary = (f"{part['preset']} {part['batch']}x{part['unroll']}, {part['steps']} steps: max rel. loss diff "
+                       f"{part['max_rel_diff']:.2e} (first 10: {part['max_rel_diff_first10']:.2e}); reference "
+                       f"{part.get('reference_s', 0):.1f} s, triton {part.get('triton_s', 0):.1f} s")
+        elif part.get("detail"):
+            summary = part["detail"]
+        lines.append(f"| {name} | {part['status']} | {part.get('seconds', 0):.0f} | {summary} |")
+    for mode in ("forward", "backward"):
+        k = report["parts"].get("gpu_kernels", {}).get(mode)
+        if k and k.get("rows"):
+            lines += ["", f"## gpu_kernels ({mode}; {k['device']}; preset {k['preset']}, {k['batch']} x {k['steps']}, "
+                          f"precision {k['precision']})", "",
+                      "| kernel | reference ms | triton ms | cuDNN ms | floor ms | bound |", "|---|---|---|---|---|---|"]
+            fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+            for r in k["rows"]:
+                lines.append(f"| {r['kernel']} | {fmt(r['reference_ms'])} | {fmt(r['triton_ms'])} | "
+                             f"{fmt(r['cudnn_ms'])} | {fmt(r['floor_ms'])} | {r['bound']} |")
+    errors = [(n, p["error"]) for n, p in report["parts"].items() if p.get("error")]
+    for n, e in errors:
+        lines += ["", f"## {n}: error", "", "```", e[-3000:], "```"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    smoke = args.cpu_smoke
+    if smoke:
+        os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported, here and in the subprocesses
+    import torch
+    if not smoke and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device (torch.cuda.is_available() is False); this check needs a GPU. "
+              "Use --cpu-smoke to exercise the script itself on CPU.", file=sys.stderr)
+        return 2
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    env = {"torch": torch.__version__, "triton": triton_version, "python": platform.python_version(),
+           "device": torch.cuda.get_device_name() if torch.cuda.is_available() and not smoke else "CPU (smoke)",
+           "capability": list(torch.cuda.get_device_capability()) if torch.cuda.is_available() and not smoke else None}
+    report: dict[str, Any] = {"cpu_smoke": smoke, "budget_s": args.budget_s, "environment": env, "parts": {}}
+    kernel_tests = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests").glob("test_kernels_*.py"))
+    left = lambda: args.budget_s - (time.perf_counter() - t_start)  # noqa: E731
+    # (name, share of the remaining budget it may use, minimum seconds to start it, callable)
+    plan: list[tuple[str, float, float, Callable[[float], dict[str, Any]]]] = [
+        ("kernel_suite", 0.35, 30, lambda t: _pytest(
+            ["tests/test_kernels_launch.py"] if smoke else kernel_tests, t)),
+        ("backend_parity", 0.35, 30, lambda t: _pytest(
+            ["tests/test_backend.py"], t, select="public" if smoke else None)),
+        ("training_original", 0.5, 60, lambda t: _training(2 if smoke else args.steps, smoke)),
+        ("kernel_suite_tf32x3", 0.5, 30, lambda t: _pytest(
+            ["tests/test_kernels_launch.py"] if smoke else kernel_tests, t,
+            {"ELMO_FAST_TRITON_PRECISION": "tf32x3"})),
+        ("gpu_kernels", 1.0, 30, lambda t: _gpu_kernels(t, smoke)),
+    ]
+    for name, share, minimum, fn in plan:
+        if name in args.skip:
+            report["parts"][name] = {"status": "skipped", "detail": "--skip"}
+            continue
+        remaining = left()
+        if remaining < minimum and not smoke:
+            report["parts"][name] = {"status": "skipped", "detail": f"budget: {remaining:.0f} s left"}
+            continue
+        t0 = time.perf_counter()
+        print(f"gpu_check: {name} ...", file=sys.stderr, flush=True)
+        try:
+            part = fn(max(minimum, share * remaining))
+        except Exception as e:  # report and go on with the other parts
+            part = {"status": "error", "error": "".join(traceback.format_exception(type(e), e, e.__traceback__))}
+        part["seconds"] = time.perf_counter() - t0
+        report["parts"][name] = part
+        print(f"gpu_check: {name}: {part['status']} ({part['seconds']:.0f} s)", file=sys.stderr, flush=True)
+    report["total_s"] = time.perf_counter() - t_start
+    (out_dir / "gpu_check.json").write_text(json.dumps(report, indent=1))
+    (out_dir / "gpu_check.md").write_text(_markdown(report))
+    print(_markdown(report))
+    failed = [n for n, p in report["parts"].items() if p["status"] not in ("ok", "skipped")]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
