@@ -19,8 +19,10 @@ def add_runtime_args(p: argparse.ArgumentParser,
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def add_threads_arg(p: argparse.ArgumentParser, help: str = "CPU threads (torch.set_num_threads; default: "
-                                                             "torch's choice)") -> None:
+def add_threads_arg(p: argparse.ArgumentParser, help: str = "CPU threads (default: automatic: every core while the "
+                                                             "machine is otherwise idle, fewer while other processes "
+                                                             "keep cores busy, re-checked every few seconds; "
+                                                             "ELMO_FAST_THREADS=N also fixes it)") -> None:
     """``--threads N``: torch's intra-op thread count for this process (see :func:`apply_threads`).
 
     Adding it twice to one parser is harmless (the second call does nothing)."""
