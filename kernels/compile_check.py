@@ -286,7 +286,8 @@ def _compile_one(job) -> dict[str, Any]:
     src = ASTSource(kernel, signature, constexprs, attrs)
     cache_dir = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "elmo-fast",
                                                           "compile-check")
-    key = hashlib.sha256(f"{triton.__version__}-{src.hash()}-{sorted(options.items())}-{arch}".encode()).hexdigest()
+    key = hashlib.sha256(f"v2-{triton.__version__}-{src.hash()}-{sorted(options.items())}-{arch}".encode()
+                         ).hexdigest()
     cached = os.path.join(cache_dir, key + ".json")
     if os.path.exists(cached):
         with open(cached) as f:
@@ -309,9 +310,12 @@ def _compile_one(job) -> dict[str, Any]:
     usage = _resource_usage(ck.asm["cubin"])
     m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", ptxas)
     spill_stores, spill_loads = (int(m.group(1)), int(m.group(2))) if m else (-1, -1)
+    ptx = ck.asm["ptx"]
+    # tensor-core instructions in the PTX: wgmma (sm_90 warpgroup MMA) or mma.sync; none means FMA-only dots
+    tensor_cores = "wgmma" if "wgmma.mma_async" in ptx else ("mma" if "mma.sync" in ptx else "none")
     out = {"dyn_smem": int(ck.metadata.shared), "regs": usage["REG"], "static_smem": usage["SHARED"],
            "local": usage["LOCAL"], "stack": usage["STACK"], "spill_stores": spill_stores,
-           "spill_loads": spill_loads}
+           "spill_loads": spill_loads, "tensor_cores": tensor_cores}
     if m:  # a complete ptxas report: keep the result for the next run
         os.makedirs(cache_dir, exist_ok=True)
         tmp = cached + f".{os.getpid()}.tmp"
@@ -337,6 +341,7 @@ class Result:
     stack: int
     spill_stores: int
     spill_loads: int
+    tensor_cores: str
     compile_s: float
     cached: bool
     problems: list[str]
@@ -382,7 +387,7 @@ def compile_plans(recorded: list[tuple[str, Any]], archs: Iterable[int] = (90, 8
             problems.append(f"grid {grid} outside (1..{MAX_GRID})")
         results.append(Result(wname, plan.name, arch, grid, plan.num_warps, plan.num_stages,
                               {k: v for k, v in plan.constexprs.items()}, plan.count, u["regs"], smem, u["local"],
-                              u["stack"], u["spill_stores"], u["spill_loads"], u["compile_s"], key in seen, problems))
+                              u["stack"], u["spill_stores"], u["spill_loads"], u["tensor_cores"], u["compile_s"], key in seen, problems))
         seen.add(key)
     return results
 
@@ -390,16 +395,16 @@ def compile_plans(recorded: list[tuple[str, Any]], archs: Iterable[int] = (90, 8
 # ---------------------------------------------------------------------------------------------- report
 def table(results: list[Result]) -> str:
     """Markdown table: one row per (workload, kernel, constexprs, arch)."""
-    lines = ["| workload | kernel | arch | grid | warps | regs | smem (B) | stack (B) | spill st/ld (B) | problems |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| workload | kernel | arch | grid | warps | stages | regs | smem (B) | spill st/ld (B) | tensor cores | "
+             "problems |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     done = set()
     for r in results:
         k = (r.workload, r.kernel, r.arch, r.regs, r.smem, r.local, r.grid)
         if k in done:
             continue
         done.add(k)
-        lines.append(f"| {r.workload} | {r.kernel} | sm_{r.arch} | {r.grid} | {r.num_warps} | {r.regs} | {r.smem} | "
-                     f"{r.stack} | {r.spill_stores}/{r.spill_loads} | {'; '.join(r.problems) or '-'} |")
+        lines.append(f"| {r.workload} | {r.kernel} | sm_{r.arch} | {r.grid} | {r.num_warps} | {r.num_stages} | {r.regs} | "
+                     f"{r.smem} | {r.spill_stores}/{r.spill_loads} | {r.tensor_cores} | {'; '.join(r.problems) or '-'} |")
     return "\n".join(lines)
 
 

@@ -46,6 +46,7 @@ def test_every_launch_compiles_for_sm80_and_sm90_within_limits_without_spills(tm
     assert not spilling, "\n".join(f"{r['workload']} {r['kernel']} sm_{r['arch']}: {r['spill_stores']} B spilled"
                                    for r in spilling)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert {r["tensor_cores"] for r in rows} == {"none"}  # fp32 parity mode: IEEE dots, FMA only
     # coverage: every preset at both workloads and every edge shape, on both architectures
     for arch in (80, 90):
         names = {r["workload"] for r in rows if r["arch"] == arch}
@@ -69,3 +70,5 @@ def test_tf32x3_mode_compiles_for_sm90(tmp_path):
     kernels = {r["kernel"] for r in rows}
     assert "_matmul_kernel" in kernels  # tensor-core modes keep the Triton matmul (fp32 goes to cuBLAS)
     assert all(r["constexprs"].get("PREC", 4) == 4 for r in rows)
+    # three-pass TF32 really compiles to tensor-core instructions (the default fp32 mode is FMA-only)
+    assert {r["tensor_cores"] for r in rows if r["kernel"] in ("_matmul_kernel", "_cell_step")} <= {"mma", "wgmma"}
