@@ -11,8 +11,10 @@ How it saves work, compared with the per-time-step reference:
   the two directions share one plan and every per-step tensor is stacked ``(2, n_s, ...)``: each
   elementwise op covers both directions (half the per-op overhead, which dominates small batches), and
   small products run as one ``torch.bmm`` over the pair (:class:`PairLinear`).
-* **Input projections for all steps in one matmul** per (layer, direction), bias and the +1 forget bias
-  folded in; only the recurrent ``h @ W_h`` and the projection ``hc @ W_P`` remain per step. At inference
+* **Input projections for all steps in one matmul** per (layer, direction), without bias; per step only the
+  recurrent ``h @ W_h + b`` (bias with the +1 forget bias folded in, as AllenNLP's ``state_linearity``) and
+  the projection ``hc @ W_P`` remain. The floating-point order is AllenNLP's (see :mod:`elmo_fast.nn.lstm`):
+  ``z = x W_x + (h W_h + b)``, ``c = i*g + f*c_prev`` without a fused multiply-add. At inference
   the first layer's projection runs once per *distinct* input row (repeated tokens) and is gathered.
 * **Weights packed once** into oneDNN's layout (:class:`~elmo_fast.fast.packing.PackedLinear`), cached
   until the parameters change; large per-step products use them.
@@ -143,10 +145,14 @@ class PairLinear:
         return out
 
     def add_into_fn(self, n: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
-        """``(acc, x) -> acc += x @ W`` (no bias) for ``acc`` ``(D, n, out)`` and ``x`` ``(D, n, in)``, the
+        """``(acc, x) -> acc += (x @ W + b)`` for ``acc`` ``(D, n, out)`` and ``x`` ``(D, n, in)`` (the bias,
+        if any, is added to the product before the product is added to ``acc``: AllenNLP's order), the
         product's path chosen once for ``n`` rows (for per-step loops)."""
         if self._bmm(n):
             W = self.weight
+            if self.bias is not None:
+                b = self.bias.unsqueeze(1)
+                return lambda acc, x: acc.add_(torch.baddbmm(b, x, W))
             return lambda acc, x: acc.add_(torch.bmm(x, W))  # in-place baddbmm_ on the strided view: 2x slower
         packed = self.packed
 
@@ -183,10 +189,11 @@ def recurrence_forward(gates: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, 
     """Advance ``D`` stacked directions of one layer over all steps.
 
     Args:
-        gates: ``(D, total, 4C)`` input projections incl. bias and forget bias, gate order (i, f, o, j);
+        gates: ``(D, total, 4C)`` input projections ``x W_x`` (no bias), gate order (i, f, o, j);
             overwritten in place with the activated gates.
         h0, c0: ``(D, B, P)``, ``(D, B, C)`` initial states of the sorted rows.
-        w_h: ``(D, P, 4C)`` recurrent weights (same gate order); w_p: ``(D, C, P)`` projections.
+        w_h: ``(D, P, 4C)`` recurrent weights (same gate order) with the bias (+1 forget bias folded in);
+            w_p: ``(D, C, P)`` projections.
         save: keep what the backward needs (raw cell values, ``o * tanh(c)``, raw projections).
 
     Returns:
@@ -224,11 +231,12 @@ def recurrence_forward(gates: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, 
         SIG[s].sigmoid_()
         J[s].tanh_()
         c = CC[s] if CR is None else CR[s]
+        hc = hc_rows[s]
+        mul(I[s], J[s], out=hc)          # i*g and f*c rounded separately, then summed (AllenNLP; no FMA)
         mul(F_[s], c_prev, out=c)
-        c.addcmul_(I[s], J[s])
+        c.add_(hc)
         if cell_clip is not None:
             clamp(c, -cell_clip, cell_clip, out=CC[s])
-        hc = hc_rows[s]
         tanh(CC[s], out=hc)
         hc.mul_(O[s])
         if proj_clip is None:
@@ -325,8 +333,8 @@ def _gate_perm(C: int, device: torch.device) -> torch.Tensor:
 
 def _layer_weights(cells, C: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One layer's cells (one per direction) as detached stacks in (i, f, o, j) gate order:
-    ``W`` ``(D, P + P, 4C)`` (input rows, then recurrent rows), bias ``(D, 4C)`` incl. the forget bias, and
-    ``W_P`` ``(D, C, P)``."""
+    ``W`` ``(D, P + P, 4C)`` (input rows, then recurrent rows), bias ``(D, 4C)`` incl. the forget bias (added
+    in float32, exactly :func:`elmo_fast.nn.lstm.folded_bias`), and ``W_P`` ``(D, C, P)``."""
     perm = _gate_perm(C, cells[0].W_0.device)
     with torch.no_grad():
         W = torch.stack([cell.W_0.index_select(1, perm) for cell in cells])
@@ -340,7 +348,7 @@ def _packed_layer(cells, P: int, C: int, hint: int) -> tuple[PairLinear, PairLin
     """Inference weights of one layer (both directions), prepared and oneDNN-packed once per parameter version."""
     def build():
         W, bias, W_P = _layer_weights(cells, C)
-        return (PairLinear(W[:, :P], bias, batch_hint=max(hint, 256)), PairLinear(W[:, P:], batch_hint=32),
+        return (PairLinear(W[:, :P], batch_hint=max(hint, 256)), PairLinear(W[:, P:], bias, batch_hint=32),
                 PairLinear(W_P, batch_hint=32))
     sources = [t for cell in cells for t in (cell.W_0, cell.B, cell.W_P_0)]
     return cached("fast_lstm_layer", sources, build)
@@ -360,8 +368,8 @@ class _Layer(torch.autograd.Function):
         W, bias, W_P = _layer_weights(cells, C)
         hint = max(plan.batch_sizes, default=1)
         x, h0, c0 = x.detach(), h0.detach(), c0.detach()
-        gates = torch.baddbmm(bias.unsqueeze(1), x, W[:, :P])
-        y, c_all, saved = recurrence_forward(gates, h0, c0, PairLinear(W[:, P:], batch_hint=hint),
+        gates = torch.bmm(x, W[:, :P])
+        y, c_all, saved = recurrence_forward(gates, h0, c0, PairLinear(W[:, P:], bias, batch_hint=hint),
                                              PairLinear(W_P, batch_hint=hint), plan, cell_clip, proj_clip, save=True)
         ctx.plan, ctx.cell_clip, ctx.proj_clip = plan, cell_clip, proj_clip
         ctx.save_for_backward(x, h0, c0, W, W_P, gates, y, c_all, saved["c_raw"], saved["hc"], saved["p_raw"])

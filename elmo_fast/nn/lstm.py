@@ -1,7 +1,17 @@
 """Reference biLSTM with projection, cell/projection clipping and residual connections (ELMO_SPEC §3).
 
 Weights keep the bilm-tf layout: ``W_0`` ``(in + P, 4C)`` with gate blocks (i, j, f, o), ``B`` ``(4C)``
-without the +1 forget bias (added at run time), ``W_P_0`` ``(C, P)``.
+without the +1 forget bias, ``W_P_0`` ``(C, P)``.
+
+Order of the floating-point operations (AllenNLP's ``LstmCellWithProjection`` on bilm-tf weights, so that
+long sequences do not drift from AllenNLP's numbers; ``benchmarks/allennlp_parity.py`` measures it):
+
+* the +1 forget bias is folded into the bias once, ``b = B + [0, 0, 1, 0]`` in float32 (AllenNLP does it
+  when loading the weight file), never added to the pre-activation at run time;
+* per step, the input product (no bias) and the state product *with* the bias (``addmm``) are separate
+  products of the active rows only, added last: ``z = x_t W_x + (h W_h + b)``;
+* ``c = i*g + f*c_prev`` as two rounded products and one sum (no fused multiply-add), then the cell clip;
+  ``h = (o * tanh(c)) W_P``, then the projection clip; the residual is ``y + x``.
 
 State layout (as AllenNLP's ``ElmoLstm``): ``h`` ``(L, B, 2P)`` and ``c`` ``(L, B, 2C)``, forward
 direction in the first half of the last axis, backward in the second.
@@ -14,9 +24,18 @@ from torch import nn
 
 from ..options import LSTMOptions
 
-__all__ = ["LSTMCellWeights", "lstm_layer_reference", "BiLSTM", "StateSlots", "FORGET_BIAS"]
+__all__ = ["LSTMCellWeights", "folded_bias", "lstm_layer_reference", "BiLSTM", "StateSlots", "FORGET_BIAS"]
 
 FORGET_BIAS = 1.0
+
+
+def folded_bias(B: torch.Tensor) -> torch.Tensor:
+    """bilm-tf's stored bias ``(4C)`` (gate blocks i, j, f, o) with the +1 forget bias added to the f block,
+    in the bias's dtype (what AllenNLP stores after loading); differentiable in ``B``."""
+    C = B.shape[-1] // 4
+    offset = torch.zeros_like(B)
+    offset[..., 2 * C:3 * C] = FORGET_BIAS
+    return B + offset
 
 
 def lstm_layer_reference(x: torch.Tensor, lengths: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
@@ -39,24 +58,40 @@ def lstm_layer_reference(x: torch.Tensor, lengths: torch.Tensor, h0: torch.Tenso
     """
     batch, steps, in_dim = x.shape
     C = W_P_0.shape[0]
-    gates_x = x @ W_0[:in_dim] + B  # (B, T, 4C)
-    W_h = W_0[in_dim:]
+    # AllenNLP's Linear layout (out, in): x W_x is F.linear(x, W_x^T), as its input/state linearities compute it
+    W_x_t, W_h_t, W_p_t = W_0[:in_dim].t().contiguous(), W_0[in_dim:].t().contiguous(), W_P_0.t().contiguous()
+    b = folded_bias(B)
     h, c = h0, c0
     outputs: list[torch.Tensor] = [x.new_zeros(())] * steps
+    zeros = h0.new_zeros(batch, h0.shape[1])
     order = range(steps - 1, -1, -1) if reverse else range(steps)
+    lengths = lengths.to(x.device)
     for t in order:
-        z = gates_x[:, t] + h @ W_h
+        # only the rows still active at t enter the products (AllenNLP: the first n sorted rows); a product of
+        # one row takes the BLAS's matrix-vector path, whose sums are ordered differently from a matrix product's
+        rows = (lengths > t).nonzero().squeeze(1)
+        n = rows.numel()
+        if n == 0:
+            outputs[t] = zeros
+            continue
+        full = n == batch
+        x_t = x[:, t] if full else x[rows, t]
+        h_t = h if full else h.index_select(0, rows)
+        c_t = c if full else c.index_select(0, rows)
+        z = F.linear(x_t, W_x_t) + F.linear(h_t, W_h_t, b)
         i, j, f, o = z.split(C, dim=1)
-        c_new = torch.sigmoid(f + FORGET_BIAS) * c + torch.sigmoid(i) * torch.tanh(j)
+        c_new = torch.sigmoid(i) * torch.tanh(j) + torch.sigmoid(f) * c_t
         if cell_clip is not None:
             c_new = c_new.clamp(-cell_clip, cell_clip)
-        h_new = (torch.sigmoid(o) * torch.tanh(c_new)) @ W_P_0
+        h_new = F.linear(torch.sigmoid(o) * torch.tanh(c_new), W_p_t)
         if proj_clip is not None:
             h_new = h_new.clamp(-proj_clip, proj_clip)
-        valid = (lengths > t).unsqueeze(1)
-        h = torch.where(valid, h_new, h)
-        c = torch.where(valid, c_new, c)
-        outputs[t] = torch.where(valid, h_new, torch.zeros_like(h_new))
+        if full:
+            h, c, outputs[t] = h_new, c_new, h_new
+        else:
+            h = h.index_copy(0, rows, h_new)
+            c = c.index_copy(0, rows, c_new)
+            outputs[t] = zeros.index_copy(0, rows, h_new)
     y = torch.stack(outputs, dim=1) if steps else x.new_zeros(batch, 0, h0.shape[1])
     return y, h, c
 
