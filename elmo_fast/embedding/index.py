@@ -10,7 +10,7 @@ built on disk instead:
 * at the end one ``GROUP BY text`` query (sorted on disk by SQLite) yields the distinct sentences in
   first-occurrence order with their last line, and the JSON text is produced from that stream, fragment by
   fragment, with exactly ``json.dumps``'s formatting;
-* the JSON text is written by :func:`write_sentence_index`: up to ``in_memory_max`` bytes (64 MiB) as a
+* the JSON text is written by :func:`write_sentence_index`: up to ``in_memory_max`` bytes (4 MiB) as a
   variable-length string exactly as AllenNLP writes it; above that, as a fixed-length UTF-8 string dataset
   of the exact JSON length whose contiguous storage is allocated by HDF5 and then filled by streaming the
   fragments straight into the file at the dataset's offset. Both read back with
@@ -29,7 +29,7 @@ import h5py
 __all__ = ["SentenceStore", "write_sentence_index", "INDEX_IN_MEMORY_MAX"]
 
 #: JSON texts up to this many bytes are written as AllenNLP does (a variable-length string, built in memory)
-INDEX_IN_MEMORY_MAX = 64 << 20
+INDEX_IN_MEMORY_MAX = 4 << 20
 
 
 class SentenceStore:

@@ -5,7 +5,7 @@ A chunk file holds group ``data`` (one float32 dataset per line, named by its fi
 ``fingerprint`` (:mod:`elmo_fast.embedding.checkpoint`). It is written under ``chunk-NNNNNN.h5.tmp-PID`` and
 renamed when complete, so a chunk file that exists is complete.
 
-The merge copies every chunk's datasets (HDF5's object copy, no decoding) into ``OUTPUT.tmp-PID`` (or one file
+The merge copies every chunk's datasets (read and written again: HDF5's object copy kept ~13 MB more memory) into ``OUTPUT.tmp-PID`` (or one file
 per shard), adds ``sentence_to_index`` (:mod:`elmo_fast.embedding.index`) and renames. Chunk files are kept
 until every output is in place, so an interrupted merge is redone from the chunks: peak disk use is about
 twice the output.
@@ -38,6 +38,48 @@ def format_payload(emb: np.ndarray, output_format: str) -> np.ndarray:
     return np.average(emb, axis=0)
 
 
+_LCPL = None
+
+
+def _lcpl():
+    """Link creation properties: UTF-8 names (as h5py's high-level API), no intermediate groups."""
+    global _LCPL
+    if _LCPL is None:
+        from h5py import h5p, h5t
+        _LCPL = h5p.create(h5p.LINK_CREATE)
+        _LCPL.set_char_encoding(h5t.CSET_UTF8)
+    return _LCPL
+
+
+def write_float32(group: h5py.Group, key: str, payload: np.ndarray) -> None:
+    """``group[key] = payload`` as a float32 dataset through h5py's low-level API.
+
+    Same file content as ``group.create_dataset(key, data=payload, dtype="float32")``; about 3x less Python
+    overhead per dataset, which dominates for short sentences (one dataset per input line, twice: chunk + merge).
+    """
+    from h5py import h5d, h5s, h5t
+    arr = np.ascontiguousarray(payload, dtype=np.float32)
+    dsid = h5d.create(group.id, key.encode("utf-8"), h5t.IEEE_F32LE, h5s.create_simple(arr.shape), lcpl=_lcpl())
+    if arr.size:
+        dsid.write(h5s.ALL, h5s.ALL, arr)
+
+
+def copy_float32(src: h5py.Group, dst: h5py.Group) -> int:
+    """Copy every float32 dataset of ``src`` into ``dst`` (low-level read + :func:`write_float32`); count."""
+    from h5py import h5d, h5s, h5t
+    n = 0
+    for name in src.id:  # link names as bytes
+        dsid = h5d.open(src.id, name)
+        buf = np.empty(dsid.shape, dtype=np.float32)
+        if buf.size:
+            dsid.read(h5s.ALL, h5s.ALL, buf)
+        out = h5d.create(dst.id, name, h5t.IEEE_F32LE, h5s.create_simple(buf.shape), lcpl=_lcpl())
+        if buf.size:
+            out.write(h5s.ALL, h5s.ALL, buf)
+        n += 1
+    return n
+
+
 def chunk_path(work: str, index: int) -> str:
     return os.path.join(work, f"chunk-{index:06d}.h5")
 
@@ -62,7 +104,7 @@ class ChunkFile:
         return self
 
     def write(self, key: str, payload: np.ndarray) -> None:
-        self.data.create_dataset(key, payload.shape, dtype="float32", data=payload)
+        write_float32(self.data, key, payload)
 
     def write_state(self, state: tuple[np.ndarray, np.ndarray] | None) -> None:
         if state is not None:
@@ -112,9 +154,7 @@ def merge_chunks(outputs: Sequence[str], chunk_files: Sequence[str], groups: Seq
             with h5py.File(tmp, "w") as fout:
                 for path in chunk_files[lo:hi]:
                     with h5py.File(path, "r") as fin:
-                        data = fin["data"]
-                        for key in data:
-                            fin.copy(data[key], fout, name=key)
+                        copy_float32(fin["data"], fout)
                     bar.update(1)
                 factory = index_for(i)
                 if factory is not None:
