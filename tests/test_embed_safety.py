@@ -217,6 +217,7 @@ def test_sigterm_one_line_no_traceback_and_resumable(tiny_model, tmp_path):
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if " ERROR " in line]
     assert len(errors) == 1 and "interrupted by SIGTERM" in errors[0], err
+    assert "completed chunks are kept in" in errors[0] and "run the same command again" in errors[0]
     leftovers = [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]
     assert not leftovers and not out.exists()
     assert any(p.name.startswith("chunk-") for p in work.iterdir())

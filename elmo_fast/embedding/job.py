@@ -260,8 +260,10 @@ def embed_to_hdf5(model: Any, input_file: str | os.PathLike | IO, output: str | 
                         plan.n_lines, plan.n_tokens, reused, len(plan.chunks), elapsed,
                         tokens_done / max(elapsed, 1e-9), ", ".join(outputs))
         return report
-    except Interrupted:
-        logger.warning("interrupted: completed chunks are kept in %s; rerun the same command to continue", work)
+    except (Interrupted, KeyboardInterrupt) as e:
+        if _has_chunks(work):  # one line in the end: the CLI prints str(e)
+            e.args = (f"{e or 'interrupted'}; completed chunks are kept in {work}: run the same command again "
+                      f"to continue",)
         raise
     finally:
         if store is not None:
