@@ -58,12 +58,10 @@ def interpreting() -> bool:
 def gpu_tiles() -> bool:
     """Whether the host code picks the compiled GPU path's tile sizes: always for compiled kernels; under the
     interpreter only when forced (:func:`tile_mode` or ``ELMO_FAST_TRITON_TILES=gpu``)."""
-    if not interpreting():
-        return True
     mode = _tile_mode or os.environ.get(TILES_ENV, "auto").strip().lower()
     if mode not in ("auto", "gpu"):
         raise BackendError(f"{TILES_ENV}={mode!r}: expected 'auto' or 'gpu'")
-    return mode == "gpu"
+    return mode == "gpu" or not interpreting()
 
 
 @contextlib.contextmanager

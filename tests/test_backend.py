@@ -162,7 +162,7 @@ def test_training_tracks_reference_step_by_step(tmp_path):
 
 
 # ---- the public functional ops dispatch like the modules (issue 11, step 0)
-def _softmax_inputs(dtype=torch.float32):
+def _softmax_inputs(dtype=torch.float32, device="cpu"):
     g = torch.Generator().manual_seed(4)
     N, P, V, S = 9, 16, 40, 12
     h = torch.randn(N, P, generator=g)
@@ -171,7 +171,7 @@ def _softmax_inputs(dtype=torch.float32):
     ids = torch.randperm(V, generator=g)[:S]
     t = torch.randint(0, V, (N,), generator=g)
     q_t, q_s = torch.rand(N, generator=g) * 0.5 + 0.1, torch.rand(S, generator=g) * 0.5 + 0.1
-    return [x.to(dtype) if x.is_floating_point() else x for x in (h, t, W, b, ids, q_t, q_s)]
+    return [(x.to(dtype) if x.is_floating_point() else x).to(device) for x in (h, t, W, b, ids, q_t, q_s)]
 
 
 def _spy(monkeypatch, op):
@@ -186,7 +186,7 @@ def test_public_sampled_softmax_reaches_the_kernel(monkeypatch, how):
     import elmo_fast
     from elmo_fast.kernels import sampled_softmax as kernel_module
     from elmo_fast.nn.softmax import sampled_softmax_loss as reference
-    args = _softmax_inputs()
+    args = _softmax_inputs(device=DEVICE)
     calls = _spy(monkeypatch, "sampled_softmax_loss")
     launched = []
     real = kernel_module.SampledSoftmaxFunction.apply
@@ -220,7 +220,7 @@ def test_public_ops_raise_when_the_backend_cannot_serve(monkeypatch):
     import elmo_fast
     monkeypatch.delenv("ELMO_FAST_BACKEND", raising=False)
     with pytest.raises(BackendError, match="float32"):  # the kernels are float32-only: an error, no fallback
-        elmo_fast.sampled_softmax_loss(*_softmax_inputs(torch.float64), backend="triton")
+        elmo_fast.sampled_softmax_loss(*_softmax_inputs(torch.float64, DEVICE), backend="triton")
     meta = [torch.empty(x.shape, dtype=x.dtype, device="meta") for x in _softmax_inputs()]
     with pytest.raises(BackendError, match="device 'meta'"):
         elmo_fast.sampled_softmax_loss(*meta, backend="triton")

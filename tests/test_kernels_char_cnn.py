@@ -15,7 +15,6 @@ import torch
 
 from triton_helpers import DEVICE, TRITON_MARKS, use_gpu_tiles, assert_as_accurate  # noqa: E402  (sets TRITON_INTERPRET first)
 
-from elmo_fast.kernels import char_cnn as char_cnn_module  # noqa: E402
 from elmo_fast.kernels.char_cnn import char_cnn  # noqa: E402
 from elmo_fast.kernels.common import set_precision  # noqa: E402
 from elmo_fast.nn.token_encoder import char_cnn_features  # noqa: E402

@@ -28,6 +28,7 @@ def test_without_cuda_it_refuses_quickly(tmp_path):
     assert not (tmp_path / "r" / "gpu_check.json").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="--cpu-smoke is the CPU stand-in for the device run")
 def test_cpu_smoke_runs_every_part_and_writes_the_report(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "ELMO_FAST_BACKEND"}
     proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--cpu-smoke"], capture_output=True,
