@@ -64,8 +64,11 @@ def test_training_steps_are_identical_with_one_and_two_threads(restore_threads):
         assert torch.equal(one[name], two[name]), f"{name}: max diff {(one[name] - two[name]).abs().max()}"
 
 
-@pytest.mark.parametrize("backend", ["fast", "reference"])
+@pytest.mark.parametrize("backend", ["fast"])
 def test_embeddings_are_identical_with_one_and_two_threads(restore_threads, backend):
+    """The default CPU path. (The reference follows AllenNLP's own loop, products over the rows still active at
+    each step, whose summation order oneDNN picks by thread count: ~6e-7 between 1 and 2 threads, as AllenNLP
+    differs from itself.)"""
     opts = tiny_options()
     weights = random_weights(opts, seed=5)
     sentences = [["a"], ["The", "bank", "was", "closed", "."], ["x" * 60] * 3, []] + \
