@@ -58,8 +58,8 @@ def check_input(path: str) -> None:
     except OSError as e:
         raise UserError(f"INPUT {path}: cannot be read ({e.strerror})") from None
     if not stat.S_ISREG(st.st_mode):
-        raise UserError(f"INPUT {path}: is {_kind(st.st_mode)}; expected a regular text file "
-                        f"(a pipe cannot be read twice: write it to a file first)")
+        note = " (a pipe cannot be read twice: write it to a file first)" if stat.S_ISFIFO(st.st_mode) else ""
+        raise UserError(f"INPUT {path}: is {_kind(st.st_mode)}; expected a regular text file{note}")
     try:
         with open(path, "rb") as f:
             f.read(1)
