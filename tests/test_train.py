@@ -77,8 +77,9 @@ def test_forward_streams_reference_equals_stacked_bilstm_and_carries_state():
         assert torch.allclose(x, y, atol=1e-5, rtol=1e-5)
     ga = torch.autograd.grad(sum(t.sum() for t in a_fw + a_bw), (fw, bw), retain_graph=True)
     gb = torch.autograd.grad(sum(t.sum() for t in b_fw + b_bw), (fw, bw))
-    # gradients reach ~50 here: absolute tolerance scaled with the magnitude (float32, ~20 sequential steps)
-    assert all(torch.allclose(x, y, rtol=1e-5, atol=2e-6 * float(y.abs().max())) for x, y in zip(ga, gb))
+    # gradients reach ~50 here: absolute tolerance scaled with the magnitude (float32, ~20 sequential clipped
+    # steps; measured against float64, each path is off by up to ~2e-6 x max, so the two may differ by ~4e-6 x max)
+    assert all(torch.allclose(x, y, rtol=1e-5, atol=1e-5 * float(y.abs().max())) for x, y in zip(ga, gb))
     # the backward LSTMs read the reverse stream in order: output t depends on inputs <= t only
     g = torch.autograd.grad(a_bw[-1][:, 2].sum(), bw)[0]
     assert g[:, 3:].abs().max() == 0 and g[:, :3].abs().max() > 0
