@@ -201,6 +201,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--allennlp", default=None, help="directory of an unpacked allennlp wheel (throwaway, not a dependency)")
     p.add_argument("--float64", action="store_true", help="with AllenNLP: also run it in float64 (slow)")
     p.add_argument("--backends", default="fast,reference", help="elmo-fast backends to compare (comma-separated)")
+    p.add_argument("--elmo-batches", type=int, default=None,
+                   help="run elmo-fast on only the first N batches (the reference path is as slow as AllenNLP)")
+    p.add_argument("--same-token-embeddings", action="store_true",
+                   help="feed elmo-fast's biLSTM the oracle's token embeddings (its layer 0), to separate the "
+                        "biLSTM's difference from the token encoder's")
     p.add_argument("--threads", default="1,2", help="intra-op thread counts elmo-fast runs with (default 1,2)")
     p.add_argument("--json", type=Path, default=None, help="write the numbers here")
     p.add_argument("--oracle-cache", type=Path, default=None,
@@ -244,7 +249,18 @@ def main(argv: list[str] | None = None) -> None:
         for backend in args.backends.split(","):
             for threads in [int(t) for t in args.threads.split(",")]:
                 logger.info("elmo-fast %s, %d thread(s)", backend, threads)
-                runs[f"{backend}_{threads}t"] = run_batches(BiLM.from_files(opt, wts, backend=backend), batches, threads)
+                model = BiLM.from_files(opt, wts, backend=backend)
+                inputs = batches[:args.elmo_batches]
+                if args.same_token_embeddings:
+                    oracle_run = runs["allennlp_1t" if oracle == "allennlp" else "truth"]
+                    P = model.options.lstm.projection_dim
+                    model_fn = model
+                    embedded = {id(ids): oracle_run[k][0][..., :P].float() for k, ids in enumerate(inputs)}
+
+                    def model(ids, _m=model_fn, _e=embedded):  # noqa: E731 - the oracle's layer 0 as input
+                        mask = torch.arange(ids.shape[1] + 2)[None, :] < (token_mask(ids).sum(1) + 2)[:, None]
+                        return _m.forward_embeddings(_e[id(ids)], mask)
+                runs[f"{backend}_{threads}t"] = run_batches(model, inputs, threads)
     ref = "allennlp_1t" if oracle == "allennlp" else "truth"
     table = {}
     for name, run in runs.items():
