@@ -41,10 +41,16 @@ def char_cnn_features(char_ids: torch.Tensor, char_embed: torch.Tensor, conv_wei
 
 def highway_reference(x: torch.Tensor, W_carry: torch.Tensor, b_carry: torch.Tensor,
                       W_transform: torch.Tensor, b_transform: torch.Tensor) -> torch.Tensor:
-    """One highway layer (always ReLU): ``g = σ(x W_c + b_c); x <- g*relu(x W_t + b_t) + (1-g)*x``. x: ``(N, F)``."""
-    gate = torch.sigmoid(x @ W_carry + b_carry)
-    transform = torch.relu(x @ W_transform + b_transform)
-    return gate * transform + (1.0 - gate) * x
+    """One highway layer (always ReLU): ``g = σ(x W_c + b_c); x <- g*relu(x W_t + b_t) + (1-g)*x``. x: ``(N, F)``.
+
+    Computed in AllenNLP's floating-point order (the same function): one product with the bias for the
+    transform and the negated carry, ``[t, -z_c] = x [W_t, -W_c] + [b_t, -b_c]``, then ``k = σ(-z_c)`` (= 1 - g)
+    and ``x <- k*x + (1-k)*relu(t)``.
+    """
+    z = torch.addmm(torch.cat([b_transform, -b_carry]), x, torch.cat([W_transform, -W_carry], dim=1))
+    transform, neg_carry = z.chunk(2, dim=-1)
+    keep = torch.sigmoid(neg_carry)
+    return keep * x + (1.0 - keep) * torch.relu(transform)
 
 
 class Highway(nn.Module):
@@ -122,5 +128,5 @@ class CharCNNTokenEncoder(nn.Module):
         for hw in self.highways:
             x = hw(x)
         if self.W_proj is not None:
-            x = x @ self.W_proj + self.b_proj
+            x = torch.addmm(self.b_proj, x, self.W_proj)  # bias inside the product, as AllenNLP's Linear
         return x.reshape(*lead, self.output_dim)
