@@ -110,3 +110,17 @@ def test_fast_lstm_is_bitwise_allennlp_order_on_full_rows():
             want, state = _stateful_baseline_run(base, emb, lens, state)
         for g, w in zip(got, want):
             assert torch.equal(g, w), f"call {call}: max diff {float((g - w).abs().max())}"
+
+
+def test_reference_token_encoder_is_bitwise_allennlp_order():
+    """Char-CNN, highway (one product over [W_t, -W_c] with its bias, gate σ(-z_c)) and projection in
+    AllenNLP's order: the same bits as the AllenNLP-style encoder at one thread."""
+    from elmo_fast.chars import batch_to_ids
+    torch.set_num_threads(1)
+    model = _model("reference", seed=3, dim=1024, projection_dim=128)
+    ids = batch_to_ids([["The", "token", "encoder", "runs", "on", "every", "position", "."], ["Short", "one"],
+                        ["ünïcödé", "x" * 60]])
+    with torch.no_grad():
+        got = model.encode_tokens(ids)
+        want = BaselineElmo(model).encode(ids)
+    assert torch.equal(got, want), float((got - want).abs().max())
