@@ -207,8 +207,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="feed elmo-fast's biLSTM the oracle's token embeddings (its layer 0), to separate the "
                         "biLSTM's difference from the token encoder's")
     p.add_argument("--no-onednn", action="store_true",
-                   help="fast path: every product through torch.bmm (the BLAS, as AllenNLP) instead of oneDNN-packed "
-                        "weights (slower on large models; shows what the packed products contribute)")
+                   help="fast path: every product through the BLAS (as AllenNLP) instead of oneDNN-packed weights, as "
+                        "ELMO_FAST_ONEDNN=0 (slower on large models; shows what the packed products contribute)")
     p.add_argument("--threads", default="1,2", help="intra-op thread counts elmo-fast runs with (default 1,2)")
     p.add_argument("--json", type=Path, default=None, help="write the numbers here")
     p.add_argument("--oracle-cache", type=Path, default=None,
@@ -217,8 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     oracle = args.oracle if args.oracle != "auto" else ("allennlp" if args.allennlp else "float64")
     if args.no_onednn:
-        from elmo_fast.fast.lstm import PairLinear
-        PairLinear.BMM_MAX_WEIGHT = 1 << 62
+        import elmo_fast.fast.lstm as fast_lstm
+        fast_lstm.ONEDNN_PRODUCTS = False  # as ELMO_FAST_ONEDNN=0
 
     sentences = read_lines(args.text, args.batch * args.batches)
     batches = [batch_to_ids(sentences[k * args.batch:(k + 1) * args.batch]) for k in range(args.batches)]

@@ -91,12 +91,17 @@ def test_reference_lstm_is_bitwise_allennlp_order(lengths):
         assert torch.equal(model.states.h, state[0]) and torch.equal(model.states.c, state[1])
 
 
-def test_fast_lstm_is_bitwise_allennlp_order_on_full_rows():
+@pytest.mark.parametrize("blas_only", [False, True])
+def test_fast_lstm_is_bitwise_allennlp_order_on_full_rows(monkeypatch, blas_only):
     """The fast path's products are matrix products over all rows of a step; where AllenNLP's are too (every
     row active, four or more rows: the BLAS's small-row and one-row kernels sum in other orders) the bits are
     AllenNLP's, i.e. the bias placement and the cell update follow its order. (The ``small`` preset's LSTM
     sizes: tinier products go through torch's own small-matrix loops instead of the BLAS.)"""
     torch.set_num_threads(1)
+    if blas_only:  # ELMO_FAST_ONEDNN=0: large products too go through the BLAS (forced here for every size)
+        import elmo_fast.fast.lstm as fast_lstm
+        monkeypatch.setattr(fast_lstm, "ONEDNN_PRODUCTS", False)
+        monkeypatch.setattr(fast_lstm.PairLinear, "BMM_MAX_WEIGHT", 0)
     model = _model("fast", dim=1024, projection_dim=128)
     base = BaselineElmo(model)
     gen = torch.Generator().manual_seed(2)
