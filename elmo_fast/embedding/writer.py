@@ -137,6 +137,10 @@ def read_chunk_record(path: str) -> tuple[dict[str, Any] | None, tuple[np.ndarra
         return None, None
 
 
+#: HDF5 format bounds of the merged output files (see :func:`merge_chunks`)
+OUTPUT_LIBVER = ("v110", "v110")
+
+
 def merge_chunks(outputs: Sequence[str], chunk_files: Sequence[str], groups: Sequence[tuple[int, int]],
                  index_for: Callable[[int], Callable[[], Iterator[tuple[str, str]]] | None],
                  progress: bool = False) -> None:
@@ -151,7 +155,10 @@ def merge_chunks(outputs: Sequence[str], chunk_files: Sequence[str], groups: Seq
     for i, (out, (lo, hi)) in enumerate(zip(outputs, groups)):
         finish = None
         with atomic_path(out) as tmp:
-            with h5py.File(tmp, "w") as fout:
+            # HDF5 1.10 file format: a group with millions of datasets keeps its links in dense storage, so the
+            # writer's memory stays flat (1.8 format: ~140 bytes per dataset held until close; 200k datasets
+            # 70 -> 113 MB vs flat 73 MB). Readable by HDF5 >= 1.10 (h5py >= 2.7, 2017).
+            with h5py.File(tmp, "w", libver=OUTPUT_LIBVER) as fout:
                 for path in chunk_files[lo:hi]:
                     with h5py.File(path, "r") as fin:
                         copy_float32(fin["data"], fout)
