@@ -56,15 +56,22 @@ class CharacterMapper:
             return list(BOS_IDS)
         if token == EOS_TOKEN:
             return list(EOS_IDS)
-        # errors="ignore" drops only unencodable code points (lone surrogates); the cut is byte-level
-        # and may split a multi-byte character, as in AllenNLP.
-        encoded = token.encode("utf-8", "ignore")[: MAX_CHARS_PER_TOKEN - 2]
-        ids = [PAD_CHAR + 1] * MAX_CHARS_PER_TOKEN
-        ids[0] = BOW_CHAR + 1
-        for k, byte in enumerate(encoded, start=1):
-            ids[k] = byte + 1
-        ids[len(encoded) + 1] = EOW_CHAR + 1
-        return ids
+        return byte_char_ids(token)
+
+
+def byte_char_ids(token: str, max_chars: int = MAX_CHARS_PER_TOKEN) -> list[int]:
+    """``<bow>``, the token's UTF-8 bytes cut to ``max_chars - 2``, ``<eow>``, padding; all +1 (0 = no token).
+
+    ``errors="ignore"`` drops only unencodable code points (lone surrogates); the cut is byte-level and may
+    split a multi-byte character, as in AllenNLP and bilm-tf.
+    """
+    encoded = token.encode("utf-8", "ignore")[: max_chars - 2]
+    ids = [PAD_CHAR + 1] * max_chars
+    ids[0] = BOW_CHAR + 1
+    for k, byte in enumerate(encoded, start=1):
+        ids[k] = byte + 1
+    ids[len(encoded) + 1] = EOW_CHAR + 1
+    return ids
 
 
 _DEFAULT_MAPPER = CharacterMapper()

@@ -40,7 +40,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from .chars import BOS_CHAR, BOW_CHAR, EOS_CHAR, EOW_CHAR, MAX_CHARS_PER_TOKEN, PAD_CHAR
+from .chars import BOS_CHAR, BOW_CHAR, EOS_CHAR, EOW_CHAR, MAX_CHARS_PER_TOKEN, PAD_CHAR, byte_char_ids
 from .errors import UserError
 from .weights import write_vocab
 
@@ -147,13 +147,7 @@ def word_char_ids(word: str, max_word_length: int = MAX_CHARS_PER_TOKEN) -> list
         ids = [PAD_CHAR + 1] * max_word_length
         ids[0], ids[1], ids[2] = BOW_CHAR + 1, (BOS_CHAR if word == BOS_TOKEN else EOS_CHAR) + 1, EOW_CHAR + 1
         return ids
-    encoded = word.encode("utf-8", "ignore")[: max_word_length - 2]
-    ids = [PAD_CHAR + 1] * max_word_length
-    ids[0] = BOW_CHAR + 1
-    for k, byte in enumerate(encoded, start=1):
-        ids[k] = byte + 1
-    ids[len(encoded) + 1] = EOW_CHAR + 1
-    return ids
+    return byte_char_ids(word, max_word_length)
 
 
 class Vocabulary:
