@@ -24,6 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from efml_oracle import save_efml_dir  # noqa: E402  (the package's save format, shared with the tests)
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -51,15 +54,7 @@ def build(work: Path, lines: list[list[str]]) -> Path:
         chars.setdefault(special, len(chars))
     torch.manual_seed(0)
     model = Model(arch, EmbeddingLayer(100, words, fix_emb=False), EmbeddingLayer(50, chars, fix_emb=False), 10)
-    with open(work / "char.dic", "w", encoding="utf-8") as f:
-        for ch, i in chars.items():
-            print(f"{ch}\t{i}", file=f)
-    with open(work / "word.dic", "w", encoding="utf-8") as f:
-        for w, i in words.items():
-            print(f"{w}\t{i}", file=f)
-    (work / name).write_text(json.dumps(arch), encoding="utf-8")
-    (work / "config.json").write_text(json.dumps({"config_path": name}), encoding="utf-8")
-    model.save_model(str(work), False)
+    save_efml_dir(work, model, arch, chars, words, name)
     return work
 
 

@@ -106,21 +106,20 @@ def test_fixed_thread_count_and_bad_values(monkeypatch):
 
 
 def test_governor_sees_a_real_competing_load():
-    """Two busy loops on this machine: the automatic choice leaves them their cores (at least one fewer)."""
+    """Busy loops on this machine (one per CPU, two at most): the automatic choice leaves them their cores."""
     import multiprocessing as mp
     from elmo_fast.runtime import ThreadGovernor, available_cpus
     cpus = available_cpus()
-    if cpus < 2:
-        pytest.skip("needs at least 2 CPUs to show a reduced thread count")
-    procs = [mp.Process(target=_spin, daemon=True) for _ in range(2)]
+    loops = min(2, cpus)
+    procs = [mp.Process(target=_spin, daemon=True) for _ in range(loops)]
     for p in procs:
         p.start()
     try:
         time.sleep(0.3)
         gov = ThreadGovernor(None, cpus=cpus)
         busy = gov._busy_elsewhere(gov._sample(), (time.sleep(0.5), gov._sample())[1])
-        assert busy > 1.0, f"two busy loops measured as {busy:.2f} busy cores"
-        assert ThreadGovernor.choose(cpus, busy) <= cpus - 1
+        assert busy > 0.5 * loops, f"{loops} busy loops measured as {busy:.2f} busy cores"
+        assert ThreadGovernor.choose(cpus, busy) <= max(1, cpus - loops + 1)
     finally:
         for p in procs:
             p.terminate()
