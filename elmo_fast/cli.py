@@ -12,7 +12,7 @@ import os
 import sys
 
 from .errors import exit_code_for, install_signal_handlers
-from .runtime import configure_threads, retain_freed_memory
+from .runtime import retain_freed_memory
 
 #: subcommand modules, in the order ``--help`` lists them
 _COMMANDS = ["elmo_fast.commands.embed", "elmo_fast.commands.probe", "elmo_fast.commands.demo",
@@ -54,9 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     debug = args.debug or os.environ.get("ELMO_FAST_DEBUG", "") not in ("", "0")
     install_signal_handlers()
     try:
-        # automatic thread count unless --threads N / ELMO_FAST_THREADS (elmo_fast.runtime.ThreadGovernor)
-        threads = getattr(args, "threads", None)
-        configure_threads(threads if isinstance(threads, int) and threads > 0 else None)
         return int(args.func(args) or 0)
     except BaseException as e:  # noqa: B902 - classified below; bugs keep their traceback
         code = exit_code_for(e)

@@ -52,15 +52,15 @@ def check_device(device: str | None) -> None:
 
 
 def apply_threads(args: argparse.Namespace) -> None:
-    """Set torch's thread count from ``--threads`` (process-wide), if given, and check ``--device`` if the
-    command has one (see :func:`check_device`)."""
+    """Set torch's thread count: ``--threads N`` fixes it, otherwise the automatic governor picks it
+    (:func:`elmo_fast.runtime.configure_threads`, process-wide); then check ``--device`` if the command has one
+    (see :func:`check_device`)."""
     from ..errors import UserError
+    from ..runtime import configure_threads
     threads = getattr(args, "threads", None)
-    if threads is not None:
-        if threads < 1:
-            raise UserError(f"--threads: expected a positive integer, found {threads}")
-        import torch
-        torch.set_num_threads(threads)
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads: expected a positive integer, found {threads}")
+    configure_threads(threads)  # the one place the count is set: fixed, or automatic (elmo_fast.runtime)
     check_device(getattr(args, "device", None))
 
 
