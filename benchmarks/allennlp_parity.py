@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.baseline import BaselineElmo  # noqa: E402
 from benchmarks.run import random_model  # noqa: E402
+from elmo_fast import numerics  # noqa: E402
 from elmo_fast.chars import BOS_IDS, EOS_IDS, batch_to_ids  # noqa: E402
 from elmo_fast.nn.bilm import BiLM, add_sentence_boundaries, token_mask  # noqa: E402
 
@@ -216,9 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     oracle = args.oracle if args.oracle != "auto" else ("allennlp" if args.allennlp else "float64")
-    if args.no_onednn:
-        import elmo_fast.fast.lstm as fast_lstm
-        fast_lstm.ONEDNN_PRODUCTS = False  # as ELMO_FAST_ONEDNN=0
+    if args.no_onednn:  # as ELMO_FAST_ONEDNN=0: every product of the fast path through the BLAS
+        numerics._CURRENT.set(numerics.Numerics(order="allennlp"))
 
     sentences = read_lines(args.text, args.batch * args.batches)
     batches = [batch_to_ids(sentences[k * args.batch:(k + 1) * args.batch]) for k in range(args.batches)]

@@ -12,6 +12,7 @@ from .chars import as_token_lists, batch_to_ids
 from .embedding import (DEFAULT_CHUNK_LINES, OUTPUT_FORMATS, InputFileError, length_groups, rank_share,
                         read_sentences)
 from .embedding.distributed import distributed_env
+from . import numerics
 from .errors import UserError
 from .nn.bilm import BiLM, remove_sentence_boundaries
 
@@ -50,6 +51,8 @@ class ElmoEmbedder:
             independent of earlier calls (not bit-compatible with AllenNLP).
         batch_size: default batch size of :meth:`embed_sentences` and :meth:`embed_file` (> 0).
         backend: ``reference`` | ``fast`` | ``triton`` (default: by device, see :mod:`elmo_fast.backend`).
+        precision: ``"fp32"`` (default) | ``"bf16"``; order: ``"fast"`` (default) | ``"allennlp"``: the fast
+            path's arithmetic (see :mod:`elmo_fast.numerics`).
 
     Other models: :meth:`from_bilm` wraps any biLM-like module, :meth:`from_pretrained` a model folder.
 
@@ -62,10 +65,13 @@ class ElmoEmbedder:
     """
 
     def __init__(self, options_file: str | os.PathLike, weight_file: str | os.PathLike, cuda_device: int = -1,
-                 *, stateful: bool = True, batch_size: int = 64, backend: str | None = None) -> None:
+                 *, stateful: bool = True, batch_size: int = 64, backend: str | None = None,
+                 precision: str | None = None, order: str | None = None) -> None:
         self.batch_size = _check_batch_size(batch_size)
         device = _device_for(cuda_device)
-        module = BiLM.from_files(options_file, weight_file, stateful=stateful, backend=backend)
+        numerics.Numerics(precision or "fp32", order or "fast")  # fail before loading
+        module = BiLM.from_files(options_file, weight_file, stateful=stateful, backend=backend,
+                                 precision=precision, order=order)
         self._files = [os.path.abspath(os.fspath(options_file)), os.path.abspath(os.fspath(weight_file))]
         self._setup(module, device)
 
@@ -106,7 +112,8 @@ class ElmoEmbedder:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, cuda_device: int = -1, stateful: bool = True,
-                        batch_size: int = 64, backend: str | None = None) -> "ElmoEmbedder":
+                        batch_size: int = 64, backend: str | None = None, precision: str | None = None,
+                        order: str | None = None) -> "ElmoEmbedder":
         """A model folder (``options.json`` + ``weights.hdf5``, or an ELMoForManyLangs folder), via
         :func:`elmo_fast.pretrained.load_pretrained`."""
         try:
@@ -115,8 +122,10 @@ class ElmoEmbedder:
             raise UserError(f"from_pretrained({os.fspath(path)!r}): elmo_fast.pretrained is not available in this "
                             f"installation ({e}); use ElmoEmbedder(options_file, weight_file)") from None
         _device_for(cuda_device)  # fail before loading
-        return cls.from_bilm(load_pretrained(path, stateful=stateful, backend=backend), cuda_device=cuda_device,
-                             batch_size=batch_size)
+        numerics.Numerics(precision or "fp32", order or "fast")
+        module = load_pretrained(path, stateful=stateful, backend=backend)
+        numerics.configure(module, precision, order)
+        return cls.from_bilm(module, cuda_device=cuda_device, batch_size=batch_size)
 
     # ------------------------------------------------------------------ properties
     @property

@@ -20,13 +20,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.baseline import BaselineElmo  # noqa: E402
 
 
-def _model(backend: str, seed: int = 0, dim: int = 48, projection_dim: int = 16) -> BiLM:
+def _model(backend: str, seed: int = 0, dim: int = 48, projection_dim: int = 16, order: str | None = None) -> BiLM:
     opts = options_from_dict({
         "lstm": {"dim": dim, "projection_dim": projection_dim, "n_layers": 2, "cell_clip": 3.0, "proj_clip": 3.0,
                  "use_skip_connections": True},
         "char_cnn": {"embedding": {"dim": 4}, "filters": [[1, 8], [2, 8]], "n_highway": 1, "n_characters": 262,
                      "max_characters_per_token": 50, "activation": "relu"}})
-    model = BiLM(opts, stateful=True, backend=backend)
+    model = BiLM(opts, stateful=True, backend=backend, order=order)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -98,11 +98,7 @@ def test_fast_lstm_is_bitwise_allennlp_order_on_full_rows(monkeypatch, blas_only
     AllenNLP's, i.e. the bias placement and the cell update follow its order. (The ``small`` preset's LSTM
     sizes: tinier products go through torch's own small-matrix loops instead of the BLAS.)"""
     torch.set_num_threads(1)
-    if blas_only:  # ELMO_FAST_ONEDNN=0: large products too go through the BLAS (forced here for every size)
-        import elmo_fast.fast.lstm as fast_lstm
-        monkeypatch.setattr(fast_lstm, "ONEDNN_PRODUCTS", False)
-        monkeypatch.setattr(fast_lstm.PairLinear, "BMM_MAX_WEIGHT", 0)
-    model = _model("fast", dim=1024, projection_dim=128)
+    model = _model("fast", dim=1024, projection_dim=128, order="allennlp" if blas_only else None)
     base = BaselineElmo(model)
     gen = torch.Generator().manual_seed(2)
     lens = torch.full((6,), 11)

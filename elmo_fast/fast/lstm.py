@@ -30,13 +30,13 @@ state per row in the same order (sorting is internal), so BiLM's slot semantics 
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from .. import numerics
 from ..nn.lstm import FORGET_BIAS, BiLSTM
 from .packing import PackedLinear, cached
 
@@ -95,12 +95,16 @@ def make_plan(lengths: torch.Tensor, steps: int) -> PackedPlan:
     return PackedPlan(order, inverse, batch_sizes, offsets, src_fw, src_bw, last, total)
 
 
-#: products of large weights through oneDNN-packed weights (fast). Their sums are ordered differently from the
-#: BLAS's, which AllenNLP uses: on long sentences of the original model this alone makes the biLSTM drift from
-#: AllenNLP by ~4x its own 1-vs-2-thread difference (fresh batch), ~10x with states carried; with
-#: ``ELMO_FAST_ONEDNN=0`` every product is a BLAS product and the drift stays under 2x
-#: (``benchmarks/allennlp_parity.py --same-token-embeddings [--no-onednn]``), at a speed cost on large models.
-ONEDNN_PRODUCTS = os.environ.get("ELMO_FAST_ONEDNN", "1").strip() != "0"
+def onednn_products() -> bool:
+    """Whether large products go through oneDNN-packed weights (``numerics`` order ``"fast"``, the default).
+
+    Their sums are ordered differently from the BLAS's, which AllenNLP uses: on long sentences of the original
+    model this alone makes the biLSTM drift from AllenNLP by ~4x its own 1-vs-2-thread difference (fresh batch),
+    ~10x with states carried; with order ``"allennlp"`` (or ``ELMO_FAST_ONEDNN=0``) every product is a BLAS
+    product and the drift stays under 2x (``benchmarks/allennlp_parity.py --same-token-embeddings
+    [--no-onednn]``), at a speed cost on large models.
+    """
+    return numerics.current().order == "fast"
 
 #: inference: the first layer's input projection runs once per distinct input row (a batch of 32 sentences of the
 #: benchmark mix repeats ~60% of its positions: 385 distinct of 997), then is gathered per position
@@ -133,11 +137,12 @@ class PairLinear:
         self.weight = W.detach().contiguous()
         self.bias = None if b is None else b.detach().contiguous()
         self.packed = [PackedLinear(self.weight[d], None if b is None else self.bias[d], batch_hint)
-                       for d in range(W.shape[0])] if ONEDNN_PRODUCTS else []
+                       for d in range(W.shape[0])]
 
     def _bmm(self, n: int) -> bool:
         _, k, m = self.weight.shape
-        return n == 1 or k * m <= self.BMM_MAX_WEIGHT or not self.packed or self.packed[0].packed is None
+        return (n == 1 or k * m <= self.BMM_MAX_WEIGHT or not self.packed or self.packed[0].packed is None
+                or not onednn_products())
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` ``(D, n, in)`` -> ``(D, n, out)`` (written into ``out`` when given)."""

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, ContextManager
 
 import numpy as np
 import torch
 from torch import nn
 
 from .. import backend as backends
+from .. import numerics
 from ..chars import BOS_IDS, EOS_IDS
 from ..options import ElmoOptions, load_options
 from ..weights import lstm_prefix, read_weights, write_weights
@@ -73,12 +74,18 @@ class BiLM(nn.Module):
         has_projection: whether the token encoder has ``CNN_proj`` (only optional when F == P).
         backend: ``"reference"``, ``"fast"`` or ``"triton"``; None picks by device and the
             ``ELMO_FAST_BACKEND`` environment variable (see :mod:`elmo_fast.backend`).
+        precision: ``"fp32"`` or ``"bf16"`` products on the fast path; order: ``"fast"`` or ``"allennlp"``
+            floating-point order (see :mod:`elmo_fast.numerics`). None keeps the caller's setting
+            (process default: fp32, fast). The reference backend is always float32 in AllenNLP's order.
     """
 
     def __init__(self, options: ElmoOptions, stateful: bool = True, has_projection: bool = True,
-                 backend: str | None = None) -> None:
+                 backend: str | None = None, *, precision: str | None = None, order: str | None = None) -> None:
         super().__init__()
         self.backend = backend
+        self.precision = precision
+        self.order = order
+        numerics.Numerics(precision or "fp32", order or "fast")  # validates the names now, not at the first call
         if options.char_cnn is None:
             raise ValueError("word-input models (options without 'char_cnn') are not supported")
         self.options = options
@@ -92,11 +99,13 @@ class BiLM(nn.Module):
     # ------------------------------------------------------------------ weights
     @classmethod
     def from_files(cls, options_file: str | os.PathLike, weight_file: str | os.PathLike, *,
-                   stateful: bool = True, requires_grad: bool = False, backend: str | None = None) -> "BiLM":
+                   stateful: bool = True, requires_grad: bool = False, backend: str | None = None,
+                   precision: str | None = None, order: str | None = None) -> "BiLM":
         """Load ``options.json`` + bilm-tf ``weights.hdf5`` (every dataset shape is validated)."""
         options = load_options(options_file)
         weights = read_weights(weight_file, options)
-        model = cls(options, stateful=stateful, has_projection="CNN_proj/W_proj" in weights, backend=backend)
+        model = cls(options, stateful=stateful, has_projection="CNN_proj/W_proj" in weights, backend=backend,
+                    precision=precision, order=order)
         model.load_bilm_tf_weights(weights)
         model.requires_grad_(requires_grad)
         return model
@@ -142,11 +151,16 @@ class BiLM(nn.Module):
         """The backend this model uses for ``op`` on tensors on ``device``."""
         return backends.resolve(self.backend, device, op)
 
+    def numerics_context(self) -> ContextManager[numerics.Numerics]:
+        """Context of this model's ``precision`` / ``order`` (entered around each op call)."""
+        return numerics.use(getattr(self, "precision", None), getattr(self, "order", None))
+
     def encode_tokens(self, char_ids: torch.Tensor) -> torch.Tensor:
         """Token encoder on the selected backend: ``(..., 50)`` -> ``(..., P)``."""
         op = backends.get_op(self.backend_name(char_ids.device, "token_encoder"), "token_encoder")
         lead = char_ids.shape[:-1]
-        out = op(self.token_encoder, char_ids.reshape(-1, char_ids.shape[-1]))
+        with self.numerics_context():
+            out = op(self.token_encoder, char_ids.reshape(-1, char_ids.shape[-1]))
         return out.reshape(*lead, out.shape[-1])
 
     def embed_tokens(self, char_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,7 +191,8 @@ class BiLM(nn.Module):
         zero = self.lstm.zero_state(batch, embeddings)
         initial = self.states.initial(batch, zero) if self.stateful else zero
         op = backends.get_op(self.backend_name(embeddings.device, "bilstm"), "bilstm")
-        outputs, (h, c) = op(self.lstm, embeddings, lengths, initial, dropout)
+        with self.numerics_context():
+            outputs, (h, c) = op(self.lstm, embeddings, lengths, initial, dropout)
         if self.stateful:
             self.states.update(h, c)
         fmask = mask.unsqueeze(-1).to(embeddings.dtype)
@@ -213,10 +228,11 @@ class BiLM(nn.Module):
         name = self.backend_name(fw_embeddings.device, "bilstm_streams")
         if state is None:
             state = self.lstm.zero_state(fw_embeddings.shape[0], fw_embeddings)
-        if backends.available(name, "bilstm_streams"):
-            return backends.get_op(name, "bilstm_streams")(self.lstm, fw_embeddings, bw_embeddings, state, dropout)
-        return _bilstm_streams_stacked(backends.get_op(name, "bilstm"), self.lstm, fw_embeddings,
-                                       bw_embeddings, state, dropout)
+        with self.numerics_context():
+            if backends.available(name, "bilstm_streams"):
+                return backends.get_op(name, "bilstm_streams")(self.lstm, fw_embeddings, bw_embeddings, state, dropout)
+            return _bilstm_streams_stacked(backends.get_op(name, "bilstm"), self.lstm, fw_embeddings,
+                                           bw_embeddings, state, dropout)
 
 
 def _bilstm_streams_stacked(bilstm_op: Any, lstm: BiLSTM, fw: torch.Tensor, bw: torch.Tensor,

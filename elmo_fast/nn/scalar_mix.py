@@ -79,6 +79,7 @@ class Elmo(nn.Module):
             many layers it has.
         stateful: carry LSTM states across calls (AllenNLP behaviour, default).
         backend: see :mod:`elmo_fast.backend`.
+        precision, order: the fast path's arithmetic (see :mod:`elmo_fast.numerics`); None: fp32, fast.
 
     ``self._elmo_lstm`` is an :class:`elmo_fast.compat.allennlp._ElmoBiLm` (a :class:`BiLM`), so AllenNLP idioms
     such as ``elmo._elmo_lstm._elmo_lstm.reset_states()`` work.
@@ -88,8 +89,10 @@ class Elmo(nn.Module):
                  num_output_representations: int, requires_grad: bool = False, do_layer_norm: bool = False,
                  dropout: float = 0.5, vocab_to_cache: list[str] | None = None,
                  keep_sentence_boundaries: bool = False, scalar_mix_parameters: list[float] | None = None,
-                 module: nn.Module | None = None, *, stateful: bool = True, backend: str | None = None) -> None:
+                 module: nn.Module | None = None, *, stateful: bool = True, backend: str | None = None,
+                 precision: str | None = None, order: str | None = None) -> None:
         super().__init__()
+        from .. import numerics
         from ..compat.modules import _ElmoBiLm
 
         if isinstance(num_output_representations, bool) or not isinstance(num_output_representations, int) \
@@ -108,6 +111,7 @@ class Elmo(nn.Module):
                 raise ValueError("vocab_to_cache with module=...: build the module as "
                                  "elmo_fast.compat.allennlp._ElmoBiLm(options, weights, vocab_to_cache=...)")
             module.create_cached_cnn_embeddings(vocab_to_cache)
+        numerics.configure(module, precision, order)
         self._elmo_lstm = module
         self._has_cached_vocab = getattr(module, "_word_embedding", None) is not None
         self._keep_sentence_boundaries = keep_sentence_boundaries

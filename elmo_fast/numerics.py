@@ -1,0 +1,79 @@
+"""How the fast CPU path multiplies: the precision of the products' inputs and the floating-point order.
+
+Two independent choices, carried by a context variable so that the ops of :mod:`elmo_fast.fast` read them
+without threading extra arguments through every call:
+
+* ``precision``: ``"fp32"`` (default) or ``"bf16"`` (products take bfloat16 inputs and accumulate in float32;
+  cell state, clips, softmax statistics and everything elementwise stay float32).
+* ``order``: ``"fast"`` (default: large products through oneDNN-packed weights, sums in oneDNN's blocking
+  order) or ``"allennlp"`` (every product through the BLAS in the operand layout AllenNLP uses, so that
+  long sequences stay within float32 noise of AllenNLP's own numbers, at a speed cost on large models).
+
+A model carries its own choice (:class:`elmo_fast.BiLM` ``precision=`` / ``order=``) and enters it around
+each op with :func:`use`; code that calls the fast ops directly can do the same. The environment variable
+``ELMO_FAST_ONEDNN=0`` makes ``"allennlp"`` the process-wide default order (kept from earlier releases).
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
+from typing import Iterator
+
+__all__ = ["ORDERS", "PRECISIONS", "Numerics", "configure", "current", "use"]
+
+PRECISIONS = ("fp32", "bf16")
+ORDERS = ("fast", "allennlp")
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """One setting of the fast path's arithmetic (see the module docstring)."""
+
+    precision: str = "fp32"
+    order: str = "fast"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: expected one of {PRECISIONS}, found {self.precision!r}")
+        if self.order not in ORDERS:
+            raise ValueError(f"order: expected one of {ORDERS}, found {self.order!r}")
+
+
+def _process_default() -> Numerics:
+    onednn = os.environ.get("ELMO_FAST_ONEDNN", "1").strip() != "0"
+    return Numerics(order="fast" if onednn else "allennlp")
+
+
+_CURRENT: ContextVar[Numerics] = ContextVar("elmo_fast_numerics", default=_process_default())
+
+
+def current() -> Numerics:
+    """The setting in effect for the calling code."""
+    return _CURRENT.get()
+
+
+@contextmanager
+def use(precision: str | None = None, order: str | None = None) -> Iterator[Numerics]:
+    """Run the enclosed code with ``precision`` and/or ``order`` (None keeps the surrounding value)."""
+    base = _CURRENT.get()
+    setting = replace(base, **{k: v for k, v in (("precision", precision), ("order", order)) if v is not None})
+    token = _CURRENT.set(setting)
+    try:
+        yield setting
+    finally:
+        _CURRENT.reset(token)
+
+
+def configure(module: object, precision: str | None = None, order: str | None = None) -> None:
+    """Set a model's ``precision`` / ``order`` (validated; None leaves the model's current value).
+
+    Models read these in :meth:`elmo_fast.BiLM.numerics_context` around each op; the wrappers
+    (``ElmoEmbedder``, ``Elmo``, the compat classes) call this on the biLM they hold.
+    """
+    Numerics(precision or "fp32", order or "fast")
+    if precision is not None:
+        setattr(module, "precision", precision)
+    if order is not None:
+        setattr(module, "order", order)

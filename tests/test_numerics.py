@@ -1,0 +1,81 @@
+"""The numerics setting (precision / floating-point order) reaches the fast ops and is validated early."""
+import pytest
+import torch
+
+from elmo_fast import numerics
+from elmo_fast.fast import lstm as fast_lstm
+from elmo_fast.fast.packing import PackedLinear
+from elmo_fast.nn.bilm import BiLM
+from elmo_fast.options import options_from_dict
+
+
+def test_names_are_validated_with_the_field_name():
+    with pytest.raises(ValueError, match="precision: expected one of"):
+        numerics.Numerics(precision="fp16")
+    with pytest.raises(ValueError, match="order: expected one of"):
+        numerics.Numerics(order="tf")
+
+
+def test_use_nests_and_restores():
+    outer = numerics.current()
+    with numerics.use(order="allennlp") as a:
+        assert a.order == "allennlp" and a.precision == outer.precision
+        with numerics.use(precision="bf16") as b:
+            assert (b.precision, b.order) == ("bf16", "allennlp")
+        assert numerics.current() == a
+    assert numerics.current() == outer
+
+
+def _model(order):
+    opts = options_from_dict({
+        "lstm": {"dim": 64, "projection_dim": 16, "n_layers": 1, "cell_clip": 3.0, "proj_clip": 3.0},
+        "char_cnn": {"embedding": {"dim": 4}, "filters": [[1, 8], [2, 8]], "n_highway": 1, "n_characters": 262,
+                     "max_characters_per_token": 50, "activation": "relu"}})
+    model = BiLM(opts, stateful=False, backend="fast", order=order).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    return model
+
+
+def test_bilm_rejects_unknown_setting():
+    with pytest.raises(ValueError, match="order"):
+        _model("weird")
+
+
+def test_model_order_switches_the_recurrent_products(monkeypatch):
+    """order="allennlp" sends every per-step product through the BLAS; "fast" uses the packed weights
+    (thresholds forced so that this tiny model's products would be packed)."""
+    monkeypatch.setattr(fast_lstm.PairLinear, "BMM_MAX_WEIGHT", 0)
+    monkeypatch.setattr(PackedLinear, "MIN_PACKED_MACS", 0)
+    calls = []
+    real = PackedLinear.__call__
+    monkeypatch.setattr(PackedLinear, "__call__", lambda self, x: calls.append(1) or real(self, x))
+    emb = torch.randn(3, 7, 16)
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    outs = {}
+    model = _model(None)
+    for order in ("fast", "allennlp"):
+        model.order = order
+        calls.clear()
+        with torch.no_grad():
+            outs[order] = model.forward_embeddings(emb, mask)["activations"][1]
+        outs[order + "_calls"] = len(calls)
+    if fast_lstm.PairLinear(torch.randn(2, 4, 4)).packed[0].packed is not None:  # oneDNN in this torch build
+        assert outs["fast_calls"] > 0
+    assert outs["allennlp_calls"] == 0
+    torch.testing.assert_close(outs["fast"], outs["allennlp"], rtol=1e-5, atol=1e-5)
+
+
+def test_wrappers_validate_and_pass_the_setting(tmp_path):
+    from elmo_fast import Elmo, ElmoEmbedder
+    model = _model(None)
+    opt, w = tmp_path / "options.json", tmp_path / "weights.hdf5"
+    model.save(opt, w)
+    with pytest.raises(ValueError, match="precision"):
+        ElmoEmbedder(opt, w, precision="int4")
+    emb = ElmoEmbedder(opt, w, order="allennlp")
+    assert emb.elmo_bilm.order == "allennlp" and emb.elmo_bilm.precision is None
+    elmo = Elmo(opt, w, 1, order="allennlp")
+    assert elmo._elmo_lstm.order == "allennlp"
