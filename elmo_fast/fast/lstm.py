@@ -36,9 +36,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .. import numerics
 from ..nn.lstm import FORGET_BIAS, BiLSTM
-from .packing import PackedLinear, cached
+from .packing import PackedLinear, PairLinear, cached, onednn_products  # noqa: F401 (re-exported)
 
 __all__ = ["PackedPlan", "PairLinear", "bilstm_fast", "bilstm_streams_fast", "make_plan", "recurrence_forward"]
 
@@ -95,91 +94,9 @@ def make_plan(lengths: torch.Tensor, steps: int) -> PackedPlan:
     return PackedPlan(order, inverse, batch_sizes, offsets, src_fw, src_bw, last, total)
 
 
-def onednn_products() -> bool:
-    """Whether large products go through oneDNN-packed weights (``numerics`` order ``"fast"``, the default).
-
-    Their sums are ordered differently from the BLAS's, which AllenNLP uses: on long sentences of the original
-    model this alone makes the biLSTM drift from AllenNLP by ~4x its own 1-vs-2-thread difference (fresh batch),
-    ~10x with states carried; with order ``"allennlp"`` (or ``ELMO_FAST_ONEDNN=0``) every product is a BLAS
-    product and the drift stays under 2x (``benchmarks/allennlp_parity.py --same-token-embeddings
-    [--no-onednn]``), at a speed cost on large models.
-    """
-    return numerics.current().order == "fast"
-
 #: inference: the first layer's input projection runs once per distinct input row (a batch of 32 sentences of the
 #: benchmark mix repeats ~60% of its positions: 385 distinct of 997), then is gathered per position
 DISTINCT_FIRST_LAYER = True
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Products over the stacked directions
-# ----------------------------------------------------------------------------------------------------------
-class PairLinear:
-    """``y[d] = x[d] @ W[d] (+ b[d])`` for ``D`` stacked directions, weights prepared once.
-
-    Products of a single row, and all products with a small weight (at most :attr:`BMM_MAX_WEIGHT`
-    elements per direction, e.g. the ``small`` model's 128 x 4096), are latency/memory bound: one
-    ``torch.bmm`` over the directions runs them on all cores at once and streams both weights in one call.
-    Otherwise each direction's oneDNN-packed weight (:class:`PackedLinear`) is used: it is what makes a
-    32-row recurrent product of the original model fast. Not differentiable.
-
-    Args:
-        W: ``(D, in, out)``; b: ``(D, out)`` or None; batch_hint: typical row count for oneDNN's packing.
-    """
-
-    __slots__ = ("bias", "packed", "weight")
-
-    #: ``benchmarks/products.py`` on the 2-core AMD EPYC VM: for the small model's weights one bmm is as fast or
-    #: faster at almost every row count (1-997); for 512 x 16384 only at one row
-    BMM_MAX_WEIGHT = 1 << 20
-
-    def __init__(self, W: torch.Tensor, b: torch.Tensor | None = None, batch_hint: int = 32) -> None:
-        self.weight = W.detach().contiguous()
-        self.bias = None if b is None else b.detach().contiguous()
-        self.packed = [PackedLinear(self.weight[d], None if b is None else self.bias[d], batch_hint)
-                       for d in range(W.shape[0])]
-
-    def _bmm(self, n: int) -> bool:
-        _, k, m = self.weight.shape
-        return (n == 1 or k * m <= self.BMM_MAX_WEIGHT or not self.packed or self.packed[0].packed is None
-                or not onednn_products())
-
-    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` ``(D, n, in)`` -> ``(D, n, out)`` (written into ``out`` when given)."""
-        if self._bmm(x.shape[1]):
-            if self.bias is None:
-                return torch.bmm(x, self.weight, out=out)
-            return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight, out=out)
-        ys = [p(x[d]) for d, p in enumerate(self.packed)]
-        if out is None:
-            return torch.stack(ys)
-        for d, y in enumerate(ys):
-            out[d].copy_(y)
-        return out
-
-    def add_into_fn(self, n: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
-        """``(acc, x) -> acc += (x @ W + b)`` for ``acc`` ``(D, n, out)`` and ``x`` ``(D, n, in)`` (the bias,
-        if any, is added to the product before the product is added to ``acc``: AllenNLP's order), the
-        product's path chosen once for ``n`` rows (for per-step loops)."""
-        if self._bmm(n):
-            W = self.weight
-            if self.bias is not None:
-                b = self.bias.unsqueeze(1)
-                return lambda acc, x: acc.add_(torch.baddbmm(b, x, W))
-            return lambda acc, x: acc.add_(torch.bmm(x, W))  # in-place baddbmm_ on the strided view: 2x slower
-        packed = self.packed
-
-        def add(acc: torch.Tensor, x: torch.Tensor) -> None:
-            for d, p in enumerate(packed):
-                acc[d].add_(p(x[d]))
-        return add
-
-    def fn(self, n: int) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
-        """``(x, out) -> x @ W`` for ``n`` rows (no bias), the product's path chosen once."""
-        if self._bmm(n):
-            W = self.weight
-            return lambda x, out: torch.bmm(x, W, out=out)
-        return lambda x, out: self(x, out)
 
 
 def _steps(t: torch.Tensor | None, sizes: list[int]) -> list[torch.Tensor] | None:
