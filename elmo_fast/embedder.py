@@ -52,7 +52,11 @@ class ElmoEmbedder:
         batch_size: default batch size of :meth:`embed_sentences` and :meth:`embed_file` (> 0).
         backend: ``reference`` | ``fast`` | ``triton`` (default: by device, see :mod:`elmo_fast.backend`).
         precision: ``"fp32"`` (default) | ``"bf16"``; order: ``"fast"`` (default) | ``"allennlp"``: the fast
-            path's arithmetic (see :mod:`elmo_fast.numerics`).
+            path's arithmetic (see :mod:`elmo_fast.numerics`). ``"bf16"`` (bfloat16 product inputs, float32
+            accumulation, float32 weights/state/outputs; opt-in, about 2x faster products on CPUs with
+            ``avx512_bf16``, at ~1e-2 relative error per value, see README "bf16") exists on the fast CPU backend
+            only: with ``backend="reference"``, ``"triton"`` or a CUDA device it is a :class:`UserError`
+            (those backends always compute in float32).
 
     Other models: :meth:`from_bilm` wraps any biLM-like module, :meth:`from_pretrained` a model folder.
 
@@ -78,6 +82,7 @@ class ElmoEmbedder:
     def _setup(self, module: torch.nn.Module, device: torch.device) -> None:
         self.device = device
         self.elmo_bilm = module
+        self._check_precision()
         module.to(device).eval()
         options = getattr(module, "options", None)
         dim = getattr(module, "output_dim", None)
@@ -137,12 +142,43 @@ class ElmoEmbedder:
         """The model's files (never written by ``embed_file``; their contents fingerprint resumable runs)."""
         return list(self._files) if self._files else None
 
-    def backend_label(self) -> str:
-        """The backends of the two model ops on this device (part of the resume fingerprint)."""
+    def numerics(self) -> numerics.Numerics:
+        """The arithmetic the model's fast ops use: its own ``precision`` / ``order``, else the current setting
+        of :mod:`elmo_fast.numerics` (what the model inherits when it runs)."""
+        base = numerics.current()
+        precision = getattr(self.elmo_bilm, "precision", None) or base.precision
+        order = getattr(self.elmo_bilm, "order", None) or base.order
+        return numerics.Numerics(precision, order)
+
+    def _backends(self) -> list[str] | None:
         name = getattr(self.elmo_bilm, "backend_name", None)
         if not callable(name):
+            return None
+        return [name(self.device, op) for op in ("token_encoder", "bilstm")]
+
+    def _check_precision(self) -> None:
+        """bf16 exists on the fast CPU backend only: refuse it, naming the setting, anywhere else."""
+        setting = self.numerics()
+        if setting.precision != "bf16":
+            return
+        names = self._backends()
+        if names is not None and any(n != "fast" for n in names):
+            raise UserError(f"precision='bf16': bfloat16 products exist on the fast CPU backend only; this model "
+                            f"runs on backend {'/'.join(names)} (device {self.device}), which always computes in "
+                            f"float32. Use backend='fast' on the CPU, or precision='fp32'")
+
+    def backend_label(self) -> str:
+        """The backends of the two model ops on this device and, where the fast backend runs, its arithmetic
+        (precision and order): part of the resume fingerprint, so chunks made with one arithmetic are never
+        reused by a run with another (e.g. ``"fast/fast bf16/fast"``)."""
+        names = self._backends()
+        if names is None:
             return type(self.elmo_bilm).__name__
-        return f"{name(self.device, 'token_encoder')}/{name(self.device, 'bilstm')}"
+        label = "/".join(names)
+        if "fast" in names:
+            setting = self.numerics()
+            label += f" {setting.precision}/{setting.order}"
+        return label
 
     def reset_states(self) -> None:
         """Forget the carried LSTM states."""

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..atomic import atomic_path, write_json, write_lines
-from . import add_threads_arg, apply_threads
+from . import add_precision_arg, add_threads_arg, apply_threads, precision_context
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    "(default 20)")
     p.add_argument("--batch-size", type=int, default=32, help="training rows per batch (default 32; unroll 20)")
     add_threads_arg(p)
+    add_precision_arg(p, help="arithmetic of the fast CPU path's products for training and embedding: fp32 "
+                      "(default) or bf16 (bfloat16 inputs, float32 accumulation, float32 weights and state); the "
+                      "tiny demo model's products are too small to gain speed from bf16: this shows its effect on "
+                      "the sense accuracy")
     p.add_argument("--examples", type=int, default=4, help="nearest-neighbour examples to print (default 4)")
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -189,6 +193,11 @@ def _check_out(out: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    with precision_context(args):  # training and embedding run with --precision (fp32 unless given)
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
 
     from ..demo_corpus import AMBIGUOUS_WORDS, SENSES, generate, write_corpus
     from ..probe import nearest_neighbour_senses

@@ -5,15 +5,15 @@ import argparse
 import os
 
 from ..errors import UserError
-from . import add_runtime_args, add_threads_arg, apply_threads
+from . import add_runtime_args, add_threads_arg, apply_threads, check_precision
 
 _EPILOG = """\
 memory and resuming:
   The input is read line by line and embedded chunk by chunk (--chunk-lines); memory does not grow with the
   input. Completed chunks are kept in OUTPUT.embed-work/ until OUTPUT is complete, so a run that was killed
   (Ctrl-C, SIGTERM, kill -9, a crash) continues when the same command is run again. A chunk is reused only if
-  its input lines, the model files' contents, the output format, the key mode and statefulness (and, stateful,
-  the batch size) are unchanged; anything else is recomputed and the log says why. A stateful run stores the
+  its input lines, the model files' contents, the backend and its arithmetic (--precision, order), the output
+  format, the key mode and statefulness (and, stateful, the batch size) are unchanged; anything else is recomputed and the log says why. A stateful run stores the
   LSTM state after each chunk, so a resumed run writes exactly what an uninterrupted run writes.
   Temporary files of dead runs (OUTPUT.tmp-PID, chunk-*.h5.tmp-PID) are removed at the next start.
 
@@ -125,15 +125,17 @@ def run(args: argparse.Namespace) -> int:
         if value < 1:
             raise UserError(f"{flag}: expected a positive integer, found {value}")
     cuda = _cuda_index(args.device)
+    check_precision(args)
     files = _model_files(args)
     stateful = not args.stateless
 
     def load() -> ElmoEmbedder:
         if args.model_dir:
             return ElmoEmbedder.from_pretrained(args.model_dir, cuda_device=cuda, stateful=stateful,
-                                                batch_size=args.batch_size, backend=args.backend)
+                                                batch_size=args.batch_size, backend=args.backend,
+                                                precision=args.precision)
         return ElmoEmbedder(args.options_file, args.weight_file, cuda_device=cuda, stateful=stateful,
-                            batch_size=args.batch_size, backend=args.backend)
+                            batch_size=args.batch_size, backend=args.backend, precision=args.precision)
 
     embed_to_hdf5(load, args.input, args.output, output_format=args.output_format, batch_size=args.batch_size,
                   stateful=stateful, forget_sentences=args.forget_sentences,

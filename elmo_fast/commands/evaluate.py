@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..atomic import write_json
-from . import add_runtime_args, apply_threads
+from . import add_runtime_args, apply_threads, precision_context
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -46,8 +46,9 @@ def run(args: argparse.Namespace) -> int:
     check_readable_file(args.heldout, "--heldout")
     model, vocab, _ = load_model_dir(args.model_dir, backend=args.backend, need_softmax=True)
     model.to(args.device)
-    result = evaluate_perplexity(model, vocab, args.heldout, args.batch_size, 1, args.softmax_chunk,
-                                 progress=not args.quiet, max_batches=args.max_batches)
+    with precision_context(args):  # the model (precision None) inherits --precision
+        result = evaluate_perplexity(model, vocab, args.heldout, args.batch_size, 1, args.softmax_chunk,
+                                     progress=not args.quiet, max_batches=args.max_batches)
     result["model_dir"] = args.model_dir
     if args.json:
         write_json(args.json, result)

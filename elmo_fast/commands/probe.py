@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from ..atomic import write_json
-from . import add_runtime_args, apply_threads
+from . import add_runtime_args, apply_threads, precision_context
 
 logger = logging.getLogger(__name__)
 
@@ -88,9 +88,10 @@ def run_pos(args: argparse.Namespace) -> int:
     sentences = {split: read_conllu(path) if path else [] for split, path in files.items()}
     if args.max_train_sentences is not None:
         sentences["train"] = sentences["train"][:args.max_train_sentences]
-    embedder = load_embedder(args.model_dir, args.device, args.backend, args.batch_size)
-    result = pos_probe(embedder, sentences["train"], sentences["dev"], sentences["test"], epochs=args.epochs,
-                       lr=args.lr, seed=args.seed, progress=not args.quiet)
+    with precision_context(args):  # the embedder's model (precision None) inherits --precision
+        embedder = load_embedder(args.model_dir, args.device, args.backend, args.batch_size)
+        result = pos_probe(embedder, sentences["train"], sentences["dev"], sentences["test"], epochs=args.epochs,
+                           lr=args.lr, seed=args.seed, progress=not args.quiet)
     names = {"0": "layer 0 (token)", "1": "layer 1", "2": "layer 2", "mix": "scalar mix"}
     print(f"POS probe ({result.n_tags} UPOS tags; train {result.n_tokens['train']} / dev {result.n_tokens['dev']} "
           f"/ test {result.n_tokens['test']} tokens), model {args.model_dir}")
@@ -115,8 +116,9 @@ def run_wic(args: argparse.Namespace) -> int:
         data, gold = Path(root) / split / f"{split}.data.txt", Path(root) / split / f"{split}.gold.txt"
         if data.is_file() or split in args.threshold_on.split("+"):
             splits[split] = read_wic(data, gold)
-    embedder = load_embedder(args.model_dir, args.device, args.backend, args.batch_size)
-    result = wic_probe(embedder, splits, threshold_split=args.threshold_on, progress=not args.quiet)
+    with precision_context(args):
+        embedder = load_embedder(args.model_dir, args.device, args.backend, args.batch_size)
+        result = wic_probe(embedder, splits, threshold_split=args.threshold_on, progress=not args.quiet)
     names = {"0": "layer 0 (token)", "1": "layer 1", "2": "layer 2", "average": "average"}
     print(f"WiC cosine-threshold probe (threshold chosen on {args.threshold_on}), model {args.model_dir}")
     header = f"{'representation':<18} {'threshold':>9} " + " ".join(f"{s + ' acc':>10}" for s in splits)

