@@ -17,6 +17,13 @@ embedded in fp32 and in bf16: the demo's nearest-neighbour sense accuracy (``--d
 ``--seed``) and the POS probe (UD EWT, ``--pos-train`` sentences, ``--pos-epochs``; the probe's own training is
 float32 and seeded, so only the embeddings differ).
 
+Part 3, int8 exploration (not shipped): ``--products`` times single products of the original model's shapes
+(fp32 oneDNN-packed, bf16 oneDNN-packed, int8 dynamic quantization ``quantized::linear_dynamic`` with per-channel
+int8 weights and per-tensor dynamic uint8 activations, int8 weight-only ``torch._weight_int8pack_mm``) with their
+relative error against the exact float64 product; ``--int8`` adds per-layer rows (and one-pass timings) for the
+whole model with every :class:`~elmo_fast.fast.packing.PackedLinear` product replaced by int8 dynamic
+quantization (inference only; installed for the run by :func:`int8_products`).
+
 Run: ``python benchmarks/bf16.py --threads 1 --downstream runs/demo/model``
 """
 from __future__ import annotations
@@ -104,7 +111,85 @@ def layer_errors(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> list[dict[
     return out
 
 
-def error_rows(names: Sequence[str], n_sentences: int, reference: str) -> list[str]:
+class int8_products:
+    """Context: every ``PackedLinear`` product that precision ``"bf16"`` routes through ``PackedLinear.bf16`` is
+    an int8 dynamic-quantized product instead (weights per output channel, symmetric; activations per tensor,
+    quantized at each call; float32 output). Exploration only."""
+
+    def __enter__(self) -> "int8_products":
+        self.saved = packing.PackedLinear.bf16
+        self.prepared: dict[int, tuple[Any, Any]] = {}
+        prepared = self.prepared
+
+        def int8(lin: Any, x: torch.Tensor) -> torch.Tensor:
+            hit = prepared.get(id(lin))
+            if hit is None or hit[0] is not lin:
+                W = lin.weight.t().contiguous()                                    # (out, in)
+                scales = (W.abs().amax(1) / 127.0).clamp_min(1e-12).double()
+                wq = torch.quantize_per_channel(W, scales, torch.zeros(W.shape[0], dtype=torch.long), 0, torch.qint8)
+                bias = lin.bias if lin.bias is not None else torch.zeros(W.shape[0])
+                hit = (lin, torch.ops.quantized.linear_prepack(wq, bias))
+                prepared[id(lin)] = hit
+            if x.shape[0] == 0:
+                return x.new_zeros(0, lin.out_features)
+            return torch.ops.quantized.linear_dynamic(x.float().contiguous(), hit[1], False)
+        packing.PackedLinear.bf16 = int8  # type: ignore[assignment]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        packing.PackedLinear.bf16 = self.saved  # type: ignore[assignment]
+
+
+def product_rows(reps: int = 7) -> list[str]:
+    """Single products at the original model's shapes: time (best of ``reps``, variants alternated) and error."""
+    L = torch.ops.mkldnn._linear_pointwise
+    shapes = [("recurrent h W_h, per step and direction", 32, 512, 16384),
+              ("projection hc W_P, per step and direction", 32, 4096, 512),
+              ("input projection x W_x, all steps (batch 32)", 800, 512, 16384),
+              ("highway, distinct tokens (batch 32)", 400, 2048, 4096),
+              ("recurrent at batch 1", 1, 512, 16384)]
+    rows = ["| product | n x k x m | fp32 packed ms | bf16 packed ms | int8 dynamic ms | int8 weight-only ms "
+            "| bf16 rel. err (mean / max) | int8 dyn. rel. err | int8 w-only rel. err |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    gen = torch.Generator().manual_seed(0)
+    for what, n, k, m in shapes:
+        x = torch.randn(n, k, generator=gen)
+        W = torch.randn(k, m, generator=gen) / k ** 0.5
+        b = torch.randn(m, generator=gen) * 0.1
+        exact = x.double() @ W.double() + b.double()
+        p32 = torch.ops.mkldnn._reorder_linear_weight(W.t().contiguous(), n)
+        p16 = torch.ops.mkldnn._reorder_linear_weight(W.bfloat16().t().contiguous(), n) if packing.BF16_NATIVE else None
+        Wt = W.t().contiguous()
+        scales = (Wt.abs().amax(1) / 127.0).clamp_min(1e-12)
+        wq = torch.quantize_per_channel(Wt, scales.double(), torch.zeros(m, dtype=torch.long), 0, torch.qint8)
+        pq = torch.ops.quantized.linear_prepack(wq, b)
+        wi8 = torch.round(Wt / scales[:, None]).clamp(-127, 127).to(torch.int8)
+        variants = {
+            "fp32": lambda: L(x, p32, b, "none", [], ""),
+            "bf16": (lambda: L(x.bfloat16(), p16, b, "none", [], "").float()) if p16 is not None
+            else (lambda: torch.add(b, x.bfloat16() @ W.bfloat16())),
+            "int8": lambda: torch.ops.quantized.linear_dynamic(x, pq, False),
+            "woq": lambda: torch._weight_int8pack_mm(x, wi8, scales) + b,
+        }
+        best = dict.fromkeys(variants, float("inf"))
+        for fn in variants.values():
+            fn()
+        for _ in range(reps):
+            for key, fn in variants.items():
+                t = time.perf_counter()
+                fn()
+                best[key] = min(best[key], time.perf_counter() - t)
+        err = {}
+        for key, fn in variants.items():
+            d = (fn().double() - exact).abs()
+            err[key] = f"{float(d.mean() / exact.abs().mean()):.1e} / {float(d.max() / exact.abs().max()):.1e}"
+        rows.append(f"| {what} | {n} x {k} x {m} | {best['fp32'] * 1e3:.2f} | {best['bf16'] * 1e3:.2f} "
+                    f"| {best['int8'] * 1e3:.2f} | {best['woq'] * 1e3:.2f} | {err['bf16']} | {err['int8']} "
+                    f"| {err['woq']} |")
+    return rows
+
+
+def error_rows(names: Sequence[str], n_sentences: int, reference: str, int8: bool = False) -> list[str]:
     rows = ["| model | comparison | layer | max abs diff | mean abs diff | mean abs value | cosine min | "
             "cosine mean |", "|---|---|---|---|---|---|---|---|"]
     for name in names:
@@ -120,7 +205,13 @@ def error_rows(names: Sequence[str], n_sentences: int, reference: str) -> list[s
         bf16 = embed(model, sentences, "bf16")
         t16 = time.perf_counter() - t
         logger.info("  embedded: fp32 %.1f s, bf16 %.1f s (one pass each; timing only indicative)", t32, t16)
-        comparisons = [("bf16 vs fp32 (fast)", layer_errors(bf16, fp32))]
+        comparisons = [(f"bf16 vs fp32 (fast; one pass {t16:.1f} s vs {t32:.1f} s)", layer_errors(bf16, fp32))]
+        if int8:
+            with int8_products():
+                t = time.perf_counter()
+                q8 = embed(model, sentences, "bf16")
+                t8 = time.perf_counter() - t
+            comparisons.append((f"int8 dynamic vs fp32 (fast; one pass {t8:.1f} s)", layer_errors(q8, fp32)))
         if reference == "all" or (reference == "tiny" and name != "original"):
             ref = embed(model, sentences, None, backend="reference")
             comparisons.append(("fp32 fast vs fp32 reference (noise floor)", layer_errors(fp32, ref)))
@@ -182,6 +273,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--demo-seed", type=int, default=0, help="the demo's --seed (its held-out sentences)")
     parser.add_argument("--pos-train", type=int, default=2000, help="POS probe training sentences (0: skip)")
     parser.add_argument("--pos-epochs", type=int, default=5, help="POS probe epochs")
+    parser.add_argument("--int8", action="store_true", help="also the whole model with int8 dynamic products")
+    parser.add_argument("--products", action="store_true", help="single-product speed/error table (fp32, bf16, "
+                        "int8 dynamic, int8 weight-only) at the original shapes")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the tables to this file")
     args = parser.parse_args(argv)
@@ -192,7 +286,9 @@ def main(argv: list[str] | None = None) -> None:
             f"{packing.BF16_NATIVE}")
     lines = [head, ""]
     if args.models:
-        lines += error_rows(args.models, args.sentences, args.reference)
+        lines += error_rows(args.models, args.sentences, args.reference, args.int8)
+    if args.products:
+        lines += [""] + product_rows()
     if args.downstream:
         lines += [""] + downstream_rows(args.downstream, args.demo_seed, args.pos_train, args.pos_epochs)
     table = "\n".join(lines)
