@@ -12,12 +12,14 @@ needed. Checked per launch and architecture:
   (sm_90: 232,448 bytes with opt-in; sm_80: 166,912);
 * registers x threads within the 65,536-register file of an SM, grid within (2^31 - 1, 65,535, 65,535);
 * spills: the cubin's local memory (``cuobjdump -res-usage``: LOCAL/STACK bytes per thread); the kernels
-  the GPU path picks in the default (fp32) mode must not spill.
+  the GPU path picks in the default mode (``tf32x3``, :data:`elmo_fast.kernels.common.DEFAULT_PRECISION`)
+  must not spill;
+* tensor cores: whether the PTX has ``wgmma`` (sm_90 warpgroup MMA) or ``mma.sync`` instructions (none: FMA).
 
 This module must run in a process where ``TRITON_INTERPRET`` was not set when triton was imported (the
 interpreter replaces the kernels by Python functions); the test suite runs it in a subprocess::
 
-    python -m elmo_fast.kernels.compile_check --arch 90 --arch 80 --json report.json
+    python -m elmo_fast.kernels.compile_check --arch 90 --arch 80 --json report.json [--precision ieee]
 
 Shapes (:func:`workloads`): the ``tiny``, ``small``, ``medium`` and ``original`` presets at inference (64
 sentences x 40 tokens + BOS/EOS, varied lengths) and training (128 x 20 per stream, forward + backward,
@@ -59,7 +61,7 @@ class Workload:
 
     name: str
     run: Callable[[], None]
-    precision: str = "fp32"
+    precision: str = "tf32x3"  # the kernels' default (common.DEFAULT_PRECISION)
 
 
 # ---------------------------------------------------------------------------------------------- workloads
@@ -106,7 +108,7 @@ def _training(enc, lstm, B: int, T: int, L: int, V: int, S: int, dropout: float 
 
 
 def workloads(presets: Iterable[str] = ("tiny", "small", "medium", "original"),
-              precision: str = "fp32") -> list[Workload]:
+              precision: str = "tf32x3") -> list[Workload]:
     """Inference 64 x 40 (+ BOS/EOS) and training 128 x 20 (+ sampled/full softmax) per preset."""
     from elmo_fast.options import preset
     out = []
@@ -173,7 +175,7 @@ def _encoder(N: int, filters, D: int, L: int, n_highway: int, P: int, activation
             y.sum().backward()
 
 
-def edge_workloads(precision: str = "fp32") -> list[Workload]:
+def edge_workloads(precision: str = "tf32x3") -> list[Workload]:
     """Shapes at the limits of the host code's choices:
 
     * LSTM persistent kernel at every padded (P, C) the auto choice accepts at its budget's edge, and
@@ -415,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="compute capability to compile for (repeatable; default 90 and 80)")
     p.add_argument("--presets", default="tiny,small,medium,original", help="comma-separated presets")
     p.add_argument("--no-edges", action="store_true", help="skip the edge shapes")
-    p.add_argument("--precision", default="fp32", help="matmul precision mode of the recorded launches")
+    p.add_argument("--precision", default=None,
+                   help="matmul precision mode of the recorded launches (default: the kernels' default, tf32x3)")
     p.add_argument("--jobs", type=int, default=1, help="compiler processes (default 1)")
     p.add_argument("--json", help="write the results (one object per launch and arch) to this file")
     p.add_argument("--markdown", help="write the table to this file")
@@ -424,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     if "TRITON_CACHE_DIR" not in os.environ:  # a private compiler cache: ptxas must run to report spills
         os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="elmo-fast-triton-")
+    from .common import DEFAULT_PRECISION
+    args.precision = args.precision or DEFAULT_PRECISION
     work = workloads([s for s in args.presets.split(",") if s], args.precision)
     if not args.no_edges:
         work += edge_workloads(args.precision)

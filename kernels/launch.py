@@ -8,17 +8,35 @@ so that
 * the compile check (:mod:`elmo_fast.kernels.compile_check`, ``tests/test_gpu_compile.py``) can run the real
   host code on ``meta`` tensors under :func:`recording` and collect, instead of launching, exactly the
   launches (kernel, grid, argument types, constexprs, warps, stages) a GPU would get, then compile each with
-  the real Triton compiler for sm_80 and sm_90 and check them against the hardware limits.
+  the real Triton compiler for sm_80 and sm_90 and check them against the hardware limits;
+* a loop of launches (the LSTM's per-step kernels) can be replayed from a CUDA graph: :func:`run_launches`.
+
+CUDA graphs (``ELMO_FAST_CUDA_GRAPHS=1``, the default; ``0`` turns capture off): :func:`run_launches` first
+collects a loop's launches without running them. A graph is replayed only when *every* launch of the loop is
+identical to a captured one - same kernel, grid, constexprs, warps, stages and the same argument values, tensor
+arguments compared by device address - so a replay performs exactly the launches the eager loop would. A loop
+runs eagerly the first time it is seen (which also compiles and loads the kernels outside any capture), is
+captured the second time and replayed from then on. In a training loop PyTorch's caching allocator hands out
+the same addresses step after step, so the per-step launches of a layer are replayed from one graph; a
+loop whose addresses change (other batch shapes) just runs eagerly. Nothing here allocates during capture
+(the step loops are allocation-free). Graphs are never used for CPU tensors (the interpreter), while the
+compile check records, or inside a capture the caller started.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
+import logging
+import os
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
-__all__ = ["LaunchPlan", "launch", "recording", "is_recording", "NUM_STAGES"]
+__all__ = ["LaunchPlan", "launch", "recording", "is_recording", "NUM_STAGES", "run_launches", "GraphCache",
+           "graphs_enabled", "GRAPHS_ENV"]
+
+GRAPHS_ENV = "ELMO_FAST_CUDA_GRAPHS"
 
 #: Triton's default software-pipelining depth on NVIDIA GPUs (what a launch without ``num_stages`` gets)
 NUM_STAGES = 3
@@ -107,12 +125,141 @@ def launch(kernel: Any, grid: tuple[int, ...], args: tuple, constexprs: dict[str
                 name = getattr(getattr(kernel, "fn", kernel), "__name__", "kernel")
                 raise BackendError(f"triton kernel {name}: a tensor of shape {tuple(a.shape)} has 2^31 or more "
                                    "elements; this kernel uses 32-bit offsets (split the batch)")
+    plan = LaunchPlan(kernel, tuple(grid), tuple(args), dict(constexprs), num_warps, num_stages)
     if _RECORDER is not None:
-        _RECORDER.add(LaunchPlan(kernel, tuple(grid), tuple(args), dict(constexprs), num_warps, num_stages))
+        _RECORDER.add(plan)
         return
-    device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
+    if _COLLECTOR is not None:
+        _COLLECTOR.append(plan)
+        return
+    _execute(plan)
+
+
+def _device(plan: LaunchPlan) -> torch.device | None:
+    return next((a.device for a in plan.args if isinstance(a, torch.Tensor)), None)
+
+
+def _execute(plan: LaunchPlan) -> None:
+    """Launch one plan on its first tensor's device (a device guard: Triton launches on the current device)."""
+    device = _device(plan)
+    run = plan.kernel[plan.grid]
     if device is not None and device.type == "cuda":
         with torch.cuda.device(device):
-            kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
+            run(*plan.args, **plan.constexprs, num_warps=plan.num_warps, num_stages=plan.num_stages)
     else:
-        kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
+        run(*plan.args, **plan.constexprs, num_warps=plan.num_warps, num_stages=plan.num_stages)
+
+
+# ---------------------------------------------------------------------------------------------- CUDA graphs
+_COLLECTOR: list[LaunchPlan] | None = None
+
+
+def graphs_enabled() -> bool:
+    """``ELMO_FAST_CUDA_GRAPHS``: ``1`` (default) replays repeated launch loops from CUDA graphs, ``0`` never."""
+    value = os.environ.get(GRAPHS_ENV, "1").strip()
+    if value not in ("0", "1"):
+        from elmo_fast.backend import BackendError
+        raise BackendError(f"{GRAPHS_ENV}={value!r}: expected '0' or '1'")
+    return value == "1"
+
+
+def _exact_key(plan: LaunchPlan) -> tuple:
+    """Everything a launch depends on: kernel, grid, options and argument *values* (tensors by address)."""
+    args = tuple(("tensor", a.device.type, a.device.index, a.data_ptr(), a.dtype) if isinstance(a, torch.Tensor)
+                 else (type(a).__name__, a) for a in plan.args)
+    return (id(plan.kernel), plan.grid, args, tuple(sorted(plan.constexprs.items())), plan.num_warps,
+            plan.num_stages)
+
+
+def _capture_cuda(plans: list[LaunchPlan], device: torch.device) -> Any:
+    """Capture the launches into a ``torch.cuda.CUDAGraph`` (not run by the capture itself)."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.device(device):
+        with torch.cuda.graph(graph):
+            for plan in plans:
+                _execute(plan)
+    return graph
+
+
+class GraphCache:
+    """Launch loops seen before (by exact key) and the CUDA graphs captured for the repeated ones.
+
+    Args:
+        max_graphs: graphs kept (least recently used dropped first).
+        max_seen: keys of loops run once, remembered to capture on the second occurrence.
+        capture: ``(plans, device) -> graph with .replay()``; tests substitute a stand-in.
+        device_types: device types whose loops may be captured (``("cuda",)``).
+    """
+
+    def __init__(self, max_graphs: int = 16, max_seen: int = 64,
+                 capture: Callable[[list[LaunchPlan], torch.device], Any] = _capture_cuda,
+                 device_types: tuple[str, ...] = ("cuda",)) -> None:
+        self.graphs: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+        self.seen: collections.OrderedDict[tuple, None] = collections.OrderedDict()
+        self.max_graphs, self.max_seen = max_graphs, max_seen
+        self.capture, self.device_types = capture, device_types
+        self.stats = {"eager": 0, "captured": 0, "replayed": 0}
+
+    def run(self, plans: list[LaunchPlan]) -> None:
+        device = _device(plans[0]) if plans else None
+        if (device is None or device.type not in self.device_types
+                or (device.type == "cuda" and torch.cuda.is_current_stream_capturing())):
+            for plan in plans:
+                _execute(plan)
+            self.stats["eager"] += 1
+            return
+        key = tuple(_exact_key(p) for p in plans)
+        graph = self.graphs.get(key)
+        if graph is None:
+            if key not in self.seen:  # first time: eager (compiles and loads the kernels outside a capture)
+                self.seen[key] = None
+                if len(self.seen) > self.max_seen:
+                    self.seen.popitem(last=False)
+                for plan in plans:
+                    _execute(plan)
+                self.stats["eager"] += 1
+                return
+            del self.seen[key]
+            try:
+                graph = self.capture(plans, device)
+            except Exception as e:  # a driver/stream that cannot capture: eager from now on, said once
+                logging.getLogger(__name__).warning("CUDA graph capture failed (%s: %s); launching eagerly from now "
+                                                    "on (set %s=0 to skip capture)", type(e).__name__, e, GRAPHS_ENV)
+                self.device_types = ()
+                for plan in plans:
+                    _execute(plan)
+                self.stats["eager"] += 1
+                return
+            self.graphs[key] = graph
+            if len(self.graphs) > self.max_graphs:
+                self.graphs.popitem(last=False)
+            self.stats["captured"] += 1
+        else:
+            self.graphs.move_to_end(key)
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                graph.replay()
+        else:
+            graph.replay()
+        self.stats["replayed"] += 1
+
+
+#: the process-wide cache used by the kernels' host code
+GRAPHS = GraphCache()
+
+
+def run_launches(body: Callable[[], None], cache: GraphCache | None = None) -> None:
+    """Run ``body`` (a loop that only calls :func:`launch`) eagerly or from a CUDA graph (module docstring).
+
+    While the compile check records, or with ``ELMO_FAST_CUDA_GRAPHS=0``, ``body`` just runs."""
+    global _COLLECTOR
+    if _RECORDER is not None or _COLLECTOR is not None or not graphs_enabled():
+        body()
+        return
+    plans: list[LaunchPlan] = []
+    _COLLECTOR = plans
+    try:
+        body()
+    finally:
+        _COLLECTOR = None
+    (cache or GRAPHS).run(plans)

@@ -8,7 +8,9 @@ Math per direction d and step (bilm-tf gate order i, j, f, o; TF weight layout k
     h_t = clip((σ(o) tanh(c_t)) @ W_P, ±proj_clip)
     y_t = h_t (+ x_t when residual)
 
-**Step kernels** (any shape): per time step two launches, grid ``(batch blocks, column blocks, 2)``
+**Step kernels** (any shape): per time step two launches (the T-step loop, forward and backward, is
+replayed from a CUDA graph when it repeats with the same tensors: :func:`elmo_fast.kernels.launch.run_launches`),
+grid ``(batch blocks, column blocks, 2)``
 with the direction as the last grid axis. The cell kernel does the recurrent matmul for the four gate
 column blocks of its cell tile, adds ``gx`` and the bias (bilm-tf's +1 forget bias folded in by the host), applies the nonlinearities,
 the cell update and clip, and writes ``u = σ(o) tanh(c)``; the projection kernel does ``u @ W_P``, the
@@ -34,6 +36,7 @@ import triton
 import triton.language as tl
 
 from .common import check_device, colsum, gpu_tiles, launch, matmul, mm, precision_code
+from .launch import run_launches
 
 __all__ = ["lstm_bidirectional_layer", "LSTMLayerFunction", "persistent_fits"]
 
@@ -405,14 +408,17 @@ class LSTMLayerFunction(torch.autograd.Function):
                 u = torch.zeros(2, B, C, device=dev)
                 grid_c = (triton.cdiv(B, BB), triton.cdiv(C, BC), 2)
                 grid_p = (triton.cdiv(B, BB), triton.cdiv(P, BP), 2)
-                for s in range(T):
-                    launch(_cell_step, grid_c,
-                           (gx, bias, W_h, lengths, h, c, u, G, Cpre, Cprev, U, Hprev, s, B, T, P, C, cc),
-                           dict(HAS_CLIP=has_cc, SAVE=save, PREC=prec, REV=reverse, BB=BB, BC=BC, BK=BK), num_warps=8,
-                           num_stages=1, wide=True)  # pipelined loads spill on sm_80 (compile check)
-                    launch(_proj_step, grid_p, (u, W_P, lengths, h, x, y, Hpre, s, B, T, P, C, pc),
-                           dict(HAS_CLIP=has_pc, RESIDUAL=residual, SAVE=save, PREC=prec, REV=reverse, BB=BB, BP=BP,
-                                BK=BK), num_warps=8, wide=True)
+
+                def steps() -> None:  # allocation-free: replayed from a CUDA graph when repeated (launch.py)
+                    for s in range(T):
+                        launch(_cell_step, grid_c,
+                               (gx, bias, W_h, lengths, h, c, u, G, Cpre, Cprev, U, Hprev, s, B, T, P, C, cc),
+                               dict(HAS_CLIP=has_cc, SAVE=save, PREC=prec, REV=reverse, BB=BB, BC=BC, BK=BK),
+                               num_warps=8, num_stages=1, wide=True)  # pipelined loads spill on sm_80 (compile check)
+                        launch(_proj_step, grid_p, (u, W_P, lengths, h, x, y, Hpre, s, B, T, P, C, pc),
+                               dict(HAS_CLIP=has_pc, RESIDUAL=residual, SAVE=save, PREC=prec, REV=reverse, BB=BB,
+                                    BP=BP, BK=BK), num_warps=8, wide=True)
+                run_launches(steps)
         if save:
             ctx.save_for_backward(x_in, W_x, W_h, W_P, lengths, G, Cpre, Cprev, U, Hprev, Hpre)
         ctx.meta = (has_cc, has_pc, cc, pc, residual, prec, shared_x, (B, T, I), reverse)
@@ -433,13 +439,16 @@ class LSTMLayerFunction(torch.autograd.Function):
         if B > 0 and T > 0:
             grid_c = (triton.cdiv(B, BB), triton.cdiv(C, BC), 2)
             grid_p = (triton.cdiv(B, BB), triton.cdiv(P, BP), 2)
-            for s in range(T - 1, -1, -1):
-                launch(_cell_step_bwd, grid_c,
-                       (dy, dh, dc, W_P, lengths, G, Cpre, Cprev, Hpre, dZ, dHpre, s, B, T, P, C, cc, pc),
-                       dict(HAS_CCLIP=has_cc, HAS_PCLIP=has_pc, PREC=prec, REV=reverse, BB=BB, BC=BC, BK=BK),
-                       num_warps=8, wide=True)
-                launch(_hidden_step_bwd, grid_p, (dZ, W_h, lengths, dh, s, B, T, P, C),
-                       dict(PREC=prec, REV=reverse, BB=BB, BP=BP, BK=BK), num_warps=8, wide=True)
+
+            def steps() -> None:  # allocation-free: replayed from a CUDA graph when repeated (launch.py)
+                for s in range(T - 1, -1, -1):
+                    launch(_cell_step_bwd, grid_c,
+                           (dy, dh, dc, W_P, lengths, G, Cpre, Cprev, Hpre, dZ, dHpre, s, B, T, P, C, cc, pc),
+                           dict(HAS_CCLIP=has_cc, HAS_PCLIP=has_pc, PREC=prec, REV=reverse, BB=BB, BC=BC, BK=BK),
+                           num_warps=8, wide=True)
+                    launch(_hidden_step_bwd, grid_p, (dZ, W_h, lengths, dh, s, B, T, P, C),
+                           dict(PREC=prec, REV=reverse, BB=BB, BP=BP, BK=BK), num_warps=8, wide=True)
+            run_launches(steps)
         BT = B * T
         dZ2 = dZ.view(2, BT, 4 * C)
         dW_h = matmul(Hprev.view(2, BT, P).transpose(1, 2), dZ2, prec=prec)

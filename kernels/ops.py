@@ -16,7 +16,8 @@ without ``TRITON_INTERPRET=1``, non-float32 parameters); it never falls back to 
 Dropout masks are drawn in the reference's order (direction-major, then layer) and with the same
 shapes, so under a fixed seed the triton and reference backends drop the same units.
 
-Environment: ``ELMO_FAST_TRITON_PRECISION=fp32|tf32x3|tf32|bf16`` (matmul input precision, default fp32),
+Environment: ``ELMO_FAST_TRITON_PRECISION=tf32x3|ieee|fp32|tf32|bf16`` (matmul input precision, default tf32x3;
+fp32 = ieee),
 ``ELMO_FAST_TRITON_LSTM=auto|step|persistent`` (LSTM kernel choice, default auto: persistent within the
 compile-checked budget of :func:`elmo_fast.kernels.lstm_cell.persistent_fits`), ``ELMO_FAST_TRITON_MATMUL=
 cublas|triton`` (plain fp32 matmuls on cuBLAS, default) and ``ELMO_FAST_TRITON_TILES=auto|gpu`` (under the

@@ -54,11 +54,126 @@ def test_tile_mode_values(monkeypatch):
         assert common.gpu_tiles()
 
 
-def test_precision_modes_include_tf32x3():
-    assert "tf32x3" in common.PRECISIONS
-    common.set_precision("tf32x3")
+def test_precision_modes_default_is_tf32x3_and_ieee_stays_selectable(monkeypatch):
+    monkeypatch.delenv(common.PRECISION_ENV, raising=False)
+    assert common.precision() == "tf32x3" == common.DEFAULT_PRECISION
+    # compiled: tensor-core tf32x3 (4); the interpreter runs the same three passes emulated (5)
+    assert common.precision_code() == (5 if common.interpreting() else 4)
+    for name in ("ieee", "fp32"):
+        monkeypatch.setenv(common.PRECISION_ENV, name)
+        assert common.precision() == name and common.precision_code() == 0
+    monkeypatch.delenv(common.PRECISION_ENV)
+    common.set_precision("ieee")
     try:
-        # the interpreter has no TF32: it runs the IEEE path (the compiled kernels get code 4)
-        assert common.precision_code() == (0 if common.interpreting() else 4)
+        assert common.precision_code() == 0
     finally:
         common.set_precision(None)
+    with pytest.raises(ValueError, match="precision"):
+        common.set_precision("fp16")
+
+
+def test_interpreter_tf32x3_dot_matches_the_hand_computed_three_passes():
+    """The interpreter's tf32x3 (``mm`` code 5, bit operations in the kernel) on the hand case of
+    tests/test_tf32_emulation.py: every product is 1 + 3078 * 2^-22 (not the float32 product), and 16 equal
+    terms sum exactly, so the result is exact in any summation order. Compiled kernels (code 4) get the
+    same value from the tensor cores when they read the remainders' TF32 bits."""
+    if not common.interpreting():
+        pytest.skip("the emulated code path (5) only runs under the interpreter; compiled kernels use code 4")
+    a0, b0 = 1 + 2 ** -11 + 2 ** -20 + 2 ** -23, 1 + 2 ** -12
+    a = torch.full((16, 16), a0)
+    b = torch.full((16, 16), b0)
+    out = common.matmul(a, b, prec=5)
+    assert torch.equal(out, torch.full((16, 16), 16 * (1 + 3078 * 2 ** -22)))
+    ieee = common.matmul(a, b, prec=0)
+    assert torch.equal(ieee, torch.full((16, 16), 16 * float(torch.tensor(a0) * torch.tensor(b0))))
+    assert not torch.equal(out, ieee)
+
+
+class _StandInGraph:
+    """What a captured CUDA graph does on replay, for CPU tensors: the same launches, same arguments."""
+
+    def __init__(self, plans):
+        self.plans = list(plans)
+        self.replays = 0
+
+    def replay(self):
+        from elmo_fast.kernels import launch as launch_mod
+        self.replays += 1
+        for p in self.plans:
+            launch_mod._execute(p)
+
+
+def test_launch_loops_are_captured_on_the_second_identical_run_and_replayed(monkeypatch, caplog):
+    """The graph cache's rule (kernels/launch.py): eager the first time, capture + replay the second, replay
+    after; any changed argument (here a tensor at another address) runs eagerly; capture off with
+    ELMO_FAST_CUDA_GRAPHS=0; a failing capture falls back to eager launches. CUDA graphs themselves need a
+    GPU: a stand-in graph replays the captured launches on CPU (the interpreter)."""
+    from elmo_fast.kernels import launch as launch_mod
+    if not common.interpreting():
+        pytest.skip("CPU stand-in for the capture; on CUDA the real graphs run in the kernel suite")
+    captured = []
+
+    def capture(plans, device):
+        captured.append(_StandInGraph(plans))
+        return captured[-1]
+    cache = launch_mod.GraphCache(capture=capture, device_types=("cpu",))
+    x = torch.arange(12.0).view(4, 3)
+    out = torch.zeros(3)
+
+    def body(dst=out):
+        for _ in range(2):  # a loop of launches (same kernel twice)
+            launch(common._colsum_kernel, (1,), (x, dst, 4, 3, 3, 1), dict(BM=32, BN=64))
+    want = x.sum(0)
+    for i, stats in enumerate([dict(eager=1, captured=0, replayed=0), dict(eager=1, captured=1, replayed=1),
+                               dict(eager=1, captured=1, replayed=2)]):
+        out.zero_()
+        launch_mod.run_launches(body, cache)
+        assert torch.equal(out, want) and cache.stats == stats, (i, cache.stats)
+    assert len(captured) == 1 and captured[0].replays == 2 and len(captured[0].plans) == 2
+    other = torch.zeros(3)
+    launch_mod.run_launches(lambda: body(other), cache)  # another address: not the captured loop
+    assert torch.equal(other, want) and cache.stats["eager"] == 2 and cache.stats["replayed"] == 2
+    monkeypatch.setenv(launch_mod.GRAPHS_ENV, "0")
+    out.zero_()
+    launch_mod.run_launches(body, cache)
+    assert torch.equal(out, want) and cache.stats == dict(eager=2, captured=1, replayed=2)
+    monkeypatch.setenv(launch_mod.GRAPHS_ENV, "yes")
+    with pytest.raises(BackendError, match=launch_mod.GRAPHS_ENV):
+        launch_mod.run_launches(body, cache)
+    monkeypatch.delenv(launch_mod.GRAPHS_ENV)
+    # the compile check's recording sees the launches, nothing runs
+    out.zero_()
+    with recording() as plans:
+        launch_mod.run_launches(body, cache)
+    assert [p.count for p in plans] == [2] and float(out.abs().sum()) == 0.0
+
+    def broken(plans, device):
+        raise RuntimeError("capture unsupported")
+    bad = launch_mod.GraphCache(capture=broken, device_types=("cpu",))
+    for _ in range(3):
+        out.zero_()
+        launch_mod.run_launches(body, bad)
+        assert torch.equal(out, want)
+    assert bad.stats == dict(eager=3, captured=0, replayed=0) and "capture failed" in caplog.text
+
+
+def test_lstm_step_loops_go_through_the_graph_cache(monkeypatch):
+    """Forward and backward step loops of the LSTM layer run through run_launches (results unchanged)."""
+    from elmo_fast.kernels import launch as launch_mod
+    cache = launch_mod.GraphCache(capture=lambda plans, device: _StandInGraph(plans), device_types=("cpu",))
+    monkeypatch.setattr(launch_mod, "GRAPHS", cache)
+    g = torch.Generator().manual_seed(0)
+    B, T, P, C = 2, 3, 16, 16
+    x = torch.randn(2, B, T, P, generator=g, requires_grad=True)
+    W0, bias = torch.randn(2, 2 * P, 4 * C, generator=g) * 0.3, torch.zeros(2, 4 * C)
+    WP = torch.randn(2, C, P, generator=g) * 0.3
+    W0.requires_grad_()
+    h0, c0 = torch.zeros(2, B, P), torch.zeros(2, B, C)
+    y, h, c = lstm_cell.lstm_bidirectional_layer(x, W0, bias, WP, h0, c0, torch.tensor([3, 2]), 3.0, 3.0, False, persistent=False)
+    y.sum().backward()
+    assert cache.stats["eager"] + cache.stats["replayed"] == 2  # one forward loop, one backward loop
+    monkeypatch.setenv(launch_mod.GRAPHS_ENV, "0")
+    x2 = x.detach().clone().requires_grad_()
+    y2, _, _ = lstm_cell.lstm_bidirectional_layer(x2, W0, bias, WP, h0, c0, torch.tensor([3, 2]), 3.0, 3.0, False, persistent=False)
+    y2.sum().backward()
+    assert torch.equal(y, y2) and torch.equal(x.grad, x2.grad)

@@ -94,16 +94,28 @@ def test_layer_matches_reference(monkeypatch, persistent, shared, residual, clip
     assert float(kern[0][:, 3].abs().max()) == 0.0
 
 
-def test_clip_gradient_is_zero_where_clip_active():
+@pytest.mark.parametrize("precision", ["ieee", None])
+def test_clip_gradient_is_zero_where_clip_active(precision):
     """Saturate the cell clip (large weights): the kernel's gradients still equal the reference's, which
-    routes zero gradient through clipped units (torch.clamp), and differ from an unclipped run."""
+    routes zero gradient through clipped units (torch.clamp), and differ from an unclipped run.
+
+    precision None is the default (tf32x3; emulated pass for pass under the interpreter). Its outputs get
+    twice the IEEE factor: on this saturating recurrence three-pass TF32 is up to ~4x the float32
+    reference's error (kernel 4.1x on c_n; the PyTorch emulation of the same products, kernels/emulation.py,
+    3.95x: the truncated remainders and the dropped small x small product cost ~2^-21 per product where
+    float32 costs 2^-24), gradients stay within 3x."""
+    out_factor = 4.0 if precision == "ieee" else 8.0
     B, T, P, C = 3, 5, 16, 17
     tensors, lengths = make(B, T, P, C, [5, 3, 5], shared=False, seed=3, w_scale=3.0)
-    kern = run(tensors, lengths, False, 1.0, False, True, torch.float32, True, persistent=False)
+    set_precision(precision)
+    try:
+        kern = run(tensors, lengths, False, 1.0, False, True, torch.float32, True, persistent=False)
+    finally:
+        set_precision(None)
     r64 = run(tensors, lengths, False, 1.0, False, True, torch.float64, False)
     r32 = run(tensors, lengths, False, 1.0, False, True, torch.float32, False)
     for i, (name, a, b, c) in enumerate(zip(NAMES, kern, r32, r64)):
-        assert_as_accurate(a, b, c, name, factor=4.0 if i < 3 else 12.0)
+        assert_as_accurate(a, b, c, name, factor=out_factor if i < 3 else 12.0)
     frac = float((r64[2].abs() >= 1.0).double().mean())
     assert 0.1 < frac < 1.0, frac
     unclipped = run(tensors, lengths, False, None, False, True, torch.float64, False)
