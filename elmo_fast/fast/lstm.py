@@ -124,7 +124,7 @@ def recurrence_forward(gates: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, 
         h0, c0: ``(D, B, P)``, ``(D, B, C)`` initial states of the sorted rows.
         w_h: ``(D, P, 4C)`` recurrent weights (same gate order) with the bias (+1 forget bias folded in);
             w_p: ``(D, C, P)`` projections.
-        save: keep what the backward needs (raw cell values, ``o * tanh(c)``, raw projections).
+        save: keep what the backward needs (raw cell values, ``tanh(c)``, ``o * tanh(c)``, raw projections).
 
     Returns:
         ``y`` ``(D, total, P)`` clipped projections (= the carried ``h``), ``c`` ``(D, total, C)`` clipped
@@ -138,11 +138,12 @@ def recurrence_forward(gates: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, 
     c_all = gates.new_empty(D, total, C)
     c_raw = gates.new_empty(D, total, C) if save and cell_clip is not None else None
     hc_all = gates.new_empty(D, total if save else max(sizes, default=0), C)
+    tc_all = gates.new_empty(D, total, C) if save else None
     p_raw = gates.new_empty(D, total, P) if save and proj_clip is not None else None
     G, SIG, J = _steps(gates, sizes), _steps(gates[..., :3 * C], sizes), _steps(gates[..., 3 * C:], sizes)
     I, F_, O = (_steps(gates[..., k * C:(k + 1) * C], sizes) for k in range(3))
     Y, CC, CR = _steps(y, sizes), _steps(c_all, sizes), _steps(c_raw, sizes)
-    HC, PR = (_steps(hc_all, sizes) if save else None), _steps(p_raw, sizes)
+    HC, PR, TC = (_steps(hc_all, sizes) if save else None), _steps(p_raw, sizes), _steps(tc_all, sizes)
     # per-step work below is ~11 tensor ops; keep the Python around them minimal (batch 1 is op-bound)
     rec = {n: w_h.add_into_fn(n) for n in set(sizes)}
     proj = {n: w_p.fn(n) for n in set(sizes)}
@@ -167,15 +168,19 @@ def recurrence_forward(gates: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, 
         c.add_(hc)
         if cell_clip is not None:
             clamp(c, -cell_clip, cell_clip, out=CC[s])
-        tanh(CC[s], out=hc)
-        hc.mul_(O[s])
+        if TC is None:
+            tanh(CC[s], out=hc)
+            hc.mul_(O[s])
+        else:  # training: keep tanh(c) for the backward (same rounding: tanh, then the product)
+            tanh(CC[s], out=TC[s])
+            mul(TC[s], O[s], out=hc)
         if proj_clip is None:
             proj[n](hc, Y[s])
         elif PR is not None:
             clamp(proj[n](hc, PR[s]), -proj_clip, proj_clip, out=Y[s])
         else:
             clamp(proj[n](hc, None), -proj_clip, proj_clip, out=Y[s])
-    saved = {"c_raw": c_raw, "hc": hc_all, "p_raw": p_raw} if save else None
+    saved = {"c_raw": c_raw, "hc": hc_all, "p_raw": p_raw, "tanh_c": tc_all} if save else None
     return y, c_all, saved
 
 
@@ -186,24 +191,25 @@ def _clip_mask(raw: torch.Tensor | None, clip: float | None) -> torch.Tensor | N
     return (raw >= -clip) & (raw <= clip)
 
 
-def _recurrence_backward(dy: torch.Tensor, dc_out: torch.Tensor | None, gates: torch.Tensor, h0: torch.Tensor,
-                         c0: torch.Tensor, c_all: torch.Tensor, c_raw: torch.Tensor | None,
-                         p_raw: torch.Tensor | None, w_hT: PairLinear, w_pT: PairLinear, plan: PackedPlan,
-                         cell_clip: float | None, proj_clip: float | None
+def _recurrence_backward(dy: torch.Tensor | None, dc_out: torch.Tensor | None, gates: torch.Tensor,
+                         h0: torch.Tensor, c0: torch.Tensor, c_all: torch.Tensor, tanh_c: torch.Tensor,
+                         c_raw: torch.Tensor | None, p_raw: torch.Tensor | None, w_hT: PairLinear, w_pT: PairLinear,
+                         plan: PackedPlan, cell_clip: float | None, proj_clip: float | None
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Backward through time of :func:`recurrence_forward` (activated ``gates`` as it left them).
+    """Backward through time of :func:`recurrence_forward` (activated ``gates`` as it left them, ``tanh_c`` =
+    ``tanh`` of the clipped cells it saved). ``dy`` ``(D, total, P)`` / ``dc_out`` ``(D, total, C)``: gradients
+    of the outputs, None where no gradient flows (e.g. the cells, whose final values are only carried state).
 
     Returns ``dz`` ``(D, total, 4C)`` (gradient of the pre-activation gates), ``dhp`` ``(D, total, P)``
     (gradient of the raw projections), and the gradients of ``h0`` ``(D, B, P)`` and ``c0`` ``(D, B, C)``.
     """
     D, total, four_c = gates.shape
     C = four_c // 4
-    P = h0.shape[-1]
     sizes = plan.batch_sizes
     cell_mask = _clip_mask(c_raw, cell_clip)
     proj_mask = _clip_mask(p_raw, proj_clip)
     dz = gates.new_empty(D, total, four_c)
-    dhp_all = gates.new_empty(D, total, P)
+    dhp_all = gates.new_empty(D, total, dy.shape[-1] if dy is not None else h0.shape[-1])
     dh_state = h0.new_zeros(h0.shape)
     dc_state = c0.new_zeros(c0.shape)
     tmp = gates.new_empty(D, max(sizes, default=0), C)
@@ -211,38 +217,49 @@ def _recurrence_backward(dy: torch.Tensor, dc_out: torch.Tensor | None, gates: t
     I, F_, O = (_steps(gates[..., k * C:(k + 1) * C], sizes) for k in range(3))
     DZ, DSIG = _steps(dz, sizes), _steps(dz[..., :3 * C], sizes)
     DI, DF, DO, DJ = (_steps(dz[..., k * C:(k + 1) * C], sizes) for k in range(4))
-    DHP, DY, CC = _steps(dhp_all, sizes), _steps(dy, sizes), _steps(c_all, sizes)
+    DHP, DY, CC, TC = _steps(dhp_all, sizes), _steps(dy, sizes), _steps(c_all, sizes), _steps(tanh_c, sizes)
     DCO, CM, PM = _steps(dc_out, sizes), _steps(cell_mask, sizes), _steps(proj_mask, sizes)
+    mul = torch.mul
     for s in range(len(sizes) - 1, -1, -1):
         n = sizes[s]
         dhp = DHP[s]
-        torch.add(DY[s], dh_state[:, :n], out=dhp)
+        if DY is None:
+            dhp.copy_(dh_state[:, :n])
+        else:
+            torch.add(DY[s], dh_state[:, :n], out=dhp)
         if PM is not None:
             dhp.mul_(PM[s])
         dc = w_pT(dhp)                                   # d(o * tanh(c)), fresh (D, n, C)
-        tc = tmp[:, :n]
-        torch.tanh(CC[s], out=tc)
-        torch.mul(dc, tc, out=DO[s])                     # d o
+        tc = TC[s]
+        mul(dc, tc, out=DO[s])                           # d o
         dc.mul_(O[s])
-        tc.mul_(tc)
-        dc.addcmul_(dc, tc, value=-1.0)                  # x (1 - tanh(c)^2)
+        t2 = mul(tc, tc, out=tmp[:, :n])
+        dc.addcmul_(dc, t2, value=-1.0)                  # x (1 - tanh(c)^2)
         dc.add_(dc_state[:, :n])
         if DCO is not None:
             dc.add_(DCO[s])
         if CM is not None:
             dc.mul_(CM[s])
         c_prev = c0[:, :n] if s == 0 else _prev(CC, s, n)
-        torch.mul(dc, J[s], out=DI[s])
-        torch.mul(dc, I[s], out=DJ[s])
-        torch.mul(dc, c_prev, out=DF[s])
-        torch.mul(dc, F_[s], out=dc_state[:, :n])        # carried to step s - 1
+        mul(dc, J[s], out=DI[s])
+        mul(dc, I[s], out=DJ[s])
+        mul(dc, c_prev, out=DF[s])
+        mul(dc, F_[s], out=dc_state[:, :n])              # carried to step s - 1
         # through the activations: sigmoid' = a (1 - a), tanh' = 1 - a^2 (in place, no temporaries)
         DSIG[s].mul_(SIG[s])
         DSIG[s].addcmul_(DSIG[s], SIG[s], value=-1.0)
-        torch.mul(J[s], J[s], out=tc)
-        DJ[s].addcmul_(DJ[s], tc, value=-1.0)
+        mul(J[s], J[s], out=t2)
+        DJ[s].addcmul_(DJ[s], t2, value=-1.0)
         w_hT(DZ[s], out=dh_state[:, :n])
     return dz, dhp_all, dh_state, dc_state
+
+
+def _prev_outputs(y: torch.Tensor, plan: PackedPlan) -> torch.Tensor:
+    """``h_{s-1}`` for every packed row of steps ``s >= 1`` (packed order): ``(D, total - n_0, P)``."""
+    sizes = plan.batch_sizes
+    if sizes and all(n == sizes[0] for n in sizes):  # training streams: every row has every step
+        return y[:, :plan.total - sizes[0]]
+    return y.index_select(1, _prev_rows(plan).to(y.device))
 
 
 def _prev_rows(plan: PackedPlan) -> torch.Tensor:
@@ -302,25 +319,26 @@ class _Layer(torch.autograd.Function):
         y, c_all, saved = recurrence_forward(gates, h0, c0, PairLinear(W[:, P:], bias, batch_hint=hint),
                                              PairLinear(W_P, batch_hint=hint), plan, cell_clip, proj_clip, save=True)
         ctx.plan, ctx.cell_clip, ctx.proj_clip = plan, cell_clip, proj_clip
-        ctx.save_for_backward(x, h0, c0, W, W_P, gates, y, c_all, saved["c_raw"], saved["hc"], saved["p_raw"])
+        ctx.save_for_backward(x, h0, c0, W, W_P, gates, y, c_all, saved["tanh_c"], saved["c_raw"], saved["hc"],
+                              saved["p_raw"])
+        # outputs nobody differentiates (the cells: only carried state) arrive as None, not as zero tensors
+        ctx.set_materialize_grads(False)
         return y, c_all
 
     @staticmethod
     def backward(ctx, dy, dc_out):  # type: ignore[override]
-        x, h0, c0, W, W_P, gates, y, c_all, c_raw, hc_all, p_raw = ctx.saved_tensors
+        x, h0, c0, W, W_P, gates, y, c_all, tanh_c, c_raw, hc_all, p_raw = ctx.saved_tensors
         plan = ctx.plan
         D, total, _ = gates.shape
         P, C = h0.shape[-1], c0.shape[-1]
         hint = max(plan.batch_sizes, default=1)
-        if dy is None:
-            dy = gates.new_zeros(D, total, P)
         dz, dhp, dh0, dc0 = _recurrence_backward(
-            dy, dc_out, gates, h0, c0, c_all, c_raw, p_raw, PairLinear(W[:, P:].transpose(1, 2), batch_hint=hint),
-            PairLinear(W_P.transpose(1, 2), batch_hint=hint), plan, ctx.cell_clip, ctx.proj_clip)
+            dy, dc_out, gates, h0, c0, c_all, tanh_c, c_raw, p_raw,
+            PairLinear(W[:, P:].transpose(1, 2), batch_hint=hint), PairLinear(W_P.transpose(1, 2), batch_hint=hint),
+            plan, ctx.cell_clip, ctx.proj_clip)
         dx = torch.bmm(dz, W[:, :P].transpose(1, 2)) if ctx.needs_input_grad[4] else None
         # weight gradients: one product over all steps for [W_x; W_h], one for W_P
-        h_prev = torch.cat([h0[:, :plan.batch_sizes[0] if plan.batch_sizes else 0],
-                            y.index_select(1, _prev_rows(plan).to(y.device))], dim=1)
+        h_prev = torch.cat([h0[:, :plan.batch_sizes[0] if plan.batch_sizes else 0], _prev_outputs(y, plan)], dim=1)
         dW = torch.bmm(torch.cat([x, h_prev], dim=2).transpose(1, 2), dz)   # (D, 2P, 4C), gates (i, f, o, j)
         dWP = torch.bmm(hc_all.transpose(1, 2), dhp)
         db = dz.sum(1)
