@@ -380,6 +380,7 @@ def _run_layers(lstm: BiLSTM, x: torch.Tensor, state: tuple[torch.Tensor, torch.
     batch = h_all.shape[1]
     dev = x.device
     last = plan.last.to(dev)
+    all_rows_stepped = bool((plan.last < plan.total).all())   # no empty row (its final state = its initial one)
     inverse = None if order is None else plan.inverse.to(dev)
     outs: list[torch.Tensor] = []
     fin_h: list[torch.Tensor] = []
@@ -405,8 +406,11 @@ def _run_layers(lstm: BiLSTM, x: torch.Tensor, state: tuple[torch.Tensor, torch.
             else:
                 gates = w_x(x)
             y, c_seq, _ = recurrence_forward(gates, h0, c0, w_h, w_p, plan, o.cell_clip, o.proj_clip, save=False)
-        h_fin = torch.cat([y, h0], 1).index_select(1, last)
-        c_fin = torch.cat([c_seq, c0], 1).index_select(1, last)
+        if all_rows_stepped:  # every final state is a packed row: no copy of the whole sequence
+            h_fin, c_fin = y.index_select(1, last), c_seq.index_select(1, last)
+        else:
+            h_fin = torch.cat([y, h0], 1).index_select(1, last)
+            c_fin = torch.cat([c_seq, c0], 1).index_select(1, last)
         if inverse is not None:
             h_fin, c_fin = h_fin.index_select(1, inverse), c_fin.index_select(1, inverse)
         fin_h.append(h_fin.transpose(0, 1).reshape(batch, 2 * P))
