@@ -23,7 +23,9 @@ How it saves work, compared with the per-time-step reference:
   whose per-step views are made once per layer (``Tensor.split``), not per step.
 * **Training** uses a hand-written backward (:class:`_Layer`, input projection included): the per-step
   work is only ``dz @ W_hᵀ`` and ``dh @ W_Pᵀ`` plus in-place elementwise passes; all weight gradients
-  (``W_0``, bias, ``W_P``) and the input gradient are a few large matmuls over all steps at once.
+  (``W_0``, bias, ``W_P``) and the input gradient are a few large matmuls over all steps at once. These one-off
+  products (and the training input projection) go through :func:`elmo_fast.fast.packing.matmul`, which applies the
+  model's precision setting; per-step products go through :class:`PairLinear`.
 
 State slots: the op receives the initial state per row in the caller's row order and returns the final
 state per row in the same order (sorting is internal), so BiLM's slot semantics are preserved.
@@ -37,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from ..nn.lstm import FORGET_BIAS, BiLSTM
-from .packing import PackedLinear, PairLinear, cached, onednn_products  # noqa: F401 (re-exported)
+from .packing import PackedLinear, PairLinear, cached, matmul, onednn_products  # noqa: F401 (re-exported)
 
 __all__ = ["PackedPlan", "PairLinear", "bilstm_fast", "bilstm_streams_fast", "make_plan", "recurrence_forward"]
 
@@ -315,7 +317,7 @@ class _Layer(torch.autograd.Function):
         W, bias, W_P = _layer_weights(cells, C)
         hint = max(plan.batch_sizes, default=1)
         x, h0, c0 = x.detach(), h0.detach(), c0.detach()
-        gates = torch.bmm(x, W[:, :P])
+        gates = matmul(x, W[:, :P])
         y, c_all, saved = recurrence_forward(gates, h0, c0, PairLinear(W[:, P:], bias, batch_hint=hint),
                                              PairLinear(W_P, batch_hint=hint), plan, cell_clip, proj_clip, save=True)
         ctx.plan, ctx.cell_clip, ctx.proj_clip = plan, cell_clip, proj_clip
@@ -336,11 +338,11 @@ class _Layer(torch.autograd.Function):
             dy, dc_out, gates, h0, c0, c_all, tanh_c, c_raw, p_raw,
             PairLinear(W[:, P:].transpose(1, 2), batch_hint=hint), PairLinear(W_P.transpose(1, 2), batch_hint=hint),
             plan, ctx.cell_clip, ctx.proj_clip)
-        dx = torch.bmm(dz, W[:, :P].transpose(1, 2)) if ctx.needs_input_grad[4] else None
+        dx = matmul(dz, W[:, :P].transpose(1, 2)) if ctx.needs_input_grad[4] else None
         # weight gradients: one product over all steps for [W_x; W_h], one for W_P
         h_prev = torch.cat([h0[:, :plan.batch_sizes[0] if plan.batch_sizes else 0], _prev_outputs(y, plan)], dim=1)
-        dW = torch.bmm(torch.cat([x, h_prev], dim=2).transpose(1, 2), dz)   # (D, 2P, 4C), gates (i, f, o, j)
-        dWP = torch.bmm(hc_all.transpose(1, 2), dhp)
+        dW = matmul(torch.cat([x, h_prev], dim=2).transpose(1, 2), dz)   # (D, 2P, 4C), gates (i, f, o, j)
+        dWP = matmul(hc_all.transpose(1, 2), dhp)
         db = dz.sum(1)
         inv = torch.argsort(_gate_perm(C, dz.device))
         grads = []
