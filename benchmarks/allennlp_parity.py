@@ -207,9 +207,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--same-token-embeddings", action="store_true",
                    help="feed elmo-fast's biLSTM the oracle's token embeddings (its layer 0), to separate the "
                         "biLSTM's difference from the token encoder's")
+    p.add_argument("--order", choices=list(numerics.ORDERS), default=None,
+                   help="elmo-fast's floating-point order (BiLM(order=...), see elmo_fast.numerics): 'allennlp' = "
+                        "AllenNLP's order in the token encoder and every product through the BLAS; default: the "
+                        "process default ('fast' unless ELMO_FAST_ONEDNN=0)")
     p.add_argument("--no-onednn", action="store_true",
-                   help="fast path: every product through the BLAS (as AllenNLP) instead of oneDNN-packed weights, as "
-                        "ELMO_FAST_ONEDNN=0 (slower on large models; shows what the packed products contribute)")
+                   help="fast path: every product through the BLAS (as AllenNLP) instead of oneDNN-packed weights, "
+                        "as ELMO_FAST_ONEDNN=0 (the process default order becomes 'allennlp', which now also covers "
+                        "the token encoder)")
     p.add_argument("--threads", default="1,2", help="intra-op thread counts elmo-fast runs with (default 1,2)")
     p.add_argument("--json", type=Path, default=None, help="write the numbers here")
     p.add_argument("--oracle-cache", type=Path, default=None,
@@ -224,7 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     batches = [batch_to_ids(sentences[k * args.batch:(k + 1) * args.batch]) for k in range(args.batches)]
     logger.info("%d lines, longest %d tokens", len(sentences), max(len(s) for s in sentences))
     results: dict = {"oracle": oracle, "batch": args.batch, "batches": args.batches, "shape": args.shape,
-                     "torch": torch.__version__}
+                     "torch": torch.__version__, "order": args.order or numerics.current().order,
+                     "same_token_embeddings": args.same_token_embeddings}
     with tempfile.TemporaryDirectory() as tmp:
         opt, wts = Path(tmp) / "options.json", Path(tmp) / "weights.hdf5"
         random_model(args.shape, "reference").save(opt, wts)
@@ -255,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
         for backend in args.backends.split(","):
             for threads in [int(t) for t in args.threads.split(",")]:
                 logger.info("elmo-fast %s, %d thread(s)", backend, threads)
-                model = BiLM.from_files(opt, wts, backend=backend)
+                model = BiLM.from_files(opt, wts, backend=backend, order=args.order)
                 inputs = batches[:args.elmo_batches]
                 if args.same_token_embeddings:
                     oracle_run = runs["allennlp_1t" if oracle == "allennlp" else "truth"]

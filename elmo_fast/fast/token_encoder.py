@@ -15,7 +15,16 @@ Where the time goes in the reference, and what this does instead:
 * **Optional token cache** (:func:`enable_token_cache`, like AllenNLP's ``vocab_to_cache``): token vectors
   kept across calls in an LRU keyed by the char ids, for inference; cleared when the weights change.
 
-Differences to the reference are float32 rounding only (summation order). Nothing here assumes 50
+**Order** (:mod:`elmo_fast.numerics`, read inside the op): with ``order="fast"`` (the process default) the
+above; differences to the reference are float32 rounding only (summation order: 4.3e-6 on the original model's
+token vectors, which the biLSTM amplifies on long sentences). With ``order="allennlp"`` the per-token arithmetic
+is the reference's, i.e. AllenNLP's: one ``conv1d`` per filter with its bias, max over time, activation; each
+highway as one ``addmm`` over ``[W_t, -W_c]`` with its bias, gate ``σ(-z_c)``, ``k*x + (1-k)*relu(t)``; the
+projection as one ``addmm`` with its bias. What is kept is what does not change a token's bits: each distinct
+token once, only the windows that can differ, the token cache. At one thread the result is the reference's bit
+for bit (``tests/test_compat_numerics.py``), given the guard of :data:`ALLENNLP_MIN_ROWS`.
+
+Nothing here assumes 50
 characters per token or 261 table rows: ELMoForManyLangs models (:mod:`elmo_fast.efml`) run through the same
 code with their own ``max_characters_per_token`` and character table.
 """
@@ -24,10 +33,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import numerics
 from ..nn.token_encoder import CharCNNTokenEncoder, char_cnn_features
 from .packing import PackedLinear, _stamp, cached
 
-__all__ = ["TokenCache", "distinct_rows", "enable_token_cache", "token_encoder_fast"]
+__all__ = ["ALLENNLP_MIN_ROWS", "TokenCache", "distinct_rows", "enable_token_cache", "token_encoder_fast"]
+
+#: with ``order="allennlp"``, the fewest rows the convolutions and products run on. torch picks the kernel by
+#: the row count: at one thread a width-1 ``conv1d`` runs as im2col + GEMM below 16 rows and through oneDNN from
+#: 16 on, a one-row ``conv1d`` never uses oneDNN, and the BLAS sums 1-3-row products in other orders than 4+.
+#: Each gives a token other bits. AllenNLP runs on all ``N = B * (T + 2)`` positions; the distinct rows
+#: (``U <= N``) are padded up to this many (so both counts are in the same kernel regime), and a call with
+#: ``N`` below it runs on all ``N`` rows, as the reference.
+ALLENNLP_MIN_ROWS = 16
 
 
 def distinct_rows(char_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,10 +145,72 @@ class _MaxOverWindows(torch.autograd.Function):
         return out.scatter_(1, idx.unsqueeze(1), grad.unsqueeze(1))
 
 
+def _allennlp_order() -> bool:
+    return numerics.current().order == "allennlp"
+
+
+def _allennlp_weights(encoder: CharCNNTokenEncoder, differentiable: bool) -> tuple[list, list, object]:
+    """The products of AllenNLP's order: per filter (``(n, d, w)`` conv weight, ``(n,)`` bias); per highway
+    (``(F, 2F)`` = ``[W_t, -W_c]``, ``(2F,)`` = ``[b_t, -b_c]``); projection ``(W, b)`` or None."""
+    def own(t: torch.Tensor | None) -> torch.Tensor | None:
+        return t if t is None or differentiable else t.detach()
+
+    convs = [(own(W)[0].permute(2, 1, 0), own(b)) for W, b in zip(encoder.conv_weights, encoder.conv_biases)]
+    highways = [(torch.cat([own(hw.W_transform), -own(hw.W_carry)], dim=1),
+                 torch.cat([own(hw.b_transform), -own(hw.b_carry)])) for hw in encoder.highways]
+    proj = None if encoder.W_proj is None else (own(encoder.W_proj), own(encoder.b_proj))
+    return convs, highways, proj
+
+
+def _prepared_allennlp(encoder: CharCNNTokenEncoder):
+    """:func:`_allennlp_weights` for inference, built once per state of the parameters."""
+    params = list(encoder.parameters())
+
+    def build():
+        with torch.no_grad():
+            return _allennlp_weights(encoder, differentiable=False)
+    return cached("fast_token_encoder_allennlp", params, build)
+
+
+def _encode_allennlp(encoder: CharCNNTokenEncoder, ids: torch.Tensor, grad: bool, windows: bool = True) -> torch.Tensor:
+    """``(M, L)`` id rows -> ``(M, P)`` in AllenNLP's order (the reference's ops, per token the same bits).
+
+    With ``windows``, only the windows that can differ are convolved (see :func:`_run_start`): windows lying
+    inside a token's trailing run of equal ids all give the value of the first one, so the max over time is
+    unchanged. (Measured bit-identical with oneDNN's convolution, i.e. from :data:`ALLENNLP_MIN_ROWS` rows on;
+    torch's im2col convolution for fewer rows sums a shorter row differently, so calls below that run on all
+    ``L`` characters.)
+    """
+    convs, highways, proj = (_allennlp_weights(encoder, True) if grad else _prepared_allennlp(encoder))
+    opts = encoder.options
+    w_max = max(w for w, _ in opts.filters)
+    width = min(_run_start(ids) + w_max, ids.shape[1]) if windows else ids.shape[1]
+    table = torch.cat([encoder.char_embed.new_zeros(1, encoder.char_embed.shape[1]), encoder.char_embed], 0)
+    if not grad:
+        table = table.detach()
+    x = F.embedding(ids[:, :width], table).transpose(1, 2)  # (M, d, width)
+    act = torch.relu if opts.activation == "relu" else torch.tanh
+    # max is exact, so amax (2x faster, no indices) gives the same values; training keeps max's gradient
+    pool = (lambda c: c.max(dim=-1).values) if grad else (lambda c: c.amax(dim=-1))
+    x = torch.cat([act(pool(F.conv1d(x, W, b))) for W, b in convs], dim=-1)  # (M, F)
+    for W, b in highways:
+        transform, neg_carry = torch.addmm(b, x, W).chunk(2, dim=-1)
+        keep = torch.sigmoid(neg_carry)  # 1 - g
+        if grad:
+            x = keep * x + (1.0 - keep) * torch.relu(transform)
+        else:  # the same roundings in place: keep*x + ((1 - keep) * relu(t))
+            kept = keep * x
+            x = kept.add_(keep.neg_().add_(1.0).mul_(transform.relu_()))
+    if proj is not None:
+        x = torch.addmm(proj[1], x, proj[0])  # bias inside the product, as AllenNLP's Linear
+    return x
+
+
 class TokenCache:
     """LRU of token vectors ``(P,)`` keyed by a token's 50 char ids; inference only (no autograd).
 
-    Entries are dropped when any encoder parameter changes (storage or version counter).
+    Entries are dropped when any encoder parameter changes (storage or version counter) or the
+    :mod:`elmo_fast.numerics` setting differs from the one they were computed in.
     """
 
     def __init__(self, max_tokens: int = 100_000) -> None:
@@ -148,7 +228,7 @@ class TokenCache:
 
     def lookup(self, encoder: CharCNNTokenEncoder, ids: torch.Tensor) -> torch.Tensor:
         """``(U, 50)`` distinct ids -> ``(U, P)``, encoding only the rows not cached."""
-        stamp = _stamp(list(encoder.parameters()))
+        stamp = (_stamp(list(encoder.parameters())), numerics.current())  # vectors of another order: dropped
         if stamp != self.stamp:
             self.entries.clear()
             self.stamp = stamp
@@ -180,7 +260,17 @@ def enable_token_cache(model: torch.nn.Module, max_tokens: int | None = 100_000)
 
 
 def _encode_distinct(encoder: CharCNNTokenEncoder, ids: torch.Tensor, grad: bool) -> torch.Tensor:
-    """Char-CNN, highway and projection of distinct id rows ``(U, 50)`` -> ``(U, P)``."""
+    """Char-CNN, highway and projection of distinct id rows ``(U, 50)`` -> ``(U, P)`` in the current order.
+
+    With ``order="allennlp"`` fewer than :data:`ALLENNLP_MIN_ROWS` rows are padded with copies of the first
+    (and the padding dropped), so that torch picks the same kernels as on a whole batch.
+    """
+    if _allennlp_order():
+        n = ids.shape[0]
+        if n == 0 or n >= ALLENNLP_MIN_ROWS:
+            return _encode_allennlp(encoder, ids, grad)
+        padded = torch.cat([ids, ids[:1].expand(ALLENNLP_MIN_ROWS - n, -1)])
+        return _encode_allennlp(encoder, padded, grad)[:n]
     x = _cnn_features(encoder, ids, grad)
     if grad:
         for hw in encoder.highways:
@@ -211,6 +301,8 @@ def token_encoder_fast(encoder: CharCNNTokenEncoder, char_ids: torch.Tensor) -> 
     if char_ids.shape[0] == 0:
         return encoder.char_embed.new_zeros(0, encoder.output_dim)
     grad = torch.is_grad_enabled() and any(p.requires_grad for p in encoder.parameters())
+    if char_ids.shape[0] < ALLENNLP_MIN_ROWS and _allennlp_order():  # AllenNLP's kernels for so few rows
+        return _encode_allennlp(encoder, char_ids, grad, windows=False)
     ids, inverse = distinct_rows(char_ids)
     cache = encoder.__dict__.get("_fast_token_cache")
     if cache is not None and not grad:
