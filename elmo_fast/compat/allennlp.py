@@ -12,6 +12,12 @@ by ``from elmo_fast.compat.allennlp import ...`` with the same names. The number
 default, same BOS/EOS handling, same slot semantics for carried states); what still differs is listed in
 the README's compatibility table (parameter names and shapes follow the bilm-tf files, not AllenNLP's
 ``Linear`` layers; no downloads: the options and weight files are required).
+
+Floating-point order: every class here (and :func:`elmo_command`) defaults to ``order="allennlp"``
+(:mod:`elmo_fast.numerics`): the fast path then computes in AllenNLP's order of operations, so that long
+sentences stay within AllenNLP's own thread-to-thread noise of its numbers (``benchmarks/allennlp_parity.py``),
+at a speed cost on large models. ``order="fast"`` (the native API's default) is faster; ``order=None`` keeps the
+caller's setting (:func:`elmo_fast.numerics.use`). Each class also takes ``precision=`` as the native API.
 """
 from __future__ import annotations
 
@@ -23,13 +29,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import numerics
 from ..chars import batch_to_ids
-from ..embedder import ElmoEmbedder
+from ..embedder import ElmoEmbedder as _NativeElmoEmbedder
 from ..nn.bilm import add_sentence_boundaries, remove_sentence_boundaries
-from ..nn.scalar_mix import Elmo, ScalarMix
-from .modules import ElmoLstm, _ElmoBiLm, _ElmoCharacterEncoder
+from ..nn.scalar_mix import Elmo as _NativeElmo
+from ..nn.scalar_mix import ScalarMix
+from .modules import COMPAT_ORDER, ElmoLstm, _ElmoCharacterEncoder
+from .modules import _ElmoBiLm as _BiLmFromFiles
 
-__all__ = ["Elmo", "_ElmoBiLm", "_ElmoCharacterEncoder", "ElmoLstm", "ElmoTokenEmbedder", "ElmoEmbedder",
+__all__ = ["COMPAT_ORDER", "Elmo", "_ElmoBiLm", "_ElmoCharacterEncoder", "ElmoLstm", "ElmoTokenEmbedder", "ElmoEmbedder",
            "ScalarMix", "batch_to_ids", "remove_sentence_boundaries", "add_sentence_boundaries",
            "add_sentence_boundary_token_ids", "elmo_command", "empty_embedding", "DEFAULT_BATCH_SIZE"]
 
@@ -46,12 +55,67 @@ def add_sentence_boundary_token_ids(tensor: torch.Tensor, mask: torch.Tensor, se
     return add_sentence_boundaries(tensor, mask.bool(), begin, end)
 
 
+class _ElmoBiLm(_BiLmFromFiles):
+    """AllenNLP's ``_ElmoBiLm`` (see :class:`elmo_fast.compat.modules._ElmoBiLm`), in AllenNLP's floating-point
+    order unless ``order=`` says otherwise."""
+
+    def __init__(self, options_file: str | os.PathLike, weight_file: str | os.PathLike, requires_grad: bool = False,
+                 vocab_to_cache: list[str] | None = None, *, stateful: bool = True, backend: str | None = None,
+                 precision: str | None = None, order: str | None = COMPAT_ORDER) -> None:
+        super().__init__(options_file, weight_file, requires_grad=requires_grad, vocab_to_cache=vocab_to_cache,
+                         stateful=stateful, backend=backend, precision=precision, order=order)
+
+
+class Elmo(_NativeElmo):
+    """AllenNLP's ``Elmo`` (see :class:`elmo_fast.Elmo`, same arguments), in AllenNLP's floating-point order unless
+    ``order=`` says otherwise; ``_elmo_lstm`` is a :class:`_ElmoBiLm` of this module (with ``module=``, the
+    given module gets this ``precision`` / ``order``; ``order=None`` leaves its own)."""
+
+    def __init__(self, options_file: str | os.PathLike | None, weight_file: str | os.PathLike | None,
+                 num_output_representations: int, requires_grad: bool = False, do_layer_norm: bool = False,
+                 dropout: float = 0.5, vocab_to_cache: list[str] | None = None,
+                 keep_sentence_boundaries: bool = False, scalar_mix_parameters: list[float] | None = None,
+                 module: nn.Module | None = None, *, stateful: bool = True, backend: str | None = None,
+                 precision: str | None = None, order: str | None = COMPAT_ORDER) -> None:
+        if module is None and options_file is not None and weight_file is not None:
+            # built here, so that the cached vectors of vocab_to_cache are computed in this order too
+            numerics.Numerics(precision or "fp32", order or "fast")
+            module = _ElmoBiLm(options_file, weight_file, requires_grad=requires_grad, vocab_to_cache=vocab_to_cache,
+                               stateful=stateful, backend=backend, precision=precision, order=order)
+            vocab_to_cache = None
+        super().__init__(options_file, weight_file, num_output_representations, requires_grad=requires_grad,
+                         do_layer_norm=do_layer_norm, dropout=dropout, vocab_to_cache=vocab_to_cache,
+                         keep_sentence_boundaries=keep_sentence_boundaries,
+                         scalar_mix_parameters=scalar_mix_parameters, module=module, stateful=stateful,
+                         backend=backend, precision=precision, order=order)
+
+
+class ElmoEmbedder(_NativeElmoEmbedder):
+    """AllenNLP's ``ElmoEmbedder`` (see :class:`elmo_fast.ElmoEmbedder`, same arguments), in AllenNLP's
+    floating-point order unless ``order=`` says otherwise."""
+
+    def __init__(self, options_file: str | os.PathLike, weight_file: str | os.PathLike, cuda_device: int = -1,
+                 *, stateful: bool = True, batch_size: int = 64, backend: str | None = None,
+                 precision: str | None = None, order: str | None = COMPAT_ORDER) -> None:
+        super().__init__(options_file, weight_file, cuda_device, stateful=stateful, batch_size=batch_size,
+                         backend=backend, precision=precision, order=order)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, cuda_device: int = -1, stateful: bool = True,
+                        batch_size: int = 64, backend: str | None = None, precision: str | None = None,
+                        order: str | None = COMPAT_ORDER) -> "ElmoEmbedder":
+        """As :meth:`elmo_fast.ElmoEmbedder.from_pretrained`, in AllenNLP's order by default."""
+        return super().from_pretrained(path, cuda_device=cuda_device, stateful=stateful, batch_size=batch_size,
+                                       backend=backend, precision=precision, order=order)
+
+
 class ElmoTokenEmbedder(nn.Module):
     """AllenNLP's ``ElmoTokenEmbedder``: one ELMo mix, optionally projected to ``projection_dim``.
 
     Args (AllenNLP's, same order): options_file, weight_file (required: no download), do_layer_norm, dropout,
         requires_grad, projection_dim (a ``Linear(2P, projection_dim)`` with bias after the mix),
-        vocab_to_cache, scalar_mix_parameters. Extra keywords ``stateful`` and ``backend`` as :class:`Elmo`.
+        vocab_to_cache, scalar_mix_parameters. Extra keywords ``stateful``, ``backend``, ``precision`` and
+        ``order`` (default ``"allennlp"``) as :class:`Elmo`.
 
     ``forward(elmo_tokens (B, T, 50) or (B, N, T, 50), word_inputs=None) -> (..., T, output_dim)``.
     """
@@ -59,11 +123,13 @@ class ElmoTokenEmbedder(nn.Module):
     def __init__(self, options_file: str | os.PathLike, weight_file: str | os.PathLike, do_layer_norm: bool = False,
                  dropout: float = 0.5, requires_grad: bool = False, projection_dim: int | None = None,
                  vocab_to_cache: list[str] | None = None, scalar_mix_parameters: list[float] | None = None,
-                 *, stateful: bool = True, backend: str | None = None) -> None:
+                 *, stateful: bool = True, backend: str | None = None, precision: str | None = None,
+                 order: str | None = COMPAT_ORDER) -> None:
         super().__init__()
         self._elmo = Elmo(options_file, weight_file, 1, do_layer_norm=do_layer_norm, dropout=dropout,
                           requires_grad=requires_grad, vocab_to_cache=vocab_to_cache,
-                          scalar_mix_parameters=scalar_mix_parameters, stateful=stateful, backend=backend)
+                          scalar_mix_parameters=scalar_mix_parameters, stateful=stateful, backend=backend,
+                          precision=precision, order=order)
         if projection_dim is not None and (isinstance(projection_dim, bool) or not isinstance(projection_dim, int)
                                            or projection_dim < 0):
             raise ValueError(f"projection_dim: expected a positive integer or None, found {projection_dim!r}")
@@ -105,7 +171,8 @@ def elmo_command(args: argparse.Namespace) -> int:
 
     Fields read (AllenNLP's names): ``input_file``, ``output_file``, ``all`` / ``top`` / ``average``,
     ``options_file``, ``weight_file``, ``batch_size`` (default 64), ``cuda_device`` (default -1),
-    ``forget_sentences``, ``use_sentence_keys``. As AllenNLP, an existing output file is replaced.
+    ``forget_sentences``, ``use_sentence_keys``. As AllenNLP, an existing output file is replaced. The model
+    runs in AllenNLP's floating-point order (:data:`COMPAT_ORDER`) unless the namespace has ``order``.
     """
     from ..commands import embed as embed_command
 
@@ -128,4 +195,7 @@ def elmo_command(args: argparse.Namespace) -> int:
         argv.append("--use-sentence-keys")
     parser = argparse.ArgumentParser(prog="elmo-fast")
     embed_command.add_parser(parser.add_subparsers(dest="command"))
-    return embed_command.run(parser.parse_args(argv))
+    order = getattr(args, "order", COMPAT_ORDER)
+    numerics.Numerics(order=order or "fast")  # a bad value fails here, naming the field
+    with numerics.use(order=order):  # the embed command's models take the caller's order (order None)
+        return embed_command.run(parser.parse_args(argv))

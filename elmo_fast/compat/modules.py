@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .. import backend as backends
+from .. import numerics
 from ..chars import BOS_IDS, EOS_IDS
 from ..nn.bilm import BiLM, add_sentence_boundaries, token_mask
 from ..nn.lstm import BiLSTM, StateSlots
@@ -27,7 +28,11 @@ from ..nn.token_encoder import CharCNNTokenEncoder
 from ..options import LSTMOptions, load_options
 from ..weights import check_finite, lstm_prefix, read_weights
 
-__all__ = ["_ElmoBiLm", "_ElmoCharacterEncoder", "ElmoLstm"]
+__all__ = ["COMPAT_ORDER", "_ElmoBiLm", "_ElmoCharacterEncoder", "ElmoLstm"]
+
+#: the floating-point order (:mod:`elmo_fast.numerics`) of the AllenNLP-named classes unless ``order=`` is
+#: given: a user migrating from AllenNLP compares against AllenNLP's numbers
+COMPAT_ORDER = "allennlp"
 
 logger = logging.getLogger(__name__)
 
@@ -54,21 +59,58 @@ def _check_char_ids(inputs: Any, encoder: CharCNNTokenEncoder, name: str = "inpu
 
 
 # ------------------------------------------------------------------------------------------------------------
-class _ElmoCharacterEncoder(nn.Module):
+class _NumericsSetting:
+    """``precision`` / ``order`` of a compat module (:mod:`elmo_fast.numerics`): its own when built on its own
+    (kept in ``__dict__["_numerics"]``), the biLM's when it is a view of one (reading and setting both)."""
+
+    @property
+    def precision(self) -> str | None:
+        """The products' precision (the biLM's, for a view)."""
+        bilm = self.__dict__.get("_bilm")
+        return bilm.precision if bilm is not None else self.__dict__["_numerics"][0]
+
+    @precision.setter
+    def precision(self, value: str | None) -> None:
+        self._set_numerics(value, self.order)
+
+    @property
+    def order(self) -> str | None:
+        """The floating-point order (the biLM's, for a view)."""
+        bilm = self.__dict__.get("_bilm")
+        return bilm.order if bilm is not None else self.__dict__["_numerics"][1]
+
+    @order.setter
+    def order(self, value: str | None) -> None:
+        self._set_numerics(self.precision, value)
+
+    def _set_numerics(self, precision: str | None, order: str | None) -> None:
+        numerics.Numerics(precision or "fp32", order or "fast")
+        bilm = self.__dict__.get("_bilm")
+        if bilm is not None:
+            bilm.precision, bilm.order = precision, order
+        else:
+            self.__dict__["_numerics"] = (precision, order)
+
+
+class _ElmoCharacterEncoder(_NumericsSetting, nn.Module):
     """AllenNLP's ``_ElmoCharacterEncoder``: char ids -> context-independent token vectors with BOS/EOS.
 
     Args:
         options_file, weight_file: the public ELMo files (bilm-tf layout).
         requires_grad: whether the char table, convolutions, highway and projection get gradients.
         backend: see :mod:`elmo_fast.backend`.
+        precision, order: the fast path's arithmetic (:mod:`elmo_fast.numerics`); order defaults to
+            ``"allennlp"`` (AllenNLP's floating-point order); None keeps the caller's setting.
 
     ``forward(inputs (B, T, 50))`` returns ``{"mask": (B, T + 2) bool, "token_embedding": (B, T + 2, P)}``;
     as in AllenNLP, padded positions hold the encoder's output for an all-padding token (not zeros).
     """
 
     def __init__(self, options_file: str | os.PathLike, weight_file: str | os.PathLike,
-                 requires_grad: bool = False, *, backend: str | None = None) -> None:
+                 requires_grad: bool = False, *, backend: str | None = None, precision: str | None = None,
+                 order: str | None = COMPAT_ORDER) -> None:
         super().__init__()
+        numerics.Numerics(precision or "fp32", order or "fast")  # fail before loading
         options = load_options(options_file)
         if options.char_cnn is None:
             raise ValueError(f"{options_file}: the options have no 'char_cnn' section (word-input models are "
@@ -81,6 +123,7 @@ class _ElmoCharacterEncoder(nn.Module):
         encoder.requires_grad_(requires_grad)
         self.encoder = encoder
         self.backend = backend
+        self.__dict__["_numerics"] = (precision, order)
         self.output_dim = options.lstm.projection_dim
         self.requires_grad = requires_grad
         self.register_buffer("bos_ids", torch.tensor(BOS_IDS, dtype=torch.long), persistent=False)
@@ -117,18 +160,21 @@ class _ElmoCharacterEncoder(nn.Module):
             return {"mask": mask, "token_embedding": embedding}
         ids, mask = add_sentence_boundaries(inputs, token_mask(inputs), self.bos_ids, self.eos_ids)
         op = backends.get_op(backends.resolve(self.backend, ids.device, "token_encoder"), "token_encoder")
-        out = op(encoder, ids.reshape(-1, ids.shape[-1]))
+        with numerics.use(*self.__dict__["_numerics"]):
+            out = op(encoder, ids.reshape(-1, ids.shape[-1]))
         return {"mask": mask, "token_embedding": out.reshape(*ids.shape[:-1], out.shape[-1])}
 
 
 # ------------------------------------------------------------------------------------------------------------
-class ElmoLstm(nn.Module):
+class ElmoLstm(_NumericsSetting, nn.Module):
     """AllenNLP's ``ElmoLstm``: the stateful biLSTM stack (projection, clipping, residual from layer 2 on).
 
     Args (AllenNLP's): input_size, hidden_size (must be equal: the biLM's P), cell_size (C), num_layers,
         requires_grad, recurrent_dropout_probability (only 0.0 is supported), memory_cell_clip_value,
         state_projection_clip_value.
         backend: see :mod:`elmo_fast.backend`.
+        precision, order: the fast path's arithmetic (:mod:`elmo_fast.numerics`); order defaults to
+            ``"allennlp"`` (AllenNLP's floating-point order); None keeps the caller's setting.
 
     ``forward(inputs (B, T, P), mask (B, T) bool) -> (num_layers, B, T, 2P)``; carries per-row states across
     calls (AllenNLP's slot semantics) until :meth:`reset_states`. Weights start random (AllenNLP: block
@@ -138,8 +184,10 @@ class ElmoLstm(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, cell_size: int, num_layers: int,
                  requires_grad: bool = False, recurrent_dropout_probability: float = 0.0,
                  memory_cell_clip_value: float | None = None, state_projection_clip_value: float | None = None,
-                 *, backend: str | None = None) -> None:
+                 *, backend: str | None = None, precision: str | None = None,
+                 order: str | None = COMPAT_ORDER) -> None:
         super().__init__()
+        numerics.Numerics(precision or "fp32", order or "fast")
         if input_size != hidden_size:
             raise ValueError(f"ElmoLstm: input_size ({input_size}) must equal hidden_size ({hidden_size}) "
                              "(every ELMo biLSTM layer reads P-dimensional inputs)")
@@ -160,8 +208,9 @@ class ElmoLstm(nn.Module):
         self.lstm.requires_grad_(requires_grad)
         self.requires_grad = requires_grad
         self.backend = backend
-        self.stateful = True
         self.__dict__["_bilm"] = None
+        self.__dict__["_numerics"] = (precision, order)
+        self.stateful = True
         self.__dict__["_slots"] = StateSlots()
         self.input_size, self.hidden_size, self.cell_size, self.num_layers = input_size, hidden_size, cell_size, num_layers
 
@@ -248,7 +297,8 @@ class ElmoLstm(nn.Module):
         zero = lstm.zero_state(inputs.shape[0], inputs)
         initial = slots.initial(inputs.shape[0], zero) if self.stateful else zero
         op = backends.get_op(backends.resolve(self.backend, inputs.device, "bilstm"), "bilstm")
-        outputs, (h, c) = op(lstm, inputs, lengths, initial, 0.0)
+        with numerics.use(*self.__dict__["_numerics"]):
+            outputs, (h, c) = op(lstm, inputs, lengths, initial, 0.0)
         if self.stateful:
             slots.update(h, c)
         return torch.stack(outputs)
@@ -264,6 +314,9 @@ class _ElmoBiLm(BiLM):
         vocab_to_cache: tokens whose token-encoder output is computed once; ``forward`` may then take
             ``word_inputs`` (ids into this list; id 0 is padding, so put a padding token first).
         stateful: carry LSTM states across calls (AllenNLP: always). backend: see :mod:`elmo_fast.backend`.
+        precision, order: the fast path's arithmetic (:mod:`elmo_fast.numerics`), set before the cached
+            vectors are computed; None keeps the caller's setting. (:class:`elmo_fast.compat.allennlp._ElmoBiLm`
+            defaults order to ``"allennlp"``.)
 
     ``forward(inputs (B, T, 50), word_inputs=None)`` returns AllenNLP's dict ``{"activations": [3 x (B, T+2,
     2P)], "mask": (B, T+2) bool}``. With a cache and ``word_inputs``, the cached vectors are used; if any id is
@@ -273,10 +326,12 @@ class _ElmoBiLm(BiLM):
 
     def __init__(self, options_file: str | os.PathLike, weight_file: str | os.PathLike, requires_grad: bool = False,
                  vocab_to_cache: list[str] | None = None, *, stateful: bool = True,
-                 backend: str | None = None) -> None:
+                 backend: str | None = None, precision: str | None = None, order: str | None = None) -> None:
+        numerics.Numerics(precision or "fp32", order or "fast")  # fail before loading
         options = load_options(options_file)
         weights = read_weights(weight_file, options)
-        super().__init__(options, stateful=stateful, has_projection="CNN_proj/W_proj" in weights, backend=backend)
+        super().__init__(options, stateful=stateful, has_projection="CNN_proj/W_proj" in weights, backend=backend,
+                         precision=precision, order=order)
         self.load_bilm_tf_weights(weights)
         del weights
         self.requires_grad_(requires_grad)
