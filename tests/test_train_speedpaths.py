@@ -72,3 +72,39 @@ def test_fused_sampled_softmax_is_the_cpu_training_op():
     assert model.softmax_op("sampled_softmax_loss", torch.zeros(1)) is sampled_softmax_loss_fast
     ref = LanguageModel(preset("tiny"), 50, backend="reference")
     assert ref.softmax_op("sampled_softmax_loss", torch.zeros(1)) is sampled_softmax_loss
+
+
+def _adagrad_run(cls, steps: int = 4):
+    g = torch.Generator().manual_seed(11)
+    dense = torch.nn.Parameter(torch.randn(37, 29, generator=g))
+    table = torch.nn.Parameter(torch.randn(50, 7, generator=g))
+    opt = cls([dense, table], lr=0.2, initial_accumulator_value=1.0, eps=0.0)
+    for k in range(steps):
+        opt.zero_grad(set_to_none=True)
+        rows = torch.randint(0, 50, (9,), generator=g)
+        loss = (dense * torch.randn(37, 29, generator=g)).sum() * (k + 1) \
+            + torch.nn.functional.embedding(rows, table, sparse=True).square().sum()
+        loss.backward()
+        opt.step()
+    return dense.detach(), table.detach(), opt
+
+
+def test_dense_fused_adagrad_is_adagrad():
+    torch.sparse.check_sparse_tensor_invariants.disable()  # as the Trainer does (torch warns otherwise)
+    """Same update as torch's Adagrad (dense: the fused kernel, within float32 rounding of the update; sparse:
+    torch's own path, bit for bit), and state dicts that load into either class."""
+    from elmo_fast.training.trainer import DenseFusedAdagrad
+    d_want, t_want, opt_want = _adagrad_run(torch.optim.Adagrad)
+    d_got, t_got, opt_got = _adagrad_run(DenseFusedAdagrad)
+    moved = (d_want - _adagrad_run(torch.optim.Adagrad, steps=0)[0]).abs()
+    assert float(moved.mean()) > 0.1                                   # the updates are not negligible
+    torch.testing.assert_close(d_got, d_want, rtol=1e-6, atol=1e-7)
+    assert torch.equal(t_got, t_want)
+    sd_want, sd_got = opt_want.state_dict(), opt_got.state_dict()
+    for k in sd_want["state"]:
+        assert float(sd_got["state"][k]["step"]) == float(sd_want["state"][k]["step"]) == 4.0
+        torch.testing.assert_close(sd_got["state"][k]["sum"], sd_want["state"][k]["sum"], rtol=1e-6, atol=0)
+    fresh = DenseFusedAdagrad([torch.nn.Parameter(d_want.clone()), torch.nn.Parameter(t_want.clone())], lr=0.2)
+    fresh.load_state_dict(sd_want)
+    back = torch.optim.Adagrad([torch.nn.Parameter(d_want.clone()), torch.nn.Parameter(t_want.clone())], lr=0.2)
+    back.load_state_dict(fresh.state_dict())

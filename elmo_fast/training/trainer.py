@@ -10,13 +10,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.adagrad import adagrad
 
 from ..data import Batch
 from ..nn.softmax import log_uniform_sample
 from .config import TrainConfig
 from .model import LanguageModel
 
-__all__ = ["Trainer", "StepResult", "derive_seed"]
+__all__ = ["DenseFusedAdagrad", "Trainer", "StepResult", "derive_seed"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,44 @@ def _clip_global_norm(params: Sequence[torch.Tensor], max_norm: float) -> float:
     return float(norm)
 
 
+class DenseFusedAdagrad(torch.optim.Adagrad):
+    """``torch.optim.Adagrad`` whose dense float32 CPU gradients are applied by torch's fused CPU kernel.
+
+    The unfused step makes four passes over every parameter (``sum += g²``, ``sqrt`` into a new tensor, ``+ eps``,
+    ``p += -lr g / std``); the fused kernel makes one, which on the original model's ~95M dense parameters saves
+    several hundred ms per step on two cores. Sparse gradients (the sampled softmax's rows), other devices and dtypes
+    take torch's standard single-tensor path. State (``sum``, ``step``) and ``state_dict`` are exactly
+    ``Adagrad``'s, so checkpoints load either way; the update rounds ``lr * g / std`` in another order than the
+    unfused path (a float32 ulp of the update), identically at any thread count.
+    """
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            fused: tuple[list, list, list, list] = ([], [], [], [])
+            plain: tuple[list, list, list, list] = ([], [], [], [])
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                dense_cpu = (not p.grad.is_sparse and p.device.type == "cpu" and p.dtype == torch.float32
+                             and state["step"].device == p.device)
+                for lst, t in zip(fused if dense_cpu else plain, (p, p.grad, state["sum"], state["step"])):
+                    lst.append(t)
+            options = dict(lr=group["lr"], weight_decay=group["weight_decay"], lr_decay=group["lr_decay"],
+                           eps=group["eps"], maximize=group["maximize"], differentiable=False, has_complex=False,
+                           foreach=False)
+            if fused[0]:
+                adagrad(*fused, fused=True, has_sparse_grad=False, **options)
+            if plain[0]:
+                adagrad(*plain, fused=False, has_sparse_grad=any(g.is_sparse for g in plain[1]), **options)
+        return loss
+
+
 class Trainer:
     """Optimizer, carried LSTM states and sampler RNG around a :class:`LanguageModel`.
 
@@ -80,8 +119,8 @@ class Trainer:
             torch.sparse.check_sparse_tensor_invariants.disable()
         self.config = config
         self.device = model.softmax_weight.device
-        self.optimizer = torch.optim.Adagrad(model.parameters(), lr=config.learning_rate,
-                                             initial_accumulator_value=config.initial_accumulator, eps=0.0)
+        self.optimizer = DenseFusedAdagrad(model.parameters(), lr=config.learning_rate,
+                                           initial_accumulator_value=config.initial_accumulator, eps=0.0)
         self.sampler = torch.Generator().manual_seed(derive_seed(config.seed, rank, 2))
         self.state: tuple[torch.Tensor, torch.Tensor] | None = None
         self.n_negative = min(config.n_negative_samples, model.vocab_size)
