@@ -125,3 +125,159 @@ def test_reference_token_encoder_is_bitwise_allennlp_order():
         got = model.encode_tokens(ids)
         want = BaselineElmo(model).encode(ids)
     assert torch.equal(got, want), float((got - want).abs().max())
+
+
+# ---------------------------------------------------------------------------------------------- token encoder
+#: the public models' char-CNN (2048 filters of widths 1-7, 16-dim char embeddings) and a small one of awkward
+#: sizes (widths 1, 2, 3, 5, 7 with non-power-of-two counts; tanh; three highways)
+_PUBLIC_CNN = {"activation": "relu", "embedding": {"dim": 16}, "n_highway": 2, "n_characters": 262,
+               "max_characters_per_token": 50,
+               "filters": [[1, 32], [2, 32], [3, 64], [4, 128], [5, 256], [6, 512], [7, 1024]]}
+_AWKWARD_CNN = {"activation": "tanh", "embedding": {"dim": 6}, "n_highway": 3, "n_characters": 262,
+                "max_characters_per_token": 50, "filters": [[1, 5], [2, 11], [3, 24], [5, 9], [7, 33]]}
+
+
+def _encoder_model(char_cnn: dict, projection_dim: int, seed: int) -> BiLM:
+    opts = options_from_dict({"lstm": {"dim": 32, "projection_dim": projection_dim, "n_layers": 1, "cell_clip": 3.0,
+                                       "proj_clip": 3.0, "use_skip_connections": True}, "char_cnn": char_cnn})
+    model = BiLM(opts, stateful=False, backend="reference")
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            fan_in = p.shape[-2] if p.dim() >= 2 else 1
+            p.copy_(torch.randn(p.shape, generator=gen) * (0.5 if p.dim() == 1 else 1.5 / fan_in ** 0.5))
+    return model.eval()
+
+
+def _char_id_batches(model: BiLM) -> dict[str, torch.Tensor]:
+    """Token-encoder inputs ``(N, 50)`` as the biLM builds them (BOS/EOS, padding rows) of every size class."""
+    from elmo_fast.chars import batch_to_ids
+    from elmo_fast.nn.bilm import add_sentence_boundaries, token_mask
+    gen = torch.Generator().manual_seed(5)
+    letters = "abcdefghijklmnopqrstuvwxyzäöüßé,.'"
+    words = ["".join(letters[int(k)] for k in torch.randint(len(letters), (n,), generator=gen))
+             for n in torch.randint(1, 14, (120,), generator=gen).tolist()]
+    sentences = [words[k:k + n] for k, n in zip(range(0, 120, 9), [9, 1, 17, 4, 12, 2, 9, 15, 6, 3, 11, 7, 5, 8])]
+    cases = {
+        "many rows": sentences,                                        # N >> 16, many distinct tokens
+        "few distinct": [["the", "the", "a"]] * 6,                      # N = 30 rows, 5 distinct: padded to 16
+        "one token": [["x"]],                                           # N = 3: all rows, AllenNLP's small kernels
+        "under 16 rows": [["Hello", "world", "!"], ["Hi"]],           # N = 10 with a padding row
+        "long tokens": [["x" * 48, "y" * 60, "ab" * 30], ["z"] * 9],    # 48 bytes, truncated at 50: full width
+        "empty sentence": [[], ["one", "two", "three", "four", "five", "six", "seven"]],
+    }
+    out = {}
+    for name, batch in cases.items():
+        ids = batch_to_ids(batch)
+        ids, _ = add_sentence_boundaries(ids, token_mask(ids), model.bos_ids, model.eos_ids)
+        out[name] = ids.reshape(-1, ids.shape[-1])
+    return out
+
+
+@pytest.mark.parametrize("cnn,projection_dim", [(_PUBLIC_CNN, 128), (_AWKWARD_CNN, 19)], ids=["public", "awkward"])
+def test_fast_token_encoder_allennlp_order_is_bitwise_reference(cnn, projection_dim):
+    """order="allennlp": the same bits as the reference token encoder (= AllenNLP's, see the test above) at one
+    thread, for every batch size class (each distinct token once, only the windows that can differ, padding to
+    16 rows, all rows under 16); order="fast" stays within the fast path's float32 tolerance."""
+    from elmo_fast import numerics
+    from elmo_fast.fast.token_encoder import token_encoder_fast
+    torch.set_num_threads(1)
+    model = _encoder_model(cnn, projection_dim, seed=7)
+    enc = model.token_encoder
+    for name, ids in _char_id_batches(model).items():
+        with torch.no_grad():
+            want = enc(ids)
+            with numerics.use(order="allennlp"):
+                got = token_encoder_fast(enc, ids)
+            with numerics.use(order="fast"):
+                fast = token_encoder_fast(enc, ids)
+        assert torch.equal(got, want), f"{name} ({ids.shape[0]} rows): max diff {float((got - want).abs().max())}"
+        torch.testing.assert_close(fast, want, rtol=1e-5, atol=2e-5)  # tests/test_fast.py's F32_OUT
+
+
+def test_fast_token_encoder_allennlp_order_reads_the_model_setting():
+    """BiLM(order=...) reaches the token encoder: the model's own setting, not only numerics.use."""
+    torch.set_num_threads(1)
+    model = _encoder_model(_PUBLIC_CNN, 128, seed=8)
+    ids = _char_id_batches(model)["many rows"]
+    with torch.no_grad():
+        want = model.token_encoder(ids)
+        model.backend, model.order = "fast", "allennlp"
+        assert torch.equal(model.encode_tokens(ids), want)
+        model.order = "fast"
+        fast = model.encode_tokens(ids)
+    assert not torch.equal(fast, want)  # the public char-CNN's fast order sums differently (4e-6 here)
+    torch.testing.assert_close(fast, want, rtol=1e-5, atol=2e-5)
+
+
+def test_fast_token_encoder_allennlp_order_training():
+    """With gradients: forward bits as the reference; gradients within float32 tolerance (duplicates' gradients
+    are summed in another order, as in the fast order)."""
+    from elmo_fast import numerics
+    from elmo_fast.fast.token_encoder import token_encoder_fast
+    torch.set_num_threads(1)
+    model = _encoder_model(_AWKWARD_CNN, 19, seed=9).train()
+    enc = model.token_encoder
+    gen = torch.Generator().manual_seed(10)
+    for name in ("many rows", "few distinct", "under 16 rows"):
+        ids = _char_id_batches(model)[name]
+        cot = torch.randn(ids.shape[0], enc.output_dim, generator=gen)
+        enc.zero_grad()
+        want = enc(ids)
+        (want * cot).sum().backward()
+        want_grads = [p.grad.clone() for p in enc.parameters()]
+        enc.zero_grad()
+        with numerics.use(order="allennlp"):
+            got = token_encoder_fast(enc, ids)
+        (got * cot).sum().backward()
+        assert torch.equal(got.detach(), want.detach()), name
+        for (pname, p), g in zip(enc.named_parameters(), want_grads):
+            torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-4, msg=f"{name}: {pname}")
+
+
+def test_token_cache_keeps_the_orders_apart():
+    """A token cache filled in one order is not served in the other: allennlp stays bitwise, fast stays fast."""
+    from elmo_fast import numerics
+    from elmo_fast.fast.token_encoder import enable_token_cache, token_encoder_fast
+    torch.set_num_threads(1)
+    model = _encoder_model(_PUBLIC_CNN, 128, seed=11)
+    enc = model.token_encoder
+    ids = _char_id_batches(model)["many rows"]
+    with torch.no_grad():
+        want = enc(ids)
+        with numerics.use(order="fast"):
+            fast = token_encoder_fast(enc, ids)
+        cache = enable_token_cache(model)
+        try:
+            for order, expected in (("fast", fast), ("allennlp", want), ("allennlp", want), ("fast", fast)):
+                with numerics.use(order=order):
+                    got = token_encoder_fast(enc, ids[: ids.shape[0] // 2])   # fills part of the cache
+                    got = token_encoder_fast(enc, ids)                          # hits and misses
+                assert torch.equal(got, expected), order
+            assert cache.hits > 0
+        finally:
+            enable_token_cache(model, None)
+
+
+def test_whole_fast_pipeline_allennlp_order_is_bitwise_reference_on_full_rows():
+    """Char ids to the three layers, fast backend with order="allennlp" vs the reference: identical bits where
+    every row is active at every step (the biLSTM's condition above), two calls with states carried."""
+    from elmo_fast.chars import batch_to_ids
+    torch.set_num_threads(1)
+    opts = options_from_dict({"lstm": {"dim": 1024, "projection_dim": 128, "n_layers": 2, "cell_clip": 3.0,
+                                       "proj_clip": 3.0, "use_skip_connections": True}, "char_cnn": _PUBLIC_CNN})
+    ref = BiLM(opts, stateful=True, backend="reference")
+    gen = torch.Generator().manual_seed(12)
+    with torch.no_grad():
+        for p in ref.parameters():
+            fan_in = p.shape[-2] if p.dim() >= 2 else 1
+            p.copy_(torch.randn(p.shape, generator=gen) * (0.5 if p.dim() == 1 else 1.5 / fan_in ** 0.5))
+    fast = BiLM(opts, stateful=True, backend="fast", order="allennlp")
+    fast.load_state_dict(ref.state_dict())
+    words = "the quick brown fox jumps over a lazy dog while seven tired otters watch quietly".split()
+    for call in range(2):
+        ids = batch_to_ids([[words[(k * 5 + j + call) % len(words)] for j in range(7)] for k in range(6)])
+        with torch.no_grad():
+            got, want = fast(ids)["activations"], ref(ids)["activations"]
+        for layer, (g, w) in enumerate(zip(got, want)):
+            assert torch.equal(g, w), f"call {call} layer {layer}: max diff {float((g - w).abs().max())}"
