@@ -6,6 +6,7 @@ per-step loop over the rows still active) is the oracle: with the same token emb
 reference path must give the *same bits*, so any change of the order (the forget bias added at run time, the bias
 added to the input product, one product over ``[x; h]``, a fused ``f*c + i*g``) makes these tests fail.
 """
+import argparse
 import sys
 from pathlib import Path
 
@@ -281,3 +282,80 @@ def test_whole_fast_pipeline_allennlp_order_is_bitwise_reference_on_full_rows():
             got, want = fast(ids)["activations"], ref(ids)["activations"]
         for layer, (g, w) in enumerate(zip(got, want)):
             assert torch.equal(g, w), f"call {call} layer {layer}: max diff {float((g - w).abs().max())}"
+
+
+# ---------------------------------------------------------------------------------------------- compat defaults
+@pytest.fixture
+def public_cnn_files(tmp_path):
+    """A model with the public char-CNN (where the fast order's token vectors differ from AllenNLP's)."""
+    from helpers import write_model
+    opts = {"lstm": {"dim": 48, "projection_dim": 24, "n_layers": 2, "cell_clip": 3, "proj_clip": 3,
+                     "use_skip_connections": True}, "char_cnn": _PUBLIC_CNN}
+    return tuple(str(p) for p in write_model(tmp_path / "public", opts, seed=13))
+
+
+def test_compat_classes_default_to_allennlp_order(public_cnn_files):
+    import elmo_fast
+    from elmo_fast.compat import allennlp as A
+    o, w = public_cnn_files
+    assert A._ElmoBiLm(o, w).order == "allennlp"
+    elmo = A.Elmo(o, w, 1)
+    assert isinstance(elmo._elmo_lstm, A._ElmoBiLm) and elmo._elmo_lstm.order == "allennlp"
+    assert elmo._elmo_lstm._token_embedder.order == "allennlp" and elmo._elmo_lstm._elmo_lstm.order == "allennlp"
+    assert A.ElmoEmbedder(o, w).elmo_bilm.order == "allennlp"
+    assert A.ElmoTokenEmbedder(o, w)._elmo._elmo_lstm.order == "allennlp"
+    assert A._ElmoCharacterEncoder(o, w).order == "allennlp"
+    assert A.ElmoLstm(24, 24, 48, 2).order == "allennlp"
+    # the user's order= wins (None: the caller's / process setting)
+    assert A._ElmoBiLm(o, w, order="fast").order == "fast"
+    assert A.Elmo(o, w, 1, order="fast")._elmo_lstm.order == "fast"
+    assert A.Elmo(o, w, 1, order=None)._elmo_lstm.order is None
+    assert A.ElmoEmbedder(o, w, order="fast").elmo_bilm.order == "fast"
+    assert A.ElmoTokenEmbedder(o, w, order="fast")._elmo._elmo_lstm.order == "fast"
+    assert A._ElmoCharacterEncoder(o, w, order="fast").order == "fast"
+    assert A.ElmoLstm(24, 24, 48, 2, order="fast").order == "fast"
+    view = A.Elmo(o, w, 1)._elmo_lstm
+    view._token_embedder.order = "fast"  # a view sets the biLM's order
+    assert view.order == "fast"
+    with pytest.raises(ValueError, match="order"):
+        A.Elmo(o, w, 1, order="tf")
+    # the native API keeps the process default (order None: "fast" unless ELMO_FAST_ONEDNN=0)
+    assert elmo_fast.Elmo(o, w, 1)._elmo_lstm.order is None
+    assert elmo_fast.ElmoEmbedder(o, w).elmo_bilm.order is None
+
+
+def test_compat_numbers_are_allennlp_order(public_cnn_files):
+    """Token vectors of the compat classes on the fast backend are the reference's bits (AllenNLP's order),
+    including the vectors cached for vocab_to_cache; the same classes with order="fast" are not."""
+    from elmo_fast.chars import batch_to_ids
+    from elmo_fast.compat import allennlp as A
+    torch.set_num_threads(1)
+    o, w = public_cnn_files
+    ref = BiLM.from_files(o, w, backend="reference")
+    words = ["Tokens", "of", "every", "length", "internationalization", "x", ".", "ünïcödé", "the"] * 3
+    ids = batch_to_ids([words[:7], words[7:20], words[3:5]])
+    with torch.no_grad():
+        want, mask = ref.embed_tokens(ids)
+        got = A._ElmoCharacterEncoder(o, w, backend="fast")(ids)
+        assert torch.equal(got["token_embedding"], want) and torch.equal(got["mask"], mask)
+        fast = A._ElmoCharacterEncoder(o, w, backend="fast", order="fast")(ids)["token_embedding"]
+        assert not torch.equal(fast, want)
+        assert torch.equal(A._ElmoBiLm(o, w, backend="fast").embed_tokens(ids)[0], want)
+        vocab = ["<pad>"] + sorted(set(words))
+        cached = A.Elmo(o, w, 1, vocab_to_cache=vocab, backend="fast")._elmo_lstm._word_embedding.weight
+        one_each = ref.encode_tokens(batch_to_ids([[t] for t in vocab]))[:, 0]
+        assert torch.equal(cached, one_each)
+
+
+def test_elmo_command_runs_in_allennlp_order(monkeypatch):
+    from elmo_fast import numerics
+    from elmo_fast.commands import embed as embed_command
+    from elmo_fast.compat import allennlp as A
+    seen = []
+    monkeypatch.setattr(embed_command, "run", lambda args: seen.append(numerics.current().order) or 0)
+    args = dict(input_file="in.txt", output_file="out.hdf5", top=True, options_file="o.json", weight_file="w.hdf5")
+    assert A.elmo_command(argparse.Namespace(**args)) == 0
+    assert A.elmo_command(argparse.Namespace(**args, order="fast")) == 0
+    assert seen == ["allennlp", "fast"]
+    with pytest.raises(ValueError, match="order"):
+        A.elmo_command(argparse.Namespace(**args, order="tf"))
