@@ -285,9 +285,12 @@ def _layer_weights(cells, C: int) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     ``W`` ``(D, P + P, 4C)`` (input rows, then recurrent rows), bias ``(D, 4C)`` incl. the forget bias (added
     in float32, exactly :func:`elmo_fast.nn.lstm.folded_bias`), and ``W_P`` ``(D, C, P)``."""
     perm = _gate_perm(C, cells[0].W_0.device)
-    with torch.no_grad():
-        W = torch.stack([cell.W_0.index_select(1, perm) for cell in cells])
-        bias = torch.stack([cell.B.index_select(0, perm) for cell in cells])
+    with torch.no_grad():  # each direction's columns gathered straight into the stack (one copy, not two)
+        W = cells[0].W_0.new_empty(len(cells), *cells[0].W_0.shape)
+        bias = cells[0].B.new_empty(len(cells), *cells[0].B.shape)
+        for d, cell in enumerate(cells):
+            torch.index_select(cell.W_0.detach(), 1, perm, out=W[d])
+            torch.index_select(cell.B.detach(), 0, perm, out=bias[d])
         bias[:, C:2 * C] += FORGET_BIAS
         W_P = torch.stack([cell.W_P_0.detach() for cell in cells])
     return W, bias, W_P
