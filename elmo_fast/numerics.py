@@ -4,10 +4,17 @@ Two independent choices, carried by a context variable so that the ops of :mod:`
 without threading extra arguments through every call:
 
 * ``precision``: ``"fp32"`` (default) or ``"bf16"`` (products take bfloat16 inputs and accumulate in float32;
-  cell state, clips, softmax statistics and everything elementwise stay float32).
+  cell state, clips, softmax statistics and everything elementwise stay float32; weights stay float32 and their
+  bf16 copies are made and cached by :mod:`elmo_fast.fast.packing`, where the arithmetic and its error are
+  described). Only the fast CPU backend reads it: the reference (and the Triton kernels) always compute in
+  float32, so for them it is a no-op; the user-facing wrappers (``ElmoEmbedder``, the CLI's ``--precision``)
+  refuse ``"bf16"`` there instead of silently running float32.
 * ``order``: ``"fast"`` (default: large products through oneDNN-packed weights, sums in oneDNN's blocking
   order) or ``"allennlp"`` (every product through the BLAS in the operand layout AllenNLP uses, so that
   long sequences stay within float32 noise of AllenNLP's own numbers, at a speed cost on large models).
+
+Autograd: the hand-written backward of the fast biLSTM reads the setting when it runs, so a training loop
+enters the setting around forward *and* backward (``elmo-fast train --precision`` wraps its whole run).
 
 A model carries its own choice (:class:`elmo_fast.BiLM` ``precision=`` / ``order=``) and enters it around
 each op with :func:`use`; code that calls the fast ops directly can do the same. The environment variable

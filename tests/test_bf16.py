@@ -312,12 +312,17 @@ def test_bf16_embed_never_reuses_fp32_chunks(tmp_path):
             assert (f32[key][()] == f16[key][()]).all(), key
 
 
-@pytest.mark.parametrize("backend", ["reference"])
+@pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_bf16_off_the_fast_backend_is_an_error(tmp_path, backend):
+    """The wrappers refuse bf16 where it would be silently float32 (the check runs before any kernel is needed,
+    so triton's refusal is tested on the CPU too); the plain order setting stays allowed."""
     from elmo_fast import ElmoEmbedder
     opt, w = _files(tmp_path)
-    with pytest.raises(UserError, match="precision='bf16'.*fast CPU backend"):
+    with pytest.raises(UserError, match=f"precision='bf16'.*fast CPU backend.*{backend}"):
         ElmoEmbedder(opt, w, backend=backend, precision="bf16")
+    with numerics.use(precision="bf16"), pytest.raises(UserError, match="precision='bf16'"):
+        ElmoEmbedder(opt, w, backend=backend)                       # inherited from the context: the same
+    assert ElmoEmbedder(opt, w, backend=backend, precision="fp32").backend_label() == f"{backend}/{backend}"
     # the low-level model documents it as a no-op: the reference computes in float32 whatever the setting
     model = _bilm("reference", "bf16")
     gen = torch.Generator().manual_seed(3)
