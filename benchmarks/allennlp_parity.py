@@ -21,7 +21,13 @@ Oracles (``--oracle``):
   (per step ``x W_xᵀ + (h W_hᵀ + b)`` with the +1 forget bias folded into ``b``, gates (i, f, g, o),
   ``i*g + f*c``, clip, ``(o * tanh c) W_Pᵀ``, clip, residual ``y + x``) in float64.
 
-Run: ``.venv/bin/python benchmarks/allennlp_parity.py --allennlp /tmp/anlp_pkgs`` (about 20 min on 2 cores).
+elmo-fast's order: ``--order allennlp`` builds the models with ``BiLM(order="allennlp")`` (the fast token encoder in
+AllenNLP's order of operations, every biLSTM product through the BLAS; the compat classes' default), ``--order
+fast`` (or nothing) the native default.
+
+Run: ``.venv/bin/python benchmarks/allennlp_parity.py --allennlp /tmp/anlp_pkgs`` (about 20 min on 2 cores);
+``--backends fast --order allennlp --threads 1 --oracle-cache FILE`` reuses the AllenNLP runs of an earlier call
+(same batches and shape) and takes ~7 min for five batches of 64 lines.
 """
 from __future__ import annotations
 
