@@ -22,7 +22,14 @@ is the reference's, i.e. AllenNLP's: one ``conv1d`` per filter with its bias, ma
 highway as one ``addmm`` over ``[W_t, -W_c]`` with its bias, gate ``σ(-z_c)``, ``k*x + (1-k)*relu(t)``; the
 projection as one ``addmm`` with its bias. What is kept is what does not change a token's bits: each distinct
 token once, only the windows that can differ, the token cache. At one thread the result is the reference's bit
-for bit (``tests/test_compat_numerics.py``), given the guard of :data:`ALLENNLP_MIN_ROWS`.
+for bit (``tests/test_compat_numerics.py``), given the guard of :data:`ALLENNLP_MIN_ROWS`; on 320 WikiText-2 lines
+with the original model, AllenNLP 2.10.1's own token vectors bit for bit (``benchmarks/allennlp_parity.py``).
+These products are torch's ``conv1d`` and ``addmm`` on purpose, not :class:`~elmo_fast.fast.packing.PackedLinear`:
+its oneDNN-packed product sums in another order, and ``x @ W + b`` (as ``packing.matmul`` would give) rounds
+differently from the BLAS adding the bias inside the product (1.4e-6 on a 2048 x 4096 highway). So this order is
+float32 whatever the ``precision`` setting. Cost at one thread (``benchmarks/order_cost.py``): the token encoder
+runs at 0.5x the fast order's speed at batch 1 (the BLAS repacks the 2048 x 4096 highway weight on every call),
+0.87x at batch 32.
 
 Nothing here assumes 50
 characters per token or 261 table rows: ELMoForManyLangs models (:mod:`elmo_fast.efml`) run through the same
