@@ -345,6 +345,9 @@ def test_compat_numbers_are_allennlp_order(public_cnn_files):
         cached = A.Elmo(o, w, 1, vocab_to_cache=vocab, backend="fast")._elmo_lstm._word_embedding.weight
         one_each = ref.encode_tokens(batch_to_ids([[t] for t in vocab]))[:, 0]
         assert torch.equal(cached, one_each)
+        module = A._ElmoBiLm(o, w, backend="fast", order="fast")  # Elmo's order applies before caching
+        cached = A.Elmo(None, None, 1, vocab_to_cache=vocab, module=module)._elmo_lstm._word_embedding.weight
+        assert module.order == "allennlp" and torch.equal(cached, one_each)
 
 
 def test_elmo_command_runs_in_allennlp_order(monkeypatch):

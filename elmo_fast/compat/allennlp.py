@@ -83,6 +83,8 @@ class Elmo(_NativeElmo):
             module = _ElmoBiLm(options_file, weight_file, requires_grad=requires_grad, vocab_to_cache=vocab_to_cache,
                                stateful=stateful, backend=backend, precision=precision, order=order)
             vocab_to_cache = None
+        elif module is not None:  # set before the native Elmo computes vocab_to_cache's vectors with it
+            numerics.configure(module, precision, order)
         super().__init__(options_file, weight_file, num_output_representations, requires_grad=requires_grad,
                          do_layer_norm=do_layer_norm, dropout=dropout, vocab_to_cache=vocab_to_cache,
                          keep_sentence_boundaries=keep_sentence_boundaries,
