@@ -108,3 +108,42 @@ def test_dense_fused_adagrad_is_adagrad():
     fresh.load_state_dict(sd_want)
     back = torch.optim.Adagrad([torch.nn.Parameter(d_want.clone()), torch.nn.Parameter(t_want.clone())], lr=0.2)
     back.load_state_dict(fresh.state_dict())
+
+
+@pytest.mark.parametrize("loss_on", ["top_outputs", "final_c", "final_h_and_lower_outputs"])
+def test_fast_streams_backward_with_missing_output_gradients(loss_on):
+    """The fast biLSTM's backward when some outputs get no gradient (autograd passes None, not zeros): the
+    training case (only the top outputs reach the loss; the carried state is detached), only the final cells,
+    only the final h and a lower layer. float64 against the reference op, atol/rtol 1e-9."""
+    import elmo_fast.fast as fast
+    from elmo_fast.nn.bilm import BiLM
+    from elmo_fast.nn.ops import bilstm_streams as reference_streams
+    from elmo_fast.options import options_from_dict
+    from helpers import random_weights, tiny_options
+
+    d = tiny_options(lstm__n_layers=3)
+    results = []
+    for op in (reference_streams, fast.bilstm_streams):
+        model = BiLM(options_from_dict(d), stateful=False, backend="reference")
+        model.load_bilm_tf_weights(random_weights(d, seed=9))
+        lstm = model.lstm.double()
+        gen = torch.Generator().manual_seed(3)
+        B, T, P = 5, 7, lstm.options.projection_dim
+        fw = torch.randn(B, T, P, generator=gen, dtype=torch.float64, requires_grad=True)
+        bw = torch.randn(B, T, P, generator=gen, dtype=torch.float64, requires_grad=True)
+        h0, c0 = (torch.randn(s.shape, generator=gen, dtype=torch.float64) for s in lstm.zero_state(B, fw))
+        h0.requires_grad_(True)
+        c0.requires_grad_(True)
+        f_out, b_out, (h, c) = op(lstm, fw, bw, (h0, c0), 0.0)
+        if loss_on == "top_outputs":
+            loss = (f_out[-1] * torch.linspace(-1, 1, P, dtype=torch.float64)).sum() + b_out[-1].square().sum()
+        elif loss_on == "final_c":
+            loss = (c * torch.linspace(-1, 1, c.shape[-1], dtype=torch.float64)).sum()
+        else:
+            loss = h.square().sum() + f_out[0].sum()
+        loss.backward()
+        grads = [fw.grad, bw.grad, h0.grad, c0.grad] + [p.grad for p in lstm.parameters()]
+        results.append([torch.zeros(()) if g is None else g for g in grads])
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    assert any(float(g.abs().sum()) > 0 for g in results[1])
