@@ -274,8 +274,9 @@ class PairLinear:
             return y if out is None else out.copy_(y)
         if out is None:
             out = x.new_empty(D, n, self.weight.shape[2], dtype=torch.float32)
+        x16 = x.to(torch.bfloat16)      # one conversion for all directions (per-step calls are op-count bound)
         for d, p in enumerate(self.packed):
-            out[d].copy_(p.bf16(x[d]))  # widened while copied: no separate float32 temporary
+            out[d].copy_(p.bf16(x16[d]))  # widened while copied: no separate float32 temporary
         return out
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -302,8 +303,9 @@ class PairLinear:
                 packed16 = self.packed
 
                 def add16(acc: torch.Tensor, x: torch.Tensor) -> None:
+                    x16 = x.to(torch.bfloat16)
                     for d, p in enumerate(packed16):
-                        acc[d].add_(p.bf16(x[d]))  # bf16 result widened inside the float32 add
+                        acc[d].add_(p.bf16(x16[d]))  # bf16 result widened inside the float32 add
                 return add16
             return lambda acc, x: acc.add_(self._bf16_bmm(x))
         if self._bmm(n):
