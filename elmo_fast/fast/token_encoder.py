@@ -18,22 +18,24 @@ Where the time goes in the reference, and what this does instead:
 **Order** (:mod:`elmo_fast.numerics`, read inside the op): with ``order="fast"`` (the process default) the
 above; differences to the reference are float32 rounding only (summation order: 4.3e-6 on the original model's
 token vectors, which the biLSTM amplifies on long sentences). With ``order="allennlp"`` the per-token arithmetic
-is the reference's, i.e. AllenNLP's: one ``conv1d`` per filter with its bias, max over time, activation; each
-highway as one ``addmm`` over ``[W_t, -W_c]`` with its bias, gate ``σ(-z_c)``, ``k*x + (1-k)*relu(t)``; the
-projection as one ``addmm`` with its bias. What is kept is what does not change a token's bits: each distinct
-token once, only the windows that can differ, the token cache. At one thread the result is the reference's bit
-for bit (``tests/test_compat_numerics.py``), given the guard of :data:`ALLENNLP_MIN_ROWS`; on 320 WikiText-2 lines
-with the original model, AllenNLP 2.10.1's own token vectors bit for bit (``benchmarks/allennlp_parity.py``).
-These products are torch's ``conv1d`` and ``addmm`` on purpose, not :class:`~elmo_fast.fast.packing.PackedLinear`:
+is AllenNLP's: one ``conv1d`` per filter with its bias, max over time, activation; each highway as one
+``F.linear`` over ``[W_t, -W_c]`` with its bias, gate ``σ(-z_c)``, ``k*x + (1-k)*relu(t)``; the projection as one
+``F.linear`` with its bias; the weights laid out as in AllenNLP's ``Conv1d`` / ``Linear`` modules. What is kept
+is what does not change a token's bits: each distinct token once, only the windows that can differ, the token
+cache. At one thread the result is AllenNLP's bit for bit
+(``tests/test_compat_numerics.py`` against the AllenNLP-module baseline, given the guard of
+:data:`ALLENNLP_MIN_ROWS`; on 320 WikiText-2 lines with the original model against AllenNLP 2.10.1 itself,
+``benchmarks/allennlp_parity.py``), and the reference's from 4 positions per call on (with 1-3, the BLAS sums the
+reference's ``(in, out)`` operands in another order than AllenNLP's ``(out, in)`` ones).
+These products are torch's ``conv1d`` and ``F.linear`` on purpose, not :class:`~elmo_fast.fast.packing.PackedLinear`:
 its oneDNN-packed product sums in another order, and ``x @ W + b`` (as ``packing.matmul`` would give) rounds
 differently from the BLAS adding the bias inside the product (1.4e-6 on a 2048 x 4096 highway). So this order is
 float32 whatever the ``precision`` setting. Cost at one thread (``benchmarks/order_cost.py``): the token encoder
 runs at 0.5x the fast order's speed at batch 1 (the BLAS repacks the 2048 x 4096 highway weight on every call),
 0.87x at batch 32.
 
-Nothing here assumes 50
-characters per token or 261 table rows: ELMoForManyLangs models (:mod:`elmo_fast.efml`) run through the same
-code with their own ``max_characters_per_token`` and character table.
+Nothing here assumes 50 characters per token or 261 table rows: ELMoForManyLangs models (:mod:`elmo_fast.efml`)
+run through the same code with their own ``max_characters_per_token`` and character table.
 """
 from __future__ import annotations
 
@@ -157,15 +159,18 @@ def _allennlp_order() -> bool:
 
 
 def _allennlp_weights(encoder: CharCNNTokenEncoder, differentiable: bool) -> tuple[list, list, object]:
-    """The products of AllenNLP's order: per filter (``(n, d, w)`` conv weight, ``(n,)`` bias); per highway
-    (``(F, 2F)`` = ``[W_t, -W_c]``, ``(2F,)`` = ``[b_t, -b_c]``); projection ``(W, b)`` or None."""
+    """The products of AllenNLP's order, in the layouts of AllenNLP's modules (``Conv1d``, ``Linear``): per filter
+    (``(n, d, w)`` conv weight, ``(n,)`` bias); per highway (``(2F, F)`` = ``[W_t, -W_c]ᵀ``, ``(2F,)`` =
+    ``[b_t, -b_c]``); projection (``(P, F)``, ``(P,)``) or None. (The layout matters for products of 1-3 rows,
+    where the BLAS sums a transposed operand in another order.)"""
     def own(t: torch.Tensor | None) -> torch.Tensor | None:
         return t if t is None or differentiable else t.detach()
 
-    convs = [(own(W)[0].permute(2, 1, 0), own(b)) for W, b in zip(encoder.conv_weights, encoder.conv_biases)]
-    highways = [(torch.cat([own(hw.W_transform), -own(hw.W_carry)], dim=1),
+    convs = [(own(W)[0].permute(2, 1, 0).contiguous(), own(b))
+             for W, b in zip(encoder.conv_weights, encoder.conv_biases)]
+    highways = [(torch.cat([own(hw.W_transform), -own(hw.W_carry)], dim=1).t().contiguous(),
                  torch.cat([own(hw.b_transform), -own(hw.b_carry)])) for hw in encoder.highways]
-    proj = None if encoder.W_proj is None else (own(encoder.W_proj), own(encoder.b_proj))
+    proj = None if encoder.W_proj is None else (own(encoder.W_proj).t().contiguous(), own(encoder.b_proj))
     return convs, highways, proj
 
 
@@ -201,7 +206,7 @@ def _encode_allennlp(encoder: CharCNNTokenEncoder, ids: torch.Tensor, grad: bool
     pool = (lambda c: c.max(dim=-1).values) if grad else (lambda c: c.amax(dim=-1))
     x = torch.cat([act(pool(F.conv1d(x, W, b))) for W, b in convs], dim=-1)  # (M, F)
     for W, b in highways:
-        transform, neg_carry = torch.addmm(b, x, W).chunk(2, dim=-1)
+        transform, neg_carry = F.linear(x, W, b).chunk(2, dim=-1)
         keep = torch.sigmoid(neg_carry)  # 1 - g
         if grad:
             x = keep * x + (1.0 - keep) * torch.relu(transform)
@@ -209,7 +214,7 @@ def _encode_allennlp(encoder: CharCNNTokenEncoder, ids: torch.Tensor, grad: bool
             kept = keep * x
             x = kept.add_(keep.neg_().add_(1.0).mul_(transform.relu_()))
     if proj is not None:
-        x = torch.addmm(proj[1], x, proj[0])  # bias inside the product, as AllenNLP's Linear
+        x = F.linear(x, proj[0], proj[1])  # bias inside the product, as AllenNLP's Linear
     return x
 
 
