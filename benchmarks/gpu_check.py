@@ -13,9 +13,14 @@ included; a part that does not fit is reported as skipped, never silently droppe
    TensorFlow fixtures through the Triton backend, and a short training run tracking the reference.
 3. ``training_original``: 50 training steps of the ``original`` preset (128 x 20, 8192 sampled negatives)
    on the Triton backend and on the reference backend, same seeds: per-step losses and their differences.
-4. ``kernel_suite_tf32x3``: the kernel suite again with ``ELMO_FAST_TRITON_PRECISION=tf32x3``: whether
-   three-pass TF32 holds the parity tolerance (the condition for making it the default CUDA precision).
-5. ``gpu_kernels``: ``benchmarks/gpu_kernels.py`` (kernels vs the reference and cuDNN
+4. ``kernel_suite_ieee``: the kernel suite again with ``ELMO_FAST_TRITON_PRECISION=ieee`` (the default is
+   three-pass TF32, ``tf32x3``, chosen by emulation: ``benchmarks/tf32_emulation.py``; parts 1-3 check it on
+   the device, this part the IEEE mode that stays selectable).
+5. ``lstm_cuda_graphs``: the ``original`` biLSTM layer (128 x 20, both directions), forward and forward +
+   backward, with the step loops replayed from CUDA graphs and launched eagerly
+   (``ELMO_FAST_CUDA_GRAPHS``): outputs and gradients must be bitwise identical; times per layer and per step.
+   ``--no-cuda-graphs`` skips this part and runs every other part with capture off.
+6. ``gpu_kernels``: ``benchmarks/gpu_kernels.py`` (kernels vs the reference and cuDNN
    ``torch.nn.LSTM(proj_size=...)``), original preset, forward and forward+backward.
 
 Writes ``DIR/gpu_check.json`` and ``DIR/gpu_check.md`` (one report), also after a failing part. Exit
@@ -38,7 +43,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = ("kernel_suite", "backend_parity", "training_original", "kernel_suite_tf32x3", "gpu_kernels")
+PARTS = ("kernel_suite", "backend_parity", "training_original", "kernel_suite_ieee", "lstm_cuda_graphs",
+         "gpu_kernels")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, default=480.0, help="overall time budget in seconds (default 480)")
     p.add_argument("--skip", action="append", default=[], choices=PARTS, help="skip a part (repeatable)")
     p.add_argument("--steps", type=int, default=50, help="training steps of the original-preset run (default 50)")
+    p.add_argument("--no-cuda-graphs", action="store_true",
+                   help="launch the LSTM step loops eagerly everywhere (ELMO_FAST_CUDA_GRAPHS=0); skips lstm_cuda_graphs")
     p.add_argument("--cpu-smoke", action="store_true",
                    help="no GPU: run every part on tiny shapes under the Triton interpreter (checks the script)")
     return p.parse_args(argv)
@@ -136,6 +144,74 @@ def _training(steps: int, smoke: bool) -> dict[str, Any]:
     return out
 
 
+def _lstm_graphs(smoke: bool, repeats: int = 10) -> dict[str, Any]:
+    """The biLSTM layer with the step loops from CUDA graphs vs eager launches: identical results, times."""
+    import torch
+
+    from elmo_fast.kernels import launch as launch_mod
+    from elmo_fast.kernels.lstm_cell import lstm_bidirectional_layer
+    from elmo_fast.options import preset
+
+    name, B, T = ("tiny", 3, 4) if smoke else ("original", 128, 20)
+    o = preset(name).lstm
+    P, C = o.projection_dim, o.dim
+    dev = "cpu" if smoke else "cuda"
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(B, T, P, generator=g).to(dev).requires_grad_()
+    W0 = (torch.randn(2, 2 * P, 4 * C, generator=g) * (2 * P) ** -0.5).to(dev).requires_grad_()
+    bias = torch.zeros(2, 4 * C, device=dev, requires_grad=True)
+    WP = (torch.randn(2, C, P, generator=g) * C ** -0.5).to(dev).requires_grad_()
+    h0, c0 = torch.zeros(2, B, P, device=dev), torch.zeros(2, B, C, device=dev)
+    lengths = torch.tensor([T - (i % 3) for i in range(B)], device=dev)
+
+    def layer(backward: bool):
+        with torch.set_grad_enabled(backward):
+            y, h, c = lstm_bidirectional_layer(x.unsqueeze(0).expand(2, B, T, P), W0, bias, WP, h0, c0, lengths,
+                                               o.cell_clip, o.proj_clip, False, persistent=False)
+            if not backward:
+                return [y, h, c]
+            return [y, h, c] + list(torch.autograd.grad(y.sum(), [x, W0, bias, WP]))
+
+    def timed(backward: bool) -> tuple[list, float]:
+        out = layer(backward)  # warm-up: compile; with graphs on, the second call captures
+        out = layer(backward)
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            out = layer(backward)
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        return [t.detach().cpu() for t in out], 1e3 * (time.perf_counter() - t0) / repeats
+
+    res: dict[str, Any] = {"preset": name, "batch": B, "steps": T, "repeats": repeats}
+    saved = os.environ.get(launch_mod.GRAPHS_ENV)
+    same = True
+    try:
+        for backward in (False, True):
+            mode = "forward_backward" if backward else "forward"
+            os.environ[launch_mod.GRAPHS_ENV] = "0"
+            eager, t_eager = timed(backward)
+            os.environ[launch_mod.GRAPHS_ENV] = "1"
+            before = dict(launch_mod.GRAPHS.stats)
+            graphs, t_graphs = timed(backward)
+            stats = {k: launch_mod.GRAPHS.stats[k] - before[k] for k in before}
+            identical = all(torch.equal(a, b) for a, b in zip(eager, graphs))
+            same &= identical
+            res[mode] = {"eager_ms": t_eager, "graphs_ms": t_graphs, "eager_ms_per_step": t_eager / T,
+                         "graphs_ms_per_step": t_graphs / T, "identical": identical, "graph_stats": stats}
+            if not smoke and stats["replayed"] == 0:
+                same = False
+                res[mode]["detail"] = "no loop was replayed from a graph (addresses changed between calls?)"
+    finally:
+        if saved is None:
+            os.environ.pop(launch_mod.GRAPHS_ENV, None)
+        else:
+            os.environ[launch_mod.GRAPHS_ENV] = saved
+    res["status"] = "ok" if same else "failed"
+    return res
+
+
 def _gpu_kernels(timeout: float, smoke: bool) -> dict[str, Any]:
     results = {}
     for mode in ("backward",) if smoke else ("forward", "backward"):  # smoke: the backward mode runs both
@@ -164,7 +240,8 @@ def _markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
     lines = [f"# gpu-check report ({'CPU SMOKE RUN: says nothing about a GPU' if report['cpu_smoke'] else 'device'})",
              "", f"- device: {env.get('device')}; torch {env.get('torch')}; triton {env.get('triton')}; "
-             f"python {env.get('python')}", f"- total: {report['total_s']:.0f} s of a {report['budget_s']:.0f} s budget",
+             f"python {env.get('python')}; kernel precision {env.get('precision')}; CUDA graphs "
+             f"{'on' if env.get('cuda_graphs') else 'off'}", f"- total: {report['total_s']:.0f} s of a {report['budget_s']:.0f} s budget",
              "", "| part | status | time (s) | summary |", "|---|---|---|---|"]
     for name, part in report["parts"].items():
         summary = ""
@@ -176,6 +253,11 @@ def _markdown(report: dict[str, Any]) -> str:
             summary = (f"{part['preset']} {part['batch']}x{part['unroll']}, {part['steps']} steps: max rel. loss diff "
                        f"{part['max_rel_diff']:.2e} (first 10: {part['max_rel_diff_first10']:.2e}); reference "
                        f"{part.get('reference_s', 0):.1f} s, triton {part.get('triton_s', 0):.1f} s")
+        elif name == "lstm_cuda_graphs" and "forward" in part:
+            summary = "; ".join(
+                f"{m}: eager {part[m]['eager_ms']:.2f} ms, graphs {part[m]['graphs_ms']:.2f} ms "
+                f"({part[m]['graphs_ms_per_step']:.3f} ms/step), identical {part[m]['identical']}"
+                for m in ("forward", "forward_backward") if m in part)
         elif part.get("detail"):
             summary = part["detail"]
         lines.append(f"| {name} | {part['status']} | {part.get('seconds', 0):.0f} | {summary} |")
@@ -200,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     smoke = args.cpu_smoke
     if smoke:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported, here and in the subprocesses
+    if args.no_cuda_graphs:
+        os.environ["ELMO_FAST_CUDA_GRAPHS"] = "0"  # here and in the subprocesses
+        args.skip.append("lstm_cuda_graphs")
     import torch
     if not smoke and not torch.cuda.is_available():
         print("gpu_check: no CUDA device (torch.cuda.is_available() is False); this check needs a GPU. "
@@ -216,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     env = {"torch": torch.__version__, "triton": triton_version, "python": platform.python_version(),
            "device": torch.cuda.get_device_name() if torch.cuda.is_available() and not smoke else "CPU (smoke)",
            "capability": list(torch.cuda.get_device_capability()) if torch.cuda.is_available() and not smoke else None}
+    from elmo_fast.kernels.common import precision
+    env["precision"] = precision()
+    env["cuda_graphs"] = not args.no_cuda_graphs
     report: dict[str, Any] = {"cpu_smoke": smoke, "budget_s": args.budget_s, "environment": env, "parts": {}}
     kernel_tests = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests").glob("test_kernels_*.py")
                           if p.name != "test_kernels_gpu_check.py")  # (this script's own CPU test)
@@ -227,9 +315,10 @@ def main(argv: list[str] | None = None) -> int:
         ("backend_parity", 0.35, 30, lambda t: _pytest(
             ["tests/test_backend.py"], t, select="public" if smoke else None)),
         ("training_original", 0.5, 60, lambda t: _training(2 if smoke else args.steps, smoke)),
-        ("kernel_suite_tf32x3", 0.5, 30, lambda t: _pytest(
+        ("kernel_suite_ieee", 0.5, 30, lambda t: _pytest(
             ["tests/test_kernels_launch.py"] if smoke else kernel_tests, t,
-            {"ELMO_FAST_TRITON_PRECISION": "tf32x3"})),
+            {"ELMO_FAST_TRITON_PRECISION": "ieee"})),
+        ("lstm_cuda_graphs", 0.3, 20, lambda t: _lstm_graphs(smoke)),
         ("gpu_kernels", 1.0, 30, lambda t: _gpu_kernels(t, smoke)),
     ]
     for name, share, minimum, fn in plan:

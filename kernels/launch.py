@@ -175,9 +175,19 @@ def _capture_cuda(plans: list[LaunchPlan], device: torch.device) -> Any:
     """Capture the launches into a ``torch.cuda.CUDAGraph`` (not run by the capture itself)."""
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.device(device):
-        with torch.cuda.graph(graph):
-            for plan in plans:
-                _execute(plan)
+        # the low-level calls, not ``with torch.cuda.graph(...)``: that one empties the allocator's cache first,
+        # which would move the next calls' tensors to new addresses and defeat the replay rule
+        current = torch.cuda.current_stream(device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(current)  # the capture follows the work already queued (e.g. the input products)
+        with torch.cuda.stream(side):
+            graph.capture_begin(capture_error_mode="thread_local")
+            try:
+                for plan in plans:
+                    _execute(plan)
+            finally:
+                graph.capture_end()
+        current.wait_stream(side)
     return graph
 
 

@@ -51,6 +51,9 @@ TILES: tuple[int, int, int, int] | None = None
 PERSISTENT_MAX = (64, 128, 2048)  # padded P, padded C, P_pad * C_pad of the persistent kernel (see persistent_fits)
 PERSISTENT_BB = 16        # batch rows per program of the persistent kernel (GPU)
 PERSISTENT_WARPS = 8
+#: the cell kernel's reduction chunk with three-pass TF32 products on the GPU tiles: BK 32 spills 56-128 B per
+#: thread on sm_80 at odd P (compile check, P 19); 16 spills nothing on sm_80 and sm_90 (159-234 registers)
+TF32X3_CELL_BK = 16
 
 
 @triton.jit
@@ -328,25 +331,34 @@ def _hidden_step_bwd(dz_ptr, wh_ptr, len_ptr, dh_ptr, s, B, T, P, C, PREC: tl.co
     tl.store(dh_ptr + (d * B + rb[:, None]) * P + rp[None, :], acc, mask=valid[:, None] & (rp[None, :] < P))
 
 
-def persistent_fits(P: int, C: int) -> bool:
-    """Whether the persistent kernel may run ``(P, C)``: padded ``P <= 64``, ``C <= 128``, ``P * C <= 4096``.
+def persistent_fits(P: int, C: int, precision: str | None = None) -> bool:
+    """Whether the automatic choice may run ``(P, C)`` on the persistent kernel in ``precision`` (default: the
+    active mode): IEEE (and bf16) products within padded ``P <= 64``, ``C <= 128``, ``P * C <= 2048``; in the
+    TF32 modes no shape.
 
     The budget is what the compile check (``tests/test_gpu_compile.py``) proves for sm_80 and sm_90 at
     ``PERSISTENT_BB`` rows and ``PERSISTENT_WARPS`` warps, training mode included: the compiled kernel fits
     the shared memory of a block (up to ~160 KB: layout conversions between its two dots go through shared
     memory) and does not spill. At (64, 64) and (32, 128) the training form (SAVE) spills; a product-only
-    budget is not enough either: (16, 256) spills and needs 230 KB where (64, 64) needs 120 KB.
+    budget is not enough either: (16, 256) spills and needs 230 KB where (64, 64) needs 120 KB. With
+    three-pass TF32 products (the default mode) the kernel spills already at the tiny preset's (16, 64)
+    (356-544 B per thread) and 9 KB at (16, 128), so the step kernels run instead (a forced persistent
+    launch, ``persistent=True``, still runs within the IEEE budget: correct, slower).
     """
+    from .common import precision as active
+    if (precision or active()) in ("tf32x3", "tf32"):
+        return False
     pp = max(16, triton.next_power_of_2(P))
     cc = max(16, triton.next_power_of_2(C))
     return pp <= PERSISTENT_MAX[0] and cc <= PERSISTENT_MAX[1] and pp * cc <= PERSISTENT_MAX[2]
 
 
 def persistent_edges() -> list[tuple[int, int]]:
-    """The largest padded ``(P, C)`` pairs :func:`persistent_fits` accepts (doubling either leaves the budget)."""
+    """The largest padded ``(P, C)`` pairs :func:`persistent_fits` accepts in the IEEE mode (doubling either
+    leaves the budget)."""
     sizes = [16 << i for i in range(10)]
-    return [(p, c) for p in sizes for c in sizes
-            if persistent_fits(p, c) and not persistent_fits(2 * p, c) and not persistent_fits(p, 2 * c)]
+    fits = lambda p, c: persistent_fits(p, c, "ieee")  # noqa: E731
+    return [(p, c) for p in sizes for c in sizes if fits(p, c) and not fits(2 * p, c) and not fits(p, 2 * c)]
 
 
 def _tiles() -> tuple[int, int, int, int]:
@@ -394,7 +406,7 @@ class LSTMLayerFunction(torch.autograd.Function):
             persistent = persistent_fits(P, C)
         if B > 0 and T > 0:
             if persistent:
-                if not persistent_fits(P, C):
+                if not persistent_fits(P, C, "ieee"):
                     from elmo_fast.backend import BackendError
                     raise BackendError(f"persistent LSTM kernel: P={P}, C={C} do not fit the register budget")
                 pp = max(16, triton.next_power_of_2(P))
@@ -409,11 +421,13 @@ class LSTMLayerFunction(torch.autograd.Function):
                 grid_c = (triton.cdiv(B, BB), triton.cdiv(C, BC), 2)
                 grid_p = (triton.cdiv(B, BB), triton.cdiv(P, BP), 2)
 
+                bk_cell = min(BK, TF32X3_CELL_BK) if prec in (4, 5) and gpu_tiles() and TILES is None else BK
+
                 def steps() -> None:  # allocation-free: replayed from a CUDA graph when repeated (launch.py)
                     for s in range(T):
                         launch(_cell_step, grid_c,
                                (gx, bias, W_h, lengths, h, c, u, G, Cpre, Cprev, U, Hprev, s, B, T, P, C, cc),
-                               dict(HAS_CLIP=has_cc, SAVE=save, PREC=prec, REV=reverse, BB=BB, BC=BC, BK=BK),
+                               dict(HAS_CLIP=has_cc, SAVE=save, PREC=prec, REV=reverse, BB=BB, BC=BC, BK=bk_cell),
                                num_warps=8, num_stages=1, wide=True)  # pipelined loads spill on sm_80 (compile check)
                         launch(_proj_step, grid_p, (u, W_P, lengths, h, x, y, Hpre, s, B, T, P, C, pc),
                                dict(HAS_CLIP=has_pc, RESIDUAL=residual, SAVE=save, PREC=prec, REV=reverse, BB=BB,

@@ -4,9 +4,10 @@ Runs :mod:`elmo_fast.kernels.compile_check` in a subprocess (compiled kernels, n
 sm_90 and sm_80: the ``tiny``, ``small``, ``medium`` and ``original`` presets at inference (64 x 40) and
 training (128 x 20, sampled softmax 8192 of 793,471 words, full softmax evaluation), plus the edge shapes
 of :func:`elmo_fast.kernels.compile_check.edge_workloads`. Asserts: shared memory within the block limit
-of each architecture, registers x threads within the register file, grid within limits, and no register
-spills (ptxas -v) in any kernel the GPU path picks in the default fp32 mode. The tf32x3 mode (Triton
-matmul instead of cuBLAS, three-pass TF32 dots) is compiled for sm_90 on the original preset.
+of each architecture, registers x threads within the register file, grid within limits, no register
+spills (ptxas -v) in any kernel the GPU path picks in the default mode (three-pass TF32, ``tf32x3``), and
+tensor-core instructions (``wgmma`` / ``mma.sync``) in every kernel with a product. The IEEE mode (FMA-only
+dots, plain matmuls on cuBLAS) is compiled too, for the same shapes: no tensor-core instruction, no spills.
 
 Per-specialization results are cached in ``~/.cache/elmo-fast/compile-check`` (``ELMO_FAST_COMPILE_CACHE``):
 a cold run compiles ~60 specializations per architecture (a few minutes on 2 cores), a warm one takes
@@ -40,8 +41,13 @@ def _run(tmp_path, *args):
     return json.loads(out.read_text()), proc
 
 
-def test_every_launch_compiles_for_sm80_and_sm90_within_limits_without_spills(tmp_path):
-    report, proc = _run(tmp_path, "--arch", "90", "--arch", "80")
+#: kernels whose launches contain a product (tl.dot): in the default mode each must use tensor cores
+DOT_KERNELS = {"_char_cnn_fwd", "_char_cnn_bwd_x", "_highway_fwd", "_cell_step", "_proj_step", "_persistent_fwd",
+               "_cell_step_bwd", "_hidden_step_bwd", "_sampled_fwd", "_sampled_bwd_h", "_sampled_bwd_w",
+               "_full_partial", "_matmul_kernel"}
+
+
+def _check_limits_and_spills(report, proc):
     rows = report["results"]
     over = [r for r in rows if r["problems"]]
     assert not over, "\n".join(f"{r['workload']} {r['kernel']} sm_{r['arch']}: {r['problems']}" for r in over)
@@ -49,7 +55,6 @@ def test_every_launch_compiles_for_sm80_and_sm90_within_limits_without_spills(tm
     assert not spilling, "\n".join(f"{r['workload']} {r['kernel']} sm_{r['arch']}: {r['spill_stores']} B spilled"
                                    for r in spilling)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert {r["tensor_cores"] for r in rows} == {"none"}  # fp32 parity mode: IEEE dots, FMA only
     # coverage: every preset at both workloads and every edge shape, on both architectures
     for arch in (80, 90):
         names = {r["workload"] for r in rows if r["arch"] == arch}
@@ -60,18 +65,37 @@ def test_every_launch_compiles_for_sm80_and_sm90_within_limits_without_spills(tm
         assert {"_char_cnn_fwd", "_char_cnn_bwd_w", "_char_cnn_bwd_x", "_highway_fwd", "_cell_step", "_proj_step",
                 "_persistent_fwd", "_cell_step_bwd", "_hidden_step_bwd", "_sampled_fwd", "_sampled_bwd_h",
                 "_sampled_bwd_w", "_full_partial", "_colsum_kernel"} <= kernels, kernels
-    # the original preset runs the step kernels (no persistent launch), the tiny one the persistent kernel
+    # the original preset runs the step kernels (no persistent launch); the tiny one the persistent kernel in
+    # the IEEE mode only (three-pass TF32 spills there: kernels/lstm_cell.persistent_fits); forced, it compiles
     orig = {r["kernel"] for r in rows if r["workload"].startswith("original/")}
     assert "_persistent_fwd" not in orig and "_cell_step" in orig
-    assert "_persistent_fwd" in {r["kernel"] for r in rows if r["workload"].startswith("tiny/")}
+    tiny = {r["kernel"] for r in rows if r["workload"].startswith("tiny/")}
+    assert ("_persistent_fwd" in tiny) == (report["precision"] == "ieee"), tiny
+    assert "_persistent_fwd" in {r["kernel"] for r in rows if r["workload"].startswith("edge/lstm persistent forced")}
+    return rows
 
 
-def test_tf32x3_mode_compiles_for_sm90(tmp_path):
-    report, proc = _run(tmp_path, "--arch", "90", "--presets", "original", "--no-edges", "--precision", "tf32x3")
-    rows = report["results"]
-    assert not [r for r in rows if r["problems"]], proc.stdout[-3000:]
-    kernels = {r["kernel"] for r in rows}
-    assert "_matmul_kernel" in kernels  # tensor-core modes keep the Triton matmul (fp32 goes to cuBLAS)
+def test_every_launch_compiles_for_sm80_and_sm90_within_limits_without_spills(tmp_path):
+    """The default mode (tf32x3): every launch of every preset and edge shape, sm_90 and sm_80."""
+    report, proc = _run(tmp_path, "--arch", "90", "--arch", "80")
+    assert report["precision"] == "tf32x3"
+    rows = _check_limits_and_spills(report, proc)
     assert all(r["constexprs"].get("PREC", 4) == 4 for r in rows)
-    # three-pass TF32 really compiles to tensor-core instructions (the default fp32 mode is FMA-only)
-    assert {r["tensor_cores"] for r in rows if r["kernel"] in ("_matmul_kernel", "_cell_step")} <= {"mma", "wgmma"}
+    # three-pass TF32 really compiles to tensor-core instructions: wgmma on sm_90 where a tile has 64 rows,
+    # mma.sync on sm_80 (and on sm_90 for tiles below a warpgroup's M)
+    no_tc = {(r["kernel"], r["arch"]) for r in rows if r["kernel"] in DOT_KERNELS and r["tensor_cores"] == "none"}
+    assert not no_tc, sorted(no_tc)
+    assert {r["tensor_cores"] for r in rows if r["arch"] == 80} <= {"mma", "none"}
+    assert {r["tensor_cores"] for r in rows if r["arch"] == 90 and r["kernel"] in ("_cell_step", "_matmul_kernel")} \
+        == {"wgmma"}
+    assert "_matmul_kernel" in {r["kernel"] for r in rows}  # plain matmuls stay in Triton (cuBLAS has no tf32x3)
+
+
+def test_ieee_mode_compiles_without_tensor_cores_and_without_spills(tmp_path):
+    """``ELMO_FAST_TRITON_PRECISION=ieee`` stays selectable: the same shapes compile, FMA only, no spills,
+    plain matmuls on cuBLAS (no Triton matmul launch)."""
+    report, proc = _run(tmp_path, "--arch", "90", "--arch", "80", "--precision", "ieee")
+    rows = _check_limits_and_spills(report, proc)
+    assert {r["tensor_cores"] for r in rows} == {"none"}
+    assert all(r["constexprs"].get("PREC", 0) == 0 for r in rows)
+    assert "_matmul_kernel" not in {r["kernel"] for r in rows}
