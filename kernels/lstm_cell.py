@@ -21,7 +21,8 @@ their state, so the final state is the state after each row's last valid positio
 **Persistent kernel** (small shapes): one program per (batch block of 16 rows, direction) runs all steps
 with ``W_h`` and ``W_P`` held on chip (registers, and shared memory for the layout conversions between its
 two dots) and ``h``, ``c`` never leaving the chip; used automatically within the budget that the compile
-check proves (see :func:`persistent_fits`: the tiny test models), and for the forward only.
+check proves (see :func:`persistent_fits`: the tiny test models, IEEE/bf16 products only: with three-pass TF32
+it spills), and for the forward only.
 
 **Backward through time**: per step (reversed) one kernel forms ``dh_pre`` (zero where the projection
 clip was active), ``du = dh_pre @ W_Pᵀ``, the cell backward (zero where the cell clip was active) and
