@@ -23,6 +23,12 @@ included; a part that does not fit is reported as skipped, never silently droppe
 6. ``gpu_kernels``: ``benchmarks/gpu_kernels.py`` (kernels vs the reference and cuDNN
    ``torch.nn.LSTM(proj_size=...)``), original preset, forward and forward+backward.
 
+Part 0, ``tf32_reading``, comes first (a second): it checks the one assumption the no-GPU measurement of
+tf32x3 rests on (``kernels/emulation.py``): that the tensor core reads the unconverted remainders of the
+three-pass products by their TF32 bits (truncation). On the hand case of ``tests/test_tf32_emulation.py``
+truncation, rounding and exact remainders give three different exact results; a random product is compared
+with each emulation variant too.
+
 Writes ``DIR/gpu_check.json`` and ``DIR/gpu_check.md`` (one report), also after a failing part. Exit
 status: 0 when every part that ran passed, 1 otherwise, 2 when there is no CUDA device (without
 ``--cpu-smoke``: that mode only checks this script, its times and results say nothing about a GPU).
@@ -43,8 +49,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = ("kernel_suite", "backend_parity", "training_original", "kernel_suite_ieee", "lstm_cuda_graphs",
-         "gpu_kernels")
+PARTS = ("tf32_reading", "kernel_suite", "backend_parity", "training_original", "kernel_suite_ieee",
+         "lstm_cuda_graphs", "gpu_kernels")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -141,6 +147,39 @@ def _training(steps: int, smoke: bool) -> dict[str, Any]:
     # float32 summation-order differences grow through Adagrad but must stay small; both must train
     ok = rel[:10].max() <= 1e-3 and rel.max() <= 2e-2 and np.isfinite(tri).all()
     out["status"] = "ok" if ok else "failed"
+    return out
+
+
+def _tf32_reading(smoke: bool) -> dict[str, Any]:
+    """The compiled tf32x3 matmul (the interpreter's emulated one in the smoke run) on the hand case and on a
+    random product, against the PyTorch emulation with truncated / rounded / exact remainders."""
+    import torch
+
+    from elmo_fast.kernels.common import matmul
+    from elmo_fast.kernels.emulation import product
+
+    dev = "cpu" if smoke else "cuda"
+    code = 5 if smoke else 4
+    a0, b0 = 1 + 2 ** -11 + 2 ** -20 + 2 ** -23, 1 + 2 ** -12
+    hand = float(matmul(torch.full((16, 16), a0, device=dev), torch.full((16, 16), b0, device=dev),
+                        prec=code)[0, 0])
+    expected = {"trunc": 16 * (1 + 3078 * 2 ** -22), "rna": 16 * (1 + 3077 * 2 ** -22),
+                "exact": 16 * (1 + 3077.5 * 2 ** -22)}
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(256, 512, generator=g).to(dev)
+    b = torch.randn(512, 256, generator=g).to(dev)
+    got = matmul(a, b, prec=code).double().cpu()
+    exact = (a.double() @ b.double()).cpu()
+    diffs = {read: float((got - product(torch.mm, a, b, "tf32x3", read).double().cpu()).abs().max())
+             for read in ("trunc", "rna", "exact")}
+    matched = [k for k, v in expected.items() if v == hand]
+    out = {"hand_case": hand, "hand_expected": expected, "hand_matches": matched,
+           "random_max_diff_to_emulation": diffs, "random_max_err_vs_float64": float((got - exact).abs().max()),
+           "random_max_err_ieee_vs_float64": float(((a @ b).double().cpu() - exact).abs().max())}
+    out["status"] = "ok" if matched == ["trunc"] else "failed"
+    if out["status"] != "ok":
+        out["detail"] = (f"the tensor core's reading of the remainders is not truncation (hand case {hand!r}, "
+                         f"matches {matched}): rerun benchmarks/tf32_emulation.py with that reading")
     return out
 
 
@@ -253,6 +292,10 @@ def _markdown(report: dict[str, Any]) -> str:
             summary = (f"{part['preset']} {part['batch']}x{part['unroll']}, {part['steps']} steps: max rel. loss diff "
                        f"{part['max_rel_diff']:.2e} (first 10: {part['max_rel_diff_first10']:.2e}); reference "
                        f"{part.get('reference_s', 0):.1f} s, triton {part.get('triton_s', 0):.1f} s")
+        elif name == "tf32_reading" and "hand_case" in part:
+            summary = (f"hand case {part['hand_case']!r} matches {part['hand_matches']}; random product, max diff to "
+                       f"the emulation: " + ", ".join(f"{k} {v:.2e}" for k, v in
+                                                      part["random_max_diff_to_emulation"].items()))
         elif name == "lstm_cuda_graphs" and "forward" in part:
             summary = "; ".join(
                 f"{m}: eager {part[m]['eager_ms']:.2f} ms, graphs {part[m]['graphs_ms']:.2f} ms "
@@ -310,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     left = lambda: args.budget_s - (time.perf_counter() - t_start)  # noqa: E731
     # (name, share of the remaining budget it may use, minimum seconds to start it, callable)
     plan: list[tuple[str, float, float, Callable[[float], dict[str, Any]]]] = [
+        ("tf32_reading", 0.1, 10, lambda t: _tf32_reading(smoke)),
         ("kernel_suite", 0.35, 30, lambda t: _pytest(
             ["tests/test_kernels_launch.py"] if smoke else kernel_tests, t)),
         ("backend_parity", 0.35, 30, lambda t: _pytest(

@@ -20,7 +20,8 @@ captured the second time and replayed from then on. In a training loop PyTorch's
 the same addresses step after step, so the per-step launches of a layer are replayed from one graph; a
 loop whose addresses change (other batch shapes) just runs eagerly. Nothing here allocates during capture
 (the step loops are allocation-free). Graphs are never used for CPU tensors (the interpreter), while the
-compile check records, or inside a capture the caller started.
+compile check records, or inside a capture the caller started. Collection is per thread (another thread's
+launches run normally meanwhile) and the cache is locked.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import collections
 import contextlib
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -129,8 +131,9 @@ def launch(kernel: Any, grid: tuple[int, ...], args: tuple, constexprs: dict[str
     if _RECORDER is not None:
         _RECORDER.add(plan)
         return
-    if _COLLECTOR is not None:
-        _COLLECTOR.append(plan)
+    collector = getattr(_LOCAL, "collector", None)
+    if collector is not None:
+        collector.append(plan)
         return
     _execute(plan)
 
@@ -151,7 +154,7 @@ def _execute(plan: LaunchPlan) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- CUDA graphs
-_COLLECTOR: list[LaunchPlan] | None = None
+_LOCAL = threading.local()  # .collector: the launches run_launches is collecting in this thread (or None)
 
 
 def graphs_enabled() -> bool:
@@ -209,8 +212,14 @@ class GraphCache:
         self.max_graphs, self.max_seen = max_graphs, max_seen
         self.capture, self.device_types = capture, device_types
         self.stats = {"eager": 0, "captured": 0, "replayed": 0}
+        self._lock = threading.Lock()
 
     def run(self, plans: list[LaunchPlan]) -> None:
+        """Run the launches eagerly, or capture and/or replay them (see the module docstring)."""
+        with self._lock:
+            self._run(plans)
+
+    def _run(self, plans: list[LaunchPlan]) -> None:
         device = _device(plans[0]) if plans else None
         if (device is None or device.type not in self.device_types
                 or (device.type == "cuda" and torch.cuda.is_current_stream_capturing())):
@@ -262,14 +271,13 @@ def run_launches(body: Callable[[], None], cache: GraphCache | None = None) -> N
     """Run ``body`` (a loop that only calls :func:`launch`) eagerly or from a CUDA graph (module docstring).
 
     While the compile check records, or with ``ELMO_FAST_CUDA_GRAPHS=0``, ``body`` just runs."""
-    global _COLLECTOR
-    if _RECORDER is not None or _COLLECTOR is not None or not graphs_enabled():
+    if _RECORDER is not None or getattr(_LOCAL, "collector", None) is not None or not graphs_enabled():
         body()
         return
     plans: list[LaunchPlan] = []
-    _COLLECTOR = plans
+    _LOCAL.collector = plans
     try:
         body()
     finally:
-        _COLLECTOR = None
+        _LOCAL.collector = None
     (cache or GRAPHS).run(plans)
