@@ -181,20 +181,23 @@ def read_lines(path: Path, n: int) -> list[list[str]]:
 
 
 def run_batches(model, batches: list[torch.Tensor], threads: int) -> list[list[torch.Tensor]]:
-    """Every batch in order (states carried), ``threads`` intra-op threads; activations as float64."""
+    """Every batch in order (states carried), ``threads`` intra-op threads; activations as computed (float32, or
+    float64 for a float64 oracle): differences are taken in float64 per tensor (:func:`max_diffs`), so that five
+    batches of 64 long lines of several runs fit in memory (as float64 they need ~10 GB)."""
     torch.set_num_threads(threads)
     out = []
     with torch.no_grad():
         for k, ids in enumerate(batches):
             t = time.perf_counter()
             res = model(ids)
-            out.append([a.double() for a in res["activations"]])
+            out.append([a.detach().clone() for a in res["activations"]])
             logger.info("  batch %d: %.1f s", k + 1, time.perf_counter() - t)
     return out
 
 
 def max_diffs(a: list[list[torch.Tensor]], b: list[list[torch.Tensor]]) -> list[list[float]]:
-    return [[float((x - y).abs().max()) for x, y in zip(la, lb)] for la, lb in zip(a, b)]
+    """Per batch and layer, the max absolute difference (in float64)."""
+    return [[float((x.double() - y.double()).abs().max()) for x, y in zip(la, lb)] for la, lb in zip(a, b)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -243,10 +246,10 @@ def main(argv: list[str] | None = None) -> None:
         runs: dict[str, list[list[torch.Tensor]]] = {}
         key = {k: results[k] for k in ("oracle", "batch", "batches", "shape")} | {"float64": args.float64}
         if args.oracle_cache and args.oracle_cache.is_file():
-            cached = torch.load(args.oracle_cache, weights_only=True)
+            cached = torch.load(args.oracle_cache, weights_only=True, mmap=True)  # read lazily from the file
             if cached["key"] == key:
                 logger.info("oracle runs from %s", args.oracle_cache)
-                runs = {name: [[t.double() for t in b] for b in run] for name, run in cached["runs"].items()}
+                runs = dict(cached["runs"])
         if runs:
             pass
         elif oracle == "allennlp":
