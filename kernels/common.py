@@ -6,7 +6,7 @@ Precision modes (see :func:`precision`):
   split into a TF32 high part (``cvt.rna``) and a float32 remainder, three tensor-core products
   (small x big, big x small, big x big) into one float32 accumulator: near-float32 accuracy at tensor-core
   speed. Made the default after measuring it without a GPU (``benchmarks/tf32_emulation.py``: the reference
-  model with every product emulated bit for bit as the PTX computes it reproduces the TensorFlow fixtures
+  model with every product's operand roundings emulated as the PTX computes them reproduces the TensorFlow fixtures
   within 1.7e-6 (IEEE float32: 1.2e-6; the parity tolerance is 1e-5) and the LSTM layer within 2.8x the
   float32 reference's own error, forward and backward). Under the interpreter it runs the same three
   passes emulated (code 5: the rounding by integer bit operations, exact float32 products), so the

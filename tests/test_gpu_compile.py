@@ -20,6 +20,9 @@ import sys
 
 import pytest
 
+import triton_helpers  # noqa: F401  (sets TRITON_INTERPRET before triton is first imported: the kernel tests that
+# may run later in this process need the interpreter; the compile check runs in a subprocess without it)
+
 triton = pytest.importorskip("triton")
 pytestmark = [pytest.mark.gpu_compile,
               pytest.mark.skipif(not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia",
