@@ -14,6 +14,7 @@ Tolerances (stated once, used below):
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -295,21 +296,51 @@ def test_fingerprint_label_carries_precision_and_order(tmp_path):
     assert plain.backend_label() == labels[("fp32", "fast")]
 
 
-def test_bf16_embed_never_reuses_fp32_chunks(tmp_path):
-    from elmo_fast import ElmoEmbedder
+@pytest.mark.parametrize("first, second", [("fp32", "bf16"), ("bf16", "fp32")])
+def test_embed_resume_never_mixes_precisions(tmp_path, monkeypatch, caplog, first, second):
+    """An interrupted run in one precision leaves completed chunks; a rerun in the other recomputes every one of
+    them (and its output equals a fresh run's), while a rerun in the same precision reuses them."""
+    import logging
     import h5py
+    from elmo_fast import ElmoEmbedder
     opt, w = _files(tmp_path)
-    text = tmp_path / "in.txt"
-    text.write_text("the bank of the river\nplay it again\na b c d e f g\n")
-    out32, out16 = tmp_path / "a.h5", tmp_path / "b.h5"
-    ElmoEmbedder(opt, w, backend="fast").embed_file(str(text), out32, progress=False)
-    # a bf16 run writing to the same place (its work folder would hold fp32 chunks) must recompute
-    ElmoEmbedder(opt, w, backend="fast", precision="bf16").embed_file(str(text), out16, progress=False)
-    ElmoEmbedder(opt, w, backend="fast", precision="bf16").embed_file(str(text), out32, progress=False,
-                                                                    overwrite=True)
-    with h5py.File(out32) as f32, h5py.File(out16) as f16:
-        for key in ("0", "1", "2"):
-            assert (f32[key][()] == f16[key][()]).all(), key
+    lines = [" ".join(f"w{(i * 7 + k) % 13}" for k in range(1 + i % 5)) for i in range(12)]
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out.hdf5"
+
+    def partial(precision):
+        emb = ElmoEmbedder(opt, w, backend="fast", precision=precision, stateful=False)
+        real, seen = emb.embed_batch, []
+
+        def dying(batch):
+            if len(seen) == 4:
+                raise KeyboardInterrupt
+            seen.append(batch)
+            return real(batch)
+        monkeypatch.setattr(emb, "embed_batch", dying)
+        with pytest.raises(KeyboardInterrupt):
+            emb.embed_file(str(src), out, batch_size=2, chunk_lines=4, progress=False)
+        monkeypatch.undo()
+
+    def run(precision, target):
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            ElmoEmbedder(opt, w, backend="fast", precision=precision, stateful=False).embed_file(
+                str(src), target, batch_size=2, chunk_lines=4, progress=False)
+        return caplog.text
+
+    partial(first)
+    log = run(second, out)
+    assert "recomputing: the backend or its arithmetic (precision, order) changed" in log
+    assert "0 of 3 chunks reused" in log
+    run(second, tmp_path / "fresh.hdf5")
+    with h5py.File(out) as a, h5py.File(tmp_path / "fresh.hdf5") as b:
+        for k in map(str, range(len(lines))):
+            np.testing.assert_array_equal(a[k][()], b[k][()], err_msg=k)
+    out.unlink()
+    partial(first)                                  # the same precision: the completed chunks are reused
+    assert "2 of 3 chunks reused" in run(first, out)
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
