@@ -30,9 +30,11 @@ reference's ``(in, out)`` operands in another order than AllenNLP's ``(out, in)`
 These products are torch's ``conv1d`` and ``F.linear`` on purpose, not :class:`~elmo_fast.fast.packing.PackedLinear`:
 its oneDNN-packed product sums in another order, and ``x @ W + b`` (as ``packing.matmul`` would give) rounds
 differently from the BLAS adding the bias inside the product (1.4e-6 on a 2048 x 4096 highway). So this order is
-float32 whatever the ``precision`` setting. Cost at one thread (``benchmarks/order_cost.py``): the token encoder
-runs at 0.5x the fast order's speed at batch 1 (the BLAS repacks the 2048 x 4096 highway weight on every call),
-0.87x at batch 32.
+float32 whatever the ``precision`` setting. With several threads the BLAS splits the rows among them, so a
+token's bits depend on the row count (distinct tokens here, all positions in AllenNLP): equal to AllenNLP's within
+its own thread-to-thread noise, not bit for bit. Cost at one thread (``benchmarks/order_cost.py``, three runs on a
+shared machine): the token encoder runs at 0.45-0.6x the fast order's speed at batch 1 (the BLAS repacks the
+2048 x 4096 highway weight on every call), 0.7-0.9x at batch 32.
 
 Nothing here assumes 50 characters per token or 261 table rows: ELMoForManyLangs models (:mod:`elmo_fast.efml`)
 run through the same code with their own ``max_characters_per_token`` and character table.
@@ -185,7 +187,7 @@ def _prepared_allennlp(encoder: CharCNNTokenEncoder):
 
 
 def _encode_allennlp(encoder: CharCNNTokenEncoder, ids: torch.Tensor, grad: bool, windows: bool = True) -> torch.Tensor:
-    """``(M, L)`` id rows -> ``(M, P)`` in AllenNLP's order (the reference's ops, per token the same bits).
+    """``(M, L)`` id rows -> ``(M, P)`` in AllenNLP's order (its ops and weight layouts: per token its bits).
 
     With ``windows``, only the windows that can differ are convolved (see :func:`_run_start`): windows lying
     inside a token's trailing run of equal ids all give the value of the first one, so the max over time is
