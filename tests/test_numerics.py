@@ -79,3 +79,19 @@ def test_wrappers_validate_and_pass_the_setting(tmp_path):
     assert emb.elmo_bilm.order == "allennlp" and emb.elmo_bilm.precision is None
     elmo = Elmo(opt, w, 1, order="allennlp")
     assert elmo._elmo_lstm.order == "allennlp"
+
+
+def test_elmo_cached_vocabulary_uses_the_requested_order(tmp_path):
+    """Elmo(vocab_to_cache=..., order=...) computes the cached token vectors in that order: they equal the
+    character path's vectors of a model run in the same order, bit for bit."""
+    from elmo_fast import Elmo, batch_to_ids
+    model = _model(None)
+    opt, w = tmp_path / "options.json", tmp_path / "weights.hdf5"
+    model.save(opt, w)
+    vocab = ["<pad>", "the", "Cat", "sat", "x" * 40]
+    for order in ("fast", "allennlp"):
+        elmo = Elmo(opt, w, 1, dropout=0.0, vocab_to_cache=vocab, order=order)
+        cached = elmo._elmo_lstm._word_embedding.weight[1:].detach()
+        with numerics.use(order=order), torch.no_grad():
+            direct = elmo._elmo_lstm.encode_tokens(batch_to_ids([vocab[1:]]))[0]
+        assert torch.equal(cached, direct), order

@@ -104,14 +104,16 @@ class Elmo(nn.Module):
         if module is None:
             if options_file is None or weight_file is None:
                 raise ValueError("Elmo: give options_file and weight_file, or a module")
+            # the setting goes in before the cached vocabulary vectors are computed (they are computed with it)
             module = _ElmoBiLm(options_file, weight_file, requires_grad=requires_grad, vocab_to_cache=vocab_to_cache,
-                               stateful=stateful, backend=backend)
-        elif vocab_to_cache is not None:
-            if not isinstance(module, _ElmoBiLm):
+                               stateful=stateful, backend=backend, precision=precision, order=order)
+        else:
+            if vocab_to_cache is not None and not isinstance(module, _ElmoBiLm):
                 raise ValueError("vocab_to_cache with module=...: build the module as "
                                  "elmo_fast.compat.allennlp._ElmoBiLm(options, weights, vocab_to_cache=...)")
-            module.create_cached_cnn_embeddings(vocab_to_cache)
-        numerics.configure(module, precision, order)
+            numerics.configure(module, precision, order)
+            if vocab_to_cache is not None:
+                module.create_cached_cnn_embeddings(vocab_to_cache)
         self._elmo_lstm = module
         self._has_cached_vocab = getattr(module, "_word_embedding", None) is not None
         self._keep_sentence_boundaries = keep_sentence_boundaries
