@@ -34,7 +34,8 @@ def char_cnn_features(char_ids: torch.Tensor, char_embed: torch.Tensor, conv_wei
     act = torch.relu if activation == "relu" else torch.tanh
     feats = []
     for W, b in zip(conv_weights, conv_biases):
-        conv = F.conv1d(x, W[0].permute(2, 1, 0), b)  # (N, n, L + 1 - w)
+        # (n, d, w) contiguous, as a torch Conv1d stores it: the layout decides which kernel sums the windows
+        conv = F.conv1d(x, W[0].permute(2, 1, 0).contiguous(), b)  # (N, n, L + 1 - w)
         feats.append(act(conv.max(dim=-1).values))
     return torch.cat(feats, dim=-1)
 
@@ -45,9 +46,11 @@ def highway_reference(x: torch.Tensor, W_carry: torch.Tensor, b_carry: torch.Ten
 
     Computed in AllenNLP's floating-point order (the same function): one product with the bias for the
     transform and the negated carry, ``[t, -z_c] = x [W_t, -W_c] + [b_t, -b_c]``, then ``k = σ(-z_c)`` (= 1 - g)
-    and ``x <- k*x + (1-k)*relu(t)``.
+    and ``x <- k*x + (1-k)*relu(t)``. The product is a ``Linear`` on the ``(out, in)``-contiguous weight, as
+    AllenNLP stores it: for one to three rows the BLAS sums the other layout in another order.
     """
-    z = torch.addmm(torch.cat([b_transform, -b_carry]), x, torch.cat([W_transform, -W_carry], dim=1))
+    W = torch.cat([W_transform, -W_carry], dim=1).t().contiguous()  # (2F, F)
+    z = F.linear(x, W, torch.cat([b_transform, -b_carry]))
     transform, neg_carry = z.chunk(2, dim=-1)
     keep = torch.sigmoid(neg_carry)
     return keep * x + (1.0 - keep) * torch.relu(transform)
@@ -128,5 +131,6 @@ class CharCNNTokenEncoder(nn.Module):
         for hw in self.highways:
             x = hw(x)
         if self.W_proj is not None:
-            x = torch.addmm(self.b_proj, x, self.W_proj)  # bias inside the product, as AllenNLP's Linear
+            # bias inside the product, (out, in) weight: as AllenNLP's Linear (see highway_reference)
+            x = F.linear(x, self.W_proj.t().contiguous(), self.b_proj)
         return x.reshape(*lead, self.output_dim)
