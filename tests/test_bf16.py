@@ -381,3 +381,39 @@ def test_cli_precision_flag(tmp_path, capsys, caplog):
         with pytest.raises(SystemExit):
             main(cmd + ["--help"])
         assert "--precision {fp32,bf16}" in capsys.readouterr().out, cmd
+
+
+def test_lstm_backward_runs_in_the_forward_setting():
+    """A loss built inside numerics.use(precision="bf16") but backpropagated outside it still gets bf16 gradient
+    products: the hand-written backward re-enters the forward's setting (same gradients as a backward inside)."""
+    import torch
+    from elmo_fast import numerics
+    from elmo_fast.fast.lstm import bilstm_fast
+    from elmo_fast.nn.lstm import BiLSTM
+    from elmo_fast.options import LSTMOptions
+    torch.manual_seed(0)
+    lstm = BiLSTM(LSTMOptions(dim=40, projection_dim=24, n_layers=2, cell_clip=3.0, proj_clip=3.0,
+                              use_skip_connections=True))
+    with torch.no_grad():
+        for p in lstm.parameters():
+            p.normal_(0, 0.2)
+    x = torch.randn(3, 6, 24)
+    lengths = torch.tensor([6, 4, 1])
+    state = lstm.zero_state(3, x)
+    grads = []
+    for inside in (True, False):
+        lstm.zero_grad()
+        with numerics.use(precision="bf16"):
+            outs, _ = bilstm_fast(lstm, x, lengths, state)
+            loss = sum((o * o).sum() for o in outs)
+            if inside:
+                loss.backward()
+        if not inside:
+            loss.backward()
+        grads.append([p.grad.clone() for p in lstm.parameters()])
+    lstm.zero_grad()
+    outs, _ = bilstm_fast(lstm, x, lengths, state)
+    sum((o * o).sum() for o in outs).backward()
+    fp32 = [p.grad.clone() for p in lstm.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    assert any(not torch.equal(a, b) for a, b in zip(grads[0], fp32))  # the setting did change the arithmetic

@@ -114,6 +114,32 @@ def test_fast_lstm_is_bitwise_allennlp_order_on_full_rows(monkeypatch, blas_only
             assert torch.equal(g, w), f"call {call}: max diff {float((g - w).abs().max())}"
 
 
+@pytest.mark.parametrize("lengths", [[23, 14, 9, 3, 1], [11, 11, 11, 11, 7, 3, 1], [5, 2], [1]])
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+def test_fast_lstm_allennlp_order_is_bitwise_with_short_tails(lengths, grad):
+    """order="allennlp": steps with 1-3 active rows (the tails of the longest sentences, or a batch of one to
+    three) are multiplied per step and per direction in Linear's layout, as AllenNLP does, so unequal lengths
+    give AllenNLP's bits too (the AllenNLP-style baseline; states carried over two calls). Both the inference
+    path and the training Function's forward."""
+    torch.set_num_threads(1)
+    model = _model("fast", dim=1024, projection_dim=128, order="allennlp")
+    model.requires_grad_(grad)
+    base = BaselineElmo(model)
+    gen = torch.Generator().manual_seed(4)
+    T = max(lengths)
+    lens = torch.tensor(lengths)
+    mask = torch.arange(T)[None, :] < lens[:, None]
+    state = None
+    for call in range(2):
+        emb = torch.randn(len(lengths), T, 128, generator=gen) * mask[..., None]
+        with torch.set_grad_enabled(grad):
+            got = model.forward_embeddings(emb, mask)["activations"][1:]
+        with torch.no_grad():
+            want, state = _stateful_baseline_run(base, emb, lens, state)
+        for layer, (g, w) in enumerate(zip(got, want)):
+            assert torch.equal(g.detach(), w), f"call {call} layer {layer + 1}: max diff {float((g - w).abs().max())}"
+
+
 def test_reference_token_encoder_is_bitwise_allennlp_order():
     """Char-CNN, highway (one product over [W_t, -W_c] with its bias, gate σ(-z_c)) and projection in
     AllenNLP's order: the same bits as the AllenNLP-style encoder at one thread."""

@@ -38,6 +38,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .. import numerics
 from ..nn.lstm import FORGET_BIAS, BiLSTM
 from .packing import PackedLinear, PairLinear, cached, matmul, onednn_products  # noqa: F401 (re-exported)
 
@@ -113,11 +114,64 @@ def _prev(views: list[torch.Tensor], s: int, n: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# order="allennlp": steps with 1-3 active rows multiply as AllenNLP does
+# ----------------------------------------------------------------------------------------------------------
+#: AllenNLP multiplies each step's active rows on their own, with ``Linear`` weights stored ``(out, in)``. From this
+#: many rows on, the BLAS gives each row the same bits whatever the row count and layout (so one product over all
+#: steps, or ``bmm`` on ``(in, out)`` weights, is AllenNLP's result); with fewer its small-row kernels sum in an
+#: order that depends on both, so those steps are recomputed per step and per direction like AllenNLP's.
+ALLENNLP_MIN_ROWS = 4
+
+
+def _linear_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A ``(D, in, out)`` weight stack as ``(D, out, in)``-contiguous (``Linear``'s layout), prepared once."""
+    return cached("allennlp_linear", [weight], lambda: weight.detach().transpose(1, 2).contiguous())
+
+
+def allennlp_special_rows(plan: PackedPlan) -> dict[int, list[tuple[int, int, int]]]:
+    """Per step ``s``: the ``(direction, row j, AllenNLP row count m)`` whose products AllenNLP computes in a product
+    of fewer than :data:`ALLENNLP_MIN_ROWS` rows, or that this step's own product would compute so (order
+    ``"allennlp"`` only; empty otherwise).
+
+    AllenNLP runs both directions over the padded positions: at position ``p`` the active rows are the
+    ``m = n(p)`` longest. Here the forward direction's step ``s`` is position ``s`` (``m = n_s``), while the
+    backward direction's row ``j`` at step ``s`` is position ``L_j - 1 - s``, whose ``m`` can be small while the
+    step has many rows (the last positions of the longest sentences), or large while the step has few.
+    """
+    if onednn_products():
+        return {}
+    sizes = plan.batch_sizes
+    lengths = [sum(1 for n in sizes if n > j) for j in range(sizes[0] if sizes else 0)]
+    out: dict[int, list[tuple[int, int, int]]] = {}
+    for s, n in enumerate(sizes):
+        rows = []
+        for j in range(n):
+            m_fw, m_bw = n, sizes[lengths[j] - 1 - s]
+            for d, m in ((0, m_fw), (1, m_bw)):
+                if m < ALLENNLP_MIN_ROWS or n < ALLENNLP_MIN_ROWS:
+                    rows.append((d, j, m))
+        if rows:
+            out[s] = rows
+    return out
+
+
+def _row_product(row: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, m: int, j: int) -> torch.Tensor:
+    """One row's ``Linear`` product with the bits AllenNLP gets for it: inside a product of ``m`` rows at position
+    ``j`` when ``m`` is below :data:`ALLENNLP_MIN_ROWS` (the BLAS's small-row kernels), else in any product of
+    at least that many rows (where every row gets the same bits). ``row`` ``(in,)``, ``weight`` ``(out, in)``."""
+    k, r = (m, j) if m < ALLENNLP_MIN_ROWS else (ALLENNLP_MIN_ROWS, 0)
+    block = row.new_zeros(k, row.shape[0])
+    block[r] = row
+    return F.linear(block, weight, bias)[r]
+
+
+# ----------------------------------------------------------------------------------------------------------
 # The recurrence over packed rows (shared by inference and the training Function)
 # ----------------------------------------------------------------------------------------------------------
 def recurrence_forward(gates: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_h: PairLinear,
                        w_p: PairLinear, plan: PackedPlan, cell_clip: float | None, proj_clip: float | None,
-                       save: bool) -> tuple[torch.Tensor, torch.Tensor, dict | None]:
+                       save: bool, x: torch.Tensor | None = None, w_x: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, dict | None]:
     """Advance ``D`` stacked directions of one layer over all steps.
 
     Args:
@@ -127,6 +181,9 @@ def recurrence_forward(gates: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, 
         w_h: ``(D, P, 4C)`` recurrent weights (same gate order) with the bias (+1 forget bias folded in);
             w_p: ``(D, C, P)`` projections.
         save: keep what the backward needs (raw cell values, ``tanh(c)``, ``o * tanh(c)``, raw projections).
+        x, w_x: the packed layer inputs ``(D, total, P)`` and input weights ``(D, P, 4C)`` the gates came from;
+            with order ``"allennlp"`` the rows AllenNLP multiplies in products of 1-3 rows are recomputed with
+            those products' bits (:func:`allennlp_special_rows`). Omit them to skip that.
 
     Returns:
         ``y`` ``(D, total, P)`` clipped projections (= the carried ``h``), ``c`` ``(D, total, C)`` clipped
@@ -149,6 +206,11 @@ def recurrence_forward(gates: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, 
     # per-step work below is ~11 tensor ops; keep the Python around them minimal (batch 1 is op-bound)
     rec = {n: w_h.add_into_fn(n) for n in set(sizes)}
     proj = {n: w_p.fn(n) for n in set(sizes)}
+    special = allennlp_special_rows(plan) if x is not None and w_x is not None else {}
+    if special:  # order="allennlp": rows AllenNLP multiplies in products of 1-3 rows get those products' bits
+        W_xT, W_hT, W_pT = _linear_weight(w_x), _linear_weight(w_h.weight), _linear_weight(w_p.weight)
+        b_h = w_h.bias
+        offsets = plan.offsets
     hc_rows = HC if save else [hc_all[:, :n] for n in sizes]
     mul, tanh, clamp = torch.mul, torch.tanh, torch.clamp
     prev_n = -1
@@ -161,6 +223,11 @@ def recurrence_forward(gates: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, 
             h_prev, c_prev = Y[s - 1][:, :n], CC[s - 1][:, :n]
         prev_n = n
         rec[n](G[s], h_prev)
+        rows = special.get(s) if special else None
+        if rows:
+            for d, j, m in rows:  # AllenNLP's input + state products for this row (before any activation)
+                G[s][d, j] = (_row_product(x[d, offsets[s] + j], W_xT[d], None, m, j)
+                              + _row_product(h_prev[d, j], W_hT[d], None if b_h is None else b_h[d], m, j))
         SIG[s].sigmoid_()
         J[s].tanh_()
         c = CC[s] if CR is None else CR[s]
@@ -182,6 +249,12 @@ def recurrence_forward(gates: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, 
             clamp(proj[n](hc, PR[s]), -proj_clip, proj_clip, out=Y[s])
         else:
             clamp(proj[n](hc, None), -proj_clip, proj_clip, out=Y[s])
+        if rows:
+            for d, j, m in rows:
+                raw = _row_product(hc[d, j], W_pT[d], None, m, j)
+                if PR is not None:
+                    PR[s][d, j] = raw
+                Y[s][d, j] = raw if proj_clip is None else raw.clamp(-proj_clip, proj_clip)
     saved = {"c_raw": c_raw, "hc": hc_all, "p_raw": p_raw, "tanh_c": tc_all} if save else None
     return y, c_all, saved
 
@@ -322,8 +395,10 @@ class _Layer(torch.autograd.Function):
         x, h0, c0 = x.detach(), h0.detach(), c0.detach()
         gates = matmul(x, W[:, :P])
         y, c_all, saved = recurrence_forward(gates, h0, c0, PairLinear(W[:, P:], bias, batch_hint=hint),
-                                             PairLinear(W_P, batch_hint=hint), plan, cell_clip, proj_clip, save=True)
+                                             PairLinear(W_P, batch_hint=hint), plan, cell_clip, proj_clip, save=True,
+                                             x=x, w_x=W[:, :P])
         ctx.plan, ctx.cell_clip, ctx.proj_clip = plan, cell_clip, proj_clip
+        ctx.numerics = numerics.current()  # the backward runs with the forward's setting, wherever autograd calls it
         ctx.save_for_backward(x, h0, c0, W, W_P, gates, y, c_all, saved["tanh_c"], saved["c_raw"], saved["hc"],
                               saved["p_raw"])
         # outputs nobody differentiates (the cells: only carried state) arrive as None, not as zero tensors
@@ -332,6 +407,11 @@ class _Layer(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dc_out):  # type: ignore[override]
+        with numerics.use(ctx.numerics.precision, ctx.numerics.order):
+            return _Layer._backward(ctx, dy, dc_out)
+
+    @staticmethod
+    def _backward(ctx, dy, dc_out):
         x, h0, c0, W, W_P, gates, y, c_all, tanh_c, c_raw, hc_all, p_raw = ctx.saved_tensors
         plan = ctx.plan
         D, total, _ = gates.shape
@@ -410,7 +490,8 @@ def _run_layers(lstm: BiLSTM, x: torch.Tensor, state: tuple[torch.Tensor, torch.
                 gates = torch.stack([per_row[d].index_select(0, index[d]) for d in (0, 1)])
             else:
                 gates = w_x(x)
-            y, c_seq, _ = recurrence_forward(gates, h0, c0, w_h, w_p, plan, o.cell_clip, o.proj_clip, save=False)
+            y, c_seq, _ = recurrence_forward(gates, h0, c0, w_h, w_p, plan, o.cell_clip, o.proj_clip, save=False,
+                                             x=x, w_x=w_x.weight)
         if all_rows_stepped:  # every final state is a packed row: no copy of the whole sequence
             h_fin, c_fin = y.index_select(1, last), c_seq.index_select(1, last)
         else:
