@@ -417,3 +417,28 @@ def test_lstm_backward_runs_in_the_forward_setting():
     fp32 = [p.grad.clone() for p in lstm.parameters()]
     assert all(torch.equal(a, b) for a, b in zip(*grads))
     assert any(not torch.equal(a, b) for a, b in zip(grads[0], fp32))  # the setting did change the arithmetic
+
+
+def test_token_encoder_training_products_follow_bf16():
+    """The fast token encoder's differentiable path (training) multiplies in bf16 under the setting: within the
+    bf16 tolerance of float32, not equal to it, and float32 again outside the setting."""
+    import torch
+    from elmo_fast import numerics
+    from elmo_fast.fast.token_encoder import token_encoder_fast
+    from elmo_fast.nn.token_encoder import CharCNNTokenEncoder
+    from elmo_fast.options import CharCNNOptions
+    torch.manual_seed(1)
+    enc = CharCNNTokenEncoder(CharCNNOptions(filters=((1, 7), (2, 9), (3, 13)), n_highway=2, embedding_dim=5,
+                                             activation="relu"), projection_dim=11)
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.normal_(0, 0.3)
+    ids = torch.randint(1, 262, (9, 50))
+    ids[:, 6:] = 260
+    want = token_encoder_fast(enc, ids)
+    assert want.requires_grad
+    with numerics.use(precision="bf16"):
+        got = token_encoder_fast(enc, ids)
+    assert not torch.equal(got, want)
+    torch.testing.assert_close(got, want, rtol=0.05, atol=0.05 * float(want.detach().abs().max()))
+    assert torch.equal(token_encoder_fast(enc, ids), want)

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from .. import numerics
 from ..nn.token_encoder import CharCNNTokenEncoder, char_cnn_features
-from .packing import PackedLinear, _stamp, cached
+from .packing import PackedLinear, _stamp, cached, matmul
 
 __all__ = ["ALLENNLP_MIN_ROWS", "TokenCache", "distinct_rows", "enable_token_cache", "token_encoder_fast"]
 
@@ -124,11 +124,19 @@ def _cnn_features(encoder: CharCNNTokenEncoder, ids: torch.Tensor, grad: bool) -
     windows = emb.unfold(1, w_max, 1).transpose(2, 3).reshape(U * (start + 1), w_max * d)
     if grad:
         Wc, bc = _conv_weights(encoder, differentiable=True)
-        conv = torch.addmm(bc, windows, Wc)
+        conv = _affine(bc, windows, Wc)
     else:
         conv = _prepared(encoder)[0](windows.contiguous())
     feats = _MaxOverWindows.apply(conv.view(U, start + 1, -1)) if grad else conv.view(U, start + 1, -1).amax(dim=1)
     return torch.relu(feats) if opts.activation == "relu" else torch.tanh(feats)
+
+
+def _affine(b: torch.Tensor, x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """``x @ W + b`` for the differentiable (training) path: ``addmm`` in float32; in the bf16 setting the
+    product goes through :func:`elmo_fast.fast.packing.matmul` (bf16 inputs, float32 accumulation)."""
+    if numerics.current().precision == "bf16":
+        return matmul(x, W) + b
+    return torch.addmm(b, x, W)
 
 
 class _MaxOverWindows(torch.autograd.Function):
@@ -289,11 +297,11 @@ def _encode_distinct(encoder: CharCNNTokenEncoder, ids: torch.Tensor, grad: bool
     if grad:
         for hw in encoder.highways:
             W, b = _highway_weights(hw, differentiable=True)
-            z = torch.addmm(b, x, W)
+            z = _affine(b, x, W)
             t, g = torch.relu(z[:, :x.shape[1]]), torch.sigmoid(z[:, x.shape[1]:])
             x = g * t + (1.0 - g) * x
         if encoder.W_proj is not None:
-            x = torch.addmm(encoder.b_proj, x, encoder.W_proj)
+            x = _affine(encoder.b_proj, x, encoder.W_proj)
         return x
     _, highways, proj = _prepared(encoder)
     for hw in highways:
