@@ -442,3 +442,24 @@ def test_token_encoder_training_products_follow_bf16():
     assert not torch.equal(got, want)
     torch.testing.assert_close(got, want, rtol=0.05, atol=0.05 * float(want.detach().abs().max()))
     assert torch.equal(token_encoder_fast(enc, ids), want)
+
+
+def test_train_resume_keeps_the_runs_precision(tmp_path):
+    """`train --out RUN --resume` continues in the precision recorded in the run's config.json; --precision on the
+    resuming command overrides it."""
+    import json
+    from elmo_fast.cli import build_parser
+    from elmo_fast.commands.train import build_config
+    run = tmp_path / "run"
+    run.mkdir()
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("a b c\n")
+    (run / "config.json").write_text(json.dumps({"precision": "bf16", "train": [str(corpus)]}))
+    parser = build_parser()
+    config = build_config(parser.parse_args(["train", "--out", str(run), "--resume"]))[0]
+    assert config.precision == "bf16"
+    config = build_config(parser.parse_args(["train", "--out", str(run), "--resume", "--precision", "fp32"]))[0]
+    assert config.precision == "fp32"
+    fresh = build_config(parser.parse_args(["train", "--out", str(tmp_path / "new"), "--train", str(corpus),
+                                            "--options", "tiny"]))[0]
+    assert fresh.precision == "fp32"

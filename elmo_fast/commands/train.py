@@ -153,7 +153,7 @@ def build_config(args: argparse.Namespace):
         config = TrainConfig()
         if options is not None:
             config = config.apply_options(options, overridden=given)
-    runtime = {k: getattr(args, k) for k in ("device", "backend") if getattr(args, k) is not None}
+    runtime = {k: getattr(args, k) for k in ("device", "backend", "precision") if getattr(args, k, None) is not None}
     config = dataclasses.replace(config, **given, max_minutes=args.max_minutes, **runtime)
     check_device(config.device)
     return config, options, train, heldout
@@ -166,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
     if args.options is None and not args.resume and not args.init_from:
         raise UserError("--options: required unless --resume (the run's options) or --init-from (that model's)")
     config, options, train, heldout = build_config(args)
+    args.precision = config.precision  # a resumed run keeps the precision it started with unless --precision says
     # models built with precision None inherit --precision (forward, hand-written backward, evaluation);
     # Adagrad state and master weights stay float32
     with precision_context(args):

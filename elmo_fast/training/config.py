@@ -37,6 +37,7 @@ class TrainConfig:
     skip_bad_lines: bool = False
     device: str = "cpu"
     backend: str | None = None
+    precision: str = "fp32"            # products of the fast CPU path: fp32 | bf16 (see elmo_fast.numerics)
 
     #: options.json training key -> config field
     OPTION_KEYS = {"batch_size": "batch_size", "unroll_steps": "unroll_steps", "dropout": "dropout",
