@@ -98,7 +98,7 @@ def test_tf32x3_products_hold_fixture_parity(fixtures_dir, name, sentence_file):
         model = BiLM.from_files(d / "options.json", d / "lm_weights.hdf5", backend="reference")
         with emulated_products(mode) as m:
             worst[mode] = run_protocol(top_layer_embedder(model), sentences, expected)
-        assert {"linear", "addmm", "conv1d"} <= set(m.counts), m.counts
+        assert {"linear", "conv1d"} <= set(m.counts), m.counts  # the reference's products (AllenNLP's layers)
     assert worst["tf32x3"] < 1e-5, worst
     assert worst["tf32"] > 1e-4, worst
     assert np.isfinite(list(worst.values())).all()
