@@ -17,6 +17,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -92,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
                     choices=["train-tiny", "embed-small"], help="workloads to time (default both)")
     ap.add_argument("--competitors", type=int, default=None,
                     help="busy-loop processes in the loaded rows (default: one per core)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="timed children per cell; the policies take turns (rotated order each round) so that a "
+                         "drift of the machine does not favour one column; the table shows the median (default 3)")
     ap.add_argument("--json", default=None, help="also write the results as JSON to this file")
     args = ap.parse_args(argv)
     try:
@@ -107,25 +111,37 @@ def main(argv: list[str] | None = None) -> int:
             p.start()
         try:
             time.sleep(1.0 if loaded else 0.0)
+            policies = ["all-cores", "one", "auto"]
             for workload in args.workloads:
-                for policy in ("all-cores", "one", "auto"):
-                    r = run_child(policy, workload, args.seconds, cpus)
-                    rows.append({"load": f"{competitors} busy loops" if loaded else "idle", "workload": workload,
-                                 "policy": policy, **r})
-                    print(f"# {rows[-1]}", file=sys.stderr, flush=True)
+                for rnd in range(max(1, args.repeats)):
+                    for policy in policies[rnd % 3:] + policies[:rnd % 3]:
+                        r = run_child(policy, workload, args.seconds, cpus)
+                        rows.append({"load": f"{competitors} busy loops" if loaded else "idle", "workload": workload,
+                                     "policy": policy, "round": rnd, **r})
+                        print(f"# {rows[-1]}", file=sys.stderr, flush=True)
         finally:
             for p in procs:
                 p.terminate()
             for p in procs:
                 p.join()
-    print(f"Contention benchmark: {cpus} CPUs, load average at start {load0:.2f}, {args.seconds:.0f} s per row\n")
-    print("| load | workload | all cores (torch default) | --threads 1 | auto (default) | auto threads at end |")
-    print("|---|---|---|---|---|---|")
+    print(f"Contention benchmark: {cpus} CPUs, load average at start {load0:.2f}, {args.seconds:.0f} s per child, "
+          f"{args.repeats} children per cell (policies in turn); tokens/s, median (min-max)\n")
+    print("| load | workload | all cores (torch default) | --threads 1 | auto (default) | auto / --threads 1 | "
+          "auto threads at end |")
+    print("|---|---|---|---|---|---|---|")
+
+    def cell(values: list[float]) -> str:
+        return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
+
     for load in ("idle", f"{competitors} busy loops"):
         for workload in args.workloads:
-            sel = {r["policy"]: r for r in rows if r["load"] == load and r["workload"] == workload}
-            print(f"| {load} | {workload} | {sel['all-cores']['tokens_per_s']:,.0f} | {sel['one']['tokens_per_s']:,.0f} "
-                  f"| {sel['auto']['tokens_per_s']:,.0f} | {sel['auto']['threads_at_end']} |")
+            sel = {pol: [r for r in rows if r["load"] == load and r["workload"] == workload and r["policy"] == pol]
+                   for pol in ("all-cores", "one", "auto")}
+            tps = {pol: [r["tokens_per_s"] for r in rs] for pol, rs in sel.items()}
+            ratio = statistics.median(tps["auto"]) / statistics.median(tps["one"])
+            ends = sorted({r["threads_at_end"] for r in sel["auto"]})
+            print(f"| {load} | {workload} | {cell(tps['all-cores'])} | {cell(tps['one'])} | {cell(tps['auto'])} | "
+                  f"{ratio:.2f} | {'/'.join(map(str, ends))} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
