@@ -21,6 +21,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.baseline import BaselineElmo  # noqa: E402
 
 
+def _randomized(model: BiLM, seed: int) -> BiLM:
+    """Every parameter drawn with a fixed seed at a scale that keeps the LSTM out of saturation; eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            fan_in = p.shape[-2] if p.dim() >= 2 else 1
+            p.copy_(torch.randn(p.shape, generator=gen) * (0.5 if p.dim() == 1 else 1.5 / fan_in ** 0.5))
+    return model.eval()
+
+
 def _model(backend: str, seed: int = 0, dim: int = 48, projection_dim: int = 16, order: str | None = None) -> BiLM:
     opts = options_from_dict({
         "lstm": {"dim": dim, "projection_dim": projection_dim, "n_layers": 2, "cell_clip": 3.0, "proj_clip": 3.0,
@@ -28,12 +38,7 @@ def _model(backend: str, seed: int = 0, dim: int = 48, projection_dim: int = 16,
         "char_cnn": {"embedding": {"dim": 4}, "filters": [[1, 8], [2, 8]], "n_highway": 1, "n_characters": 262,
                      "max_characters_per_token": 50, "activation": "relu"}})
     model = BiLM(opts, stateful=True, backend=backend, order=order)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            fan_in = p.shape[-2] if p.dim() >= 2 else 1
-            p.copy_(torch.randn(p.shape, generator=gen) * (0.5 if p.dim() == 1 else 1.5 / fan_in ** 0.5))
-    return model.eval()
+    return _randomized(model, seed)
 
 
 def _stateful_baseline_run(base: BaselineElmo, emb: torch.Tensor, lengths: torch.Tensor,
@@ -168,12 +173,7 @@ def _encoder_model(char_cnn: dict, projection_dim: int, seed: int) -> BiLM:
     opts = options_from_dict({"lstm": {"dim": 32, "projection_dim": projection_dim, "n_layers": 1, "cell_clip": 3.0,
                                        "proj_clip": 3.0, "use_skip_connections": True}, "char_cnn": char_cnn})
     model = BiLM(opts, stateful=False, backend="reference")
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            fan_in = p.shape[-2] if p.dim() >= 2 else 1
-            p.copy_(torch.randn(p.shape, generator=gen) * (0.5 if p.dim() == 1 else 1.5 / fan_in ** 0.5))
-    return model.eval()
+    return _randomized(model, seed)
 
 
 def _char_id_batches(model: BiLM) -> dict[str, torch.Tensor]:
