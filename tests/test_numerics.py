@@ -95,3 +95,35 @@ def test_elmo_cached_vocabulary_uses_the_requested_order(tmp_path):
         with numerics.use(order=order), torch.no_grad():
             direct = elmo._elmo_lstm.encode_tokens(batch_to_ids([vocab[1:]]))[0]
         assert torch.equal(cached, direct), order
+
+
+def test_embed_cli_order_flag(tmp_path):
+    """`elmo-fast embed --order allennlp` writes the reference backend's bits (AllenNLP's order; one thread); the
+    default fast order writes other bits within float32 noise; a bad value is a one-line usage error."""
+    import h5py
+    import numpy as np
+    from elmo_fast.cli import main
+    from helpers import write_model
+    opts = {"lstm": {"dim": 64, "projection_dim": 16, "n_layers": 2, "cell_clip": 3.0, "proj_clip": 3.0,
+                     "use_skip_connections": True},
+            "char_cnn": {"embedding": {"dim": 8}, "filters": [[1, 16], [2, 16], [3, 32], [5, 24]], "n_highway": 2,
+                         "n_characters": 262, "max_characters_per_token": 50, "activation": "relu"}}
+    o, w = write_model(tmp_path / "m", opts, seed=3)
+    src = tmp_path / "in.txt"
+    src.write_text("The quick brown fox jumps over the lazy dog .\nA\nHello world , again and again\n")
+    outs = {}
+    for name, extra in (("allennlp", ["--order", "allennlp"]), ("reference", ["--backend", "reference"]),
+                        ("fast", [])):
+        out = tmp_path / f"{name}.hdf5"
+        assert main(["embed", str(src), str(out), "--all", "--options-file", str(o), "--weight-file", str(w),
+                     "--threads", "1", "--quiet"] + extra) == 0
+        with h5py.File(out, "r") as f:
+            outs[name] = [f[str(k)][...] for k in range(3)]
+    for a, b, c in zip(outs["allennlp"], outs["reference"], outs["fast"]):
+        assert np.array_equal(a, b)
+        np.testing.assert_allclose(c, b, rtol=1e-4, atol=1e-5)
+    assert any(not np.array_equal(a, c) for a, c in zip(outs["allennlp"], outs["fast"]))
+    with pytest.raises(SystemExit) as e:
+        main(["embed", str(src), str(tmp_path / "x.hdf5"), "--options-file", str(o), "--weight-file", str(w),
+              "--order", "tf"])
+    assert e.value.code == 2
