@@ -66,6 +66,7 @@ import torch
 from torch import nn
 
 from . import backend as backends
+from . import numerics
 from .errors import UserError
 from .nn.bilm import add_sentence_boundaries, token_mask
 from .nn.lstm import BiLSTM, StateSlots
@@ -473,7 +474,8 @@ class EFMLBiLM(nn.Module):
         ids, new_mask = add_sentence_boundaries(char_ids, mask, self.bos_ids, self.eos_ids)
         name = self.backend_name(ids.device, "token_encoder")
         op = backends.get_op(name, "token_encoder")
-        feats = op(self.token_encoder, ids.reshape(-1, L))  # (N, F)
+        with numerics.use(getattr(self, "precision", None), getattr(self, "order", None)):
+            feats = op(self.token_encoder, ids.reshape(-1, L))  # (N, F)
         if self.word_embed is not None:
             if word_ids is None:
                 raise ValueError("this model has a word embedding: forward needs word_ids (see prepare_inputs)")
@@ -499,7 +501,8 @@ class EFMLBiLM(nn.Module):
         zero = self.lstm.zero_state(batch, embeddings)
         initial = self.states.initial(batch, zero) if self.stateful else zero
         op = backends.get_op(self.backend_name(embeddings.device, "bilstm"), "bilstm")
-        outputs, (h, c) = op(self.lstm, embeddings, lengths, initial, 0.0)
+        with numerics.use(getattr(self, "precision", None), getattr(self, "order", None)):
+            outputs, (h, c) = op(self.lstm, embeddings, lengths, initial, 0.0)
         if self.stateful:
             self.states.update(h, c)
         fmask = mask.unsqueeze(-1).to(embeddings.dtype)

@@ -292,3 +292,18 @@ def test_elmo_embedder_and_embed_command_on_an_efml_directory(models, tmp_path):
         with h5py.File(out, "r") as f:
             got = [f[str(k)][()] for k in range(len(sentences))]
         _assert_close(got, oracle_embed(embedder, sentences, layer), f"embed {flag}")
+
+
+def test_efml_models_follow_the_precision_setting(models):
+    """precision="bf16" reaches an ELMoForManyLangs model too (it is not silently float32): outputs differ from
+    float32 and stay within the bf16 tolerance of tests/test_bf16.py."""
+    from elmo_fast import ElmoEmbedder
+    model_dir, _ = models["word+char"]
+    sentences = [s for s in SENTENCES if s]
+    fp32 = ElmoEmbedder.from_pretrained(model_dir, stateful=False, backend="fast").embed_batch(sentences)
+    bf16 = ElmoEmbedder.from_pretrained(model_dir, stateful=False, backend="fast",
+                                        precision="bf16").embed_batch(sentences)
+    assert any(not np.array_equal(a, b) for a, b in zip(fp32, bf16))
+    for a, b in zip(fp32, bf16):
+        scale = float(np.abs(a).max()) or 1.0
+        assert float(np.abs(a - b).max()) <= 0.08 * scale
