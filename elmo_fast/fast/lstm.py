@@ -128,10 +128,10 @@ def _linear_weight(weight: torch.Tensor) -> torch.Tensor:
     return cached("allennlp_linear", [weight], lambda: weight.detach().transpose(1, 2).contiguous())
 
 
-def allennlp_special_rows(plan: PackedPlan) -> dict[int, list[tuple[int, int, int]]]:
-    """Per step ``s``: the ``(direction, row j, AllenNLP row count m)`` whose products AllenNLP computes in a product
-    of fewer than :data:`ALLENNLP_MIN_ROWS` rows, or that this step's own product would compute so (order
-    ``"allennlp"`` only; empty otherwise).
+def allennlp_special_rows(plan: PackedPlan) -> dict[int, list[tuple[int, int, list[int]]]]:
+    """Per step ``s``: groups ``(direction, AllenNLP row count m, rows js)`` of the rows whose products AllenNLP
+    computes in a product of fewer than :data:`ALLENNLP_MIN_ROWS` rows, or that this step's own product would
+    compute so (order ``"allennlp"`` only; empty otherwise); rows of one group share one product.
 
     AllenNLP runs both directions over the padded positions: at position ``p`` the active rows are the
     ``m = n(p)`` longest. Here the forward direction's step ``s`` is position ``s`` (``m = n_s``), while the
@@ -151,18 +151,24 @@ def allennlp_special_rows(plan: PackedPlan) -> dict[int, list[tuple[int, int, in
                 if m < ALLENNLP_MIN_ROWS or n < ALLENNLP_MIN_ROWS:
                     rows.append((d, j, m))
         if rows:
-            out[s] = rows
+            groups: dict[tuple[int, int], list[int]] = {}
+            for d, j, m in rows:
+                groups.setdefault((d, m if m < ALLENNLP_MIN_ROWS else ALLENNLP_MIN_ROWS), []).append(j)
+            out[s] = [(d, m, js) for (d, m), js in groups.items()]
     return out
 
 
-def _row_product(row: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, m: int, j: int) -> torch.Tensor:
-    """One row's ``Linear`` product with the bits AllenNLP gets for it: inside a product of ``m`` rows at position
-    ``j`` when ``m`` is below :data:`ALLENNLP_MIN_ROWS` (the BLAS's small-row kernels), else in any product of
-    at least that many rows (where every row gets the same bits). ``row`` ``(in,)``, ``weight`` ``(out, in)``."""
-    k, r = (m, j) if m < ALLENNLP_MIN_ROWS else (ALLENNLP_MIN_ROWS, 0)
-    block = row.new_zeros(k, row.shape[0])
-    block[r] = row
-    return F.linear(block, weight, bias)[r]
+def _group_product(rows: torch.Tensor, js: list[int], weight: torch.Tensor, bias: torch.Tensor | None,
+                   m: int) -> torch.Tensor:
+    """Rows' ``Linear`` products with the bits AllenNLP gets for them: ``rows`` ``(g, in)`` are rows ``js`` of a
+    product of ``m`` rows when ``m`` is below :data:`ALLENNLP_MIN_ROWS` (the BLAS's small-row kernels; the other
+    rows are zero, each row's sums do not depend on them), else of any product of at least that many rows (where
+    every row gets the same bits). ``weight`` ``(out, in)``; returns ``(g, out)``."""
+    k = m if m < ALLENNLP_MIN_ROWS else max(ALLENNLP_MIN_ROWS, max(js) + 1)
+    block = rows.new_zeros(k, rows.shape[1])
+    index = torch.tensor(js, device=rows.device)
+    block.index_copy_(0, index, rows)
+    return F.linear(block, weight, bias).index_select(0, index)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -225,9 +231,12 @@ def recurrence_forward(gates: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, 
         rec[n](G[s], h_prev)
         rows = special.get(s) if special else None
         if rows:
-            for d, j, m in rows:  # AllenNLP's input + state products for this row (before any activation)
-                G[s][d, j] = (_row_product(x[d, offsets[s] + j], W_xT[d], None, m, j)
-                              + _row_product(h_prev[d, j], W_hT[d], None if b_h is None else b_h[d], m, j))
+            for d, m, js in rows:  # AllenNLP's input + state products for these rows (before any activation)
+                idx = torch.tensor(js, device=G[s].device)
+                G[s][d].index_copy_(0, idx, _group_product(x[d, offsets[s]:offsets[s + 1]].index_select(0, idx), js,
+                                                           W_xT[d], None, m)
+                                    + _group_product(h_prev[d].index_select(0, idx), js, W_hT[d],
+                                                     None if b_h is None else b_h[d], m))
         SIG[s].sigmoid_()
         J[s].tanh_()
         c = CC[s] if CR is None else CR[s]
@@ -250,11 +259,12 @@ def recurrence_forward(gates: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, 
         else:
             clamp(proj[n](hc, None), -proj_clip, proj_clip, out=Y[s])
         if rows:
-            for d, j, m in rows:
-                raw = _row_product(hc[d, j], W_pT[d], None, m, j)
+            for d, m, js in rows:
+                idx = torch.tensor(js, device=hc.device)
+                raw = _group_product(hc[d].index_select(0, idx), js, W_pT[d], None, m)
                 if PR is not None:
-                    PR[s][d, j] = raw
-                Y[s][d, j] = raw if proj_clip is None else raw.clamp(-proj_clip, proj_clip)
+                    PR[s][d].index_copy_(0, idx, raw)
+                Y[s][d].index_copy_(0, idx, raw if proj_clip is None else raw.clamp(-proj_clip, proj_clip))
     saved = {"c_raw": c_raw, "hc": hc_all, "p_raw": p_raw, "tanh_c": tc_all} if save else None
     return y, c_all, saved
 
