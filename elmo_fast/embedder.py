@@ -73,7 +73,7 @@ class ElmoEmbedder:
                  precision: str | None = None, order: str | None = None) -> None:
         self.batch_size = _check_batch_size(batch_size)
         device = _device_for(cuda_device)
-        numerics.Numerics(precision or "fp32", order or "fast")  # fail before loading
+        numerics.check(precision, order)  # fail before loading
         module = BiLM.from_files(options_file, weight_file, stateful=stateful, backend=backend,
                                  precision=precision, order=order)
         self._files = [os.path.abspath(os.fspath(options_file)), os.path.abspath(os.fspath(weight_file))]
@@ -127,7 +127,7 @@ class ElmoEmbedder:
             raise UserError(f"from_pretrained({os.fspath(path)!r}): elmo_fast.pretrained is not available in this "
                             f"installation ({e}); use ElmoEmbedder(options_file, weight_file)") from None
         _device_for(cuda_device)  # fail before loading
-        numerics.Numerics(precision or "fp32", order or "fast")
+        numerics.check(precision, order)
         module = load_pretrained(path, stateful=stateful, backend=backend)
         numerics.configure(module, precision, order)
         return cls.from_bilm(module, cuda_device=cuda_device, batch_size=batch_size)

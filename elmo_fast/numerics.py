@@ -28,7 +28,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Iterator
 
-__all__ = ["ORDERS", "PRECISIONS", "Numerics", "configure", "current", "use"]
+__all__ = ["ORDERS", "PRECISIONS", "Numerics", "check", "configure", "current", "use"]
 
 PRECISIONS = ("fp32", "bf16")
 ORDERS = ("fast", "allennlp")
@@ -73,13 +73,18 @@ def use(precision: str | None = None, order: str | None = None) -> Iterator[Nume
         _CURRENT.reset(token)
 
 
+def check(precision: str | None = None, order: str | None = None) -> None:
+    """Validate a ``precision`` / ``order`` pair (None = keep the surrounding value): ValueError naming the field."""
+    Numerics(precision or "fp32", order or "fast")
+
+
 def configure(module: object, precision: str | None = None, order: str | None = None) -> None:
     """Set a model's ``precision`` / ``order`` (validated; None leaves the model's current value).
 
     Models read these in :meth:`elmo_fast.BiLM.numerics_context` around each op; the wrappers
     (``ElmoEmbedder``, ``Elmo``, the compat classes) call this on the biLM they hold.
     """
-    Numerics(precision or "fp32", order or "fast")
+    check(precision, order)
     if precision is not None:
         setattr(module, "precision", precision)
     if order is not None:

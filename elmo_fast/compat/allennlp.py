@@ -79,7 +79,7 @@ class Elmo(_NativeElmo):
                  precision: str | None = None, order: str | None = COMPAT_ORDER) -> None:
         if module is None and options_file is not None and weight_file is not None:
             # built here, so that the cached vectors of vocab_to_cache are computed in this order too
-            numerics.Numerics(precision or "fp32", order or "fast")
+            numerics.check(precision, order)
             module = _ElmoBiLm(options_file, weight_file, requires_grad=requires_grad, vocab_to_cache=vocab_to_cache,
                                stateful=stateful, backend=backend, precision=precision, order=order)
             vocab_to_cache = None
@@ -198,6 +198,6 @@ def elmo_command(args: argparse.Namespace) -> int:
     parser = argparse.ArgumentParser(prog="elmo-fast")
     embed_command.add_parser(parser.add_subparsers(dest="command"))
     order = getattr(args, "order", COMPAT_ORDER)
-    numerics.Numerics(order=order or "fast")  # a bad value fails here, naming the field
+    numerics.check(order=order)  # a bad value fails here, naming the field
     with numerics.use(order=order):  # the embed command's models take the caller's order (order None)
         return embed_command.run(parser.parse_args(argv))

@@ -84,7 +84,7 @@ class _NumericsSetting:
         self._set_numerics(self.precision, value)
 
     def _set_numerics(self, precision: str | None, order: str | None) -> None:
-        numerics.Numerics(precision or "fp32", order or "fast")
+        numerics.check(precision, order)
         bilm = self.__dict__.get("_bilm")
         if bilm is not None:
             bilm.precision, bilm.order = precision, order
@@ -110,7 +110,7 @@ class _ElmoCharacterEncoder(_NumericsSetting, nn.Module):
                  requires_grad: bool = False, *, backend: str | None = None, precision: str | None = None,
                  order: str | None = COMPAT_ORDER) -> None:
         super().__init__()
-        numerics.Numerics(precision or "fp32", order or "fast")  # fail before loading
+        numerics.check(precision, order)  # fail before loading
         options = load_options(options_file)
         if options.char_cnn is None:
             raise ValueError(f"{options_file}: the options have no 'char_cnn' section (word-input models are "
@@ -187,7 +187,7 @@ class ElmoLstm(_NumericsSetting, nn.Module):
                  *, backend: str | None = None, precision: str | None = None,
                  order: str | None = COMPAT_ORDER) -> None:
         super().__init__()
-        numerics.Numerics(precision or "fp32", order or "fast")
+        numerics.check(precision, order)
         if input_size != hidden_size:
             raise ValueError(f"ElmoLstm: input_size ({input_size}) must equal hidden_size ({hidden_size}) "
                              "(every ELMo biLSTM layer reads P-dimensional inputs)")
@@ -327,7 +327,7 @@ class _ElmoBiLm(BiLM):
     def __init__(self, options_file: str | os.PathLike, weight_file: str | os.PathLike, requires_grad: bool = False,
                  vocab_to_cache: list[str] | None = None, *, stateful: bool = True,
                  backend: str | None = None, precision: str | None = None, order: str | None = None) -> None:
-        numerics.Numerics(precision or "fp32", order or "fast")  # fail before loading
+        numerics.check(precision, order)  # fail before loading
         options = load_options(options_file)
         weights = read_weights(weight_file, options)
         super().__init__(options, stateful=stateful, has_projection="CNN_proj/W_proj" in weights, backend=backend,

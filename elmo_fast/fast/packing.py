@@ -145,14 +145,17 @@ class PackedLinear:
         self._packed16: object = False
         self._weight16: torch.Tensor | None = None
 
+    def _reorder(self, W: torch.Tensor, available: bool) -> torch.Tensor | None:
+        """``W`` ``(in, out)`` in oneDNN's packed layout, or None where oneDNN cannot pack this weight."""
+        if available and self.weight.device.type == "cpu" and self.weight.dtype == torch.float32:
+            return torch.ops.mkldnn._reorder_linear_weight(W.t().contiguous(), self.batch_hint)
+        return None
+
     @property
     def packed(self) -> torch.Tensor | None:
         """The float32 oneDNN-packed weight (built on first use), or None where oneDNN cannot pack it."""
         if self._packed is False:
-            W = self.weight
-            self._packed = None
-            if MKLDNN and W.device.type == "cpu" and W.dtype == torch.float32:
-                self._packed = torch.ops.mkldnn._reorder_linear_weight(W.t().contiguous(), self.batch_hint)
+            self._packed = self._reorder(self.weight, MKLDNN)
         return self._packed  # type: ignore[return-value]
 
     @property
@@ -166,11 +169,7 @@ class PackedLinear:
     def packed16(self) -> torch.Tensor | None:
         """The bfloat16 oneDNN-packed weight (built on first bf16 use), or None without native bf16 products."""
         if self._packed16 is False:
-            W = self.weight
-            self._packed16 = None
-            if BF16_NATIVE and W.device.type == "cpu" and W.dtype == torch.float32:
-                self._packed16 = torch.ops.mkldnn._reorder_linear_weight(self.weight16.t().contiguous(),
-                                                                         self.batch_hint)
+            self._packed16 = self._reorder(self.weight16, BF16_NATIVE)
         return self._packed16  # type: ignore[return-value]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

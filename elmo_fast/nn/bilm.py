@@ -85,7 +85,7 @@ class BiLM(nn.Module):
         self.backend = backend
         self.precision = precision
         self.order = order
-        numerics.Numerics(precision or "fp32", order or "fast")  # validates the names now, not at the first call
+        numerics.check(precision, order)  # validates the names now, not at the first call
         if options.char_cnn is None:
             raise ValueError("word-input models (options without 'char_cnn') are not supported")
         self.options = options
