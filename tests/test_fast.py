@@ -8,6 +8,8 @@ different summation orders over whole batches accumulate more rounding.
 from __future__ import annotations
 
 
+import importlib
+
 import pytest
 import torch
 
@@ -103,6 +105,67 @@ def test_token_encoder_forward_backward(dtype, overrides):
     (token_encoder_fast(enc, short) * cot[:short.shape[0]]).sum().backward()
     tol = (1e-9, 1e-9) if dtype == torch.float64 else (1e-4, 1e-4)
     assert_grads_close(grads_of(enc), want, *tol)
+
+
+def _words_of_lengths(gen: torch.Generator, lengths: list[int]) -> list[str]:
+    return ["".join(chr(97 + int(c)) for c in torch.randint(0, 26, (n,), generator=gen)) for n in lengths]
+
+
+def _brute_force_groups(starts: list[int], max_groups: int, overhead: int) -> float:
+    """Least cost over every split of the sorted distinct starts into at most ``max_groups`` consecutive groups."""
+    import itertools
+    vals = sorted(set(starts))
+    count = {v: starts.count(v) for v in vals}
+    best = float("inf")
+    for g in range(1, min(max_groups, len(vals)) + 1):
+        for cuts in itertools.combinations(range(1, len(vals)), g - 1):
+            edges = [0, *cuts, len(vals)]
+            cost = sum(sum(count[v] for v in vals[a:b]) * (vals[b - 1] + 1) + overhead
+                       for a, b in zip(edges, edges[1:]))
+            best = min(best, cost)
+    return best
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_window_groups_are_optimal_and_cover_every_row(seed):
+    te = importlib.import_module("elmo_fast.fast.token_encoder")  # the package's attribute is the op
+    gen = torch.Generator().manual_seed(seed)
+    starts = (torch.randint(1, 40, (700,), generator=gen) ** 2 // 40).tolist()  # skewed: many short, few long
+    groups = te._window_groups(torch.tensor(starts))
+    rows = torch.cat([r if r is not None else torch.arange(len(starts)) for r, _ in groups])
+    assert sorted(rows.tolist()) == list(range(len(starts)))  # a partition of the rows
+    for r, start in groups:  # each group convolves enough windows for its rows
+        members = range(len(starts)) if r is None else r.tolist()
+        assert max(starts[i] for i in members) == start
+    cost = sum((len(starts) if r is None else len(r)) * (s + 1) + te.GROUP_OVERHEAD_WINDOWS for r, s in groups)
+    assert cost == _brute_force_groups(starts, te.MAX_WINDOW_GROUPS, te.GROUP_OVERHEAD_WINDOWS)
+    assert len(groups) > 1
+    assert te._window_groups(torch.tensor([5, 5, 5])) == [(None, 5)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_token_encoder_grouped_windows_forward_backward(dtype, monkeypatch):
+    """Words of 1-45 bytes (several window groups, one on the general path) plus padding rows: values and every
+    parameter's gradient (char table, filters, biases, highway, projection) against the reference."""
+    te = importlib.import_module("elmo_fast.fast.token_encoder")  # the package's attribute is the op
+    gen = torch.Generator().manual_seed(5)
+    lengths = [1, 1, 2, 3, 3, 4, 4, 5, 5, 6, 7, 9, 11, 14, 18, 23, 31, 45, 44]
+    words = _words_of_lengths(gen, lengths)
+    ids = batch_to_ids([words, words[::-1][:7], []]).view(-1, 50)
+    monkeypatch.setattr(te, "GROUP_OVERHEAD_WINDOWS", 1)  # so that these few rows split into several groups
+    assert len(te._window_groups(te._run_starts(te.distinct_rows(ids)[0]))) > 1
+    model = make_bilm(seed=4, dtype=dtype)
+    enc = model.token_encoder
+    tol = F64 if dtype == torch.float64 else F32_OUT
+    torch.testing.assert_close(token_encoder_fast(enc, ids), enc(ids), **tol)
+    cot = torch.randn(ids.shape[0], enc.output_dim, generator=gen, dtype=dtype)
+    enc.zero_grad()
+    (enc(ids) * cot).sum().backward()
+    want = grads_of(enc)
+    assert "char_embed" in want
+    enc.zero_grad()
+    (token_encoder_fast(enc, ids) * cot).sum().backward()
+    assert_grads_close(grads_of(enc), want, *((1e-9, 1e-9) if dtype == torch.float64 else (1e-4, 1e-4)))
 
 
 def test_token_encoder_without_projection():
