@@ -156,10 +156,10 @@ def _prepared(encoder: CharCNNTokenEncoder):
     def build():
         with torch.no_grad():
             Wc, bc = _conv_weights(encoder, differentiable=False)
-            conv = PackedLinear(Wc, bc, batch_hint=1024)
+            conv = PackedLinear(Wc, None, batch_hint=1024)  # the bias is added after the max (see _cnn_features)
             highways = [PackedLinear(*_highway_weights(hw, False), batch_hint=256) for hw in encoder.highways]
             proj = None if encoder.W_proj is None else PackedLinear(encoder.W_proj, encoder.b_proj, batch_hint=256)
-            return conv, highways, proj
+            return conv, highways, proj, bc
     return cached("fast_token_encoder", params, build)
 
 
@@ -189,8 +189,9 @@ def _cnn_features(encoder: CharCNNTokenEncoder, ids: torch.Tensor, grad: bool) -
         Wc, bc = _conv_weights(encoder, differentiable=True)
         x = _CharConvMax.apply(table, Wc, bc, w_max, n_chars, widths, group_ids)
     else:
-        ys = _window_products(group_ids, table.detach(), w_max, n_chars, widths, _prepared(encoder)[0])
-        x = ys[0].amax(dim=1) if len(ys) == 1 else torch.cat([y.amax(dim=1) for y in ys])
+        conv, _, _, bc = _prepared(encoder)
+        ys = _window_products(group_ids, table.detach(), w_max, n_chars, widths, conv)
+        x = (ys[0].amax(dim=1) if len(ys) == 1 else torch.cat([y.amax(dim=1) for y in ys])).add_(bc)
     x = torch.relu(x) if opts.activation == "relu" else torch.tanh(x)
     if len(groups) == 1:
         return x
@@ -232,7 +233,7 @@ def _affine(b: torch.Tensor, x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
 
 
 class _CharConvMax(torch.autograd.Function):
-    """Char embedding, all filters as one product over the windows, max over the windows (before the activation),
+    """Char embedding, all filters as one product over the windows, max over the windows, then the bias (no activation),
     for groups of rows: ``table (S, d)``, ``Wc (w_max * d, F)``, ``bc (F,)``, ``group_ids`` (list of
     ``(U_g, width_g)`` id tensors; see :func:`_window_products` for ``n_chars`` and ``widths``) ->
     ``(sum U_g, F)``, the groups' rows one after the other.
@@ -257,13 +258,14 @@ class _CharConvMax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, table, Wc, bc, w_max, n_chars, widths, group_ids):  # type: ignore[override]
         values, ctx.argmax = [], []
-        for y in _window_products(group_ids, table, w_max, n_chars, widths, lambda x: _affine(bc, x, Wc)):
+        for y in _window_products(group_ids, table, w_max, n_chars, widths, lambda x: matmul(x, Wc)):
             v, j = y.max(dim=1)
             values.append(v)
             ctx.argmax.append(j)
         ctx.group_ids, ctx.w_max = group_ids, w_max
         ctx.save_for_backward(table, Wc)
-        return values[0] if len(values) == 1 else torch.cat(values)
+        # the bias after the max: max_j(a_j) + b is max_j(a_j + b) exactly (rounding is monotone)
+        return (values[0] if len(values) == 1 else torch.cat(values)).add_(bc)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
@@ -429,7 +431,7 @@ def _encode_distinct(encoder: CharCNNTokenEncoder, ids: torch.Tensor, grad: bool
         if encoder.W_proj is not None:
             x = _affine(encoder.b_proj, x, encoder.W_proj)
         return x
-    _, highways, proj = _prepared(encoder)
+    _, highways, proj, _ = _prepared(encoder)
     for hw in highways:
         z = hw(x)
         F_ = x.shape[1]
