@@ -330,7 +330,7 @@ class PairLinear:
         return lambda x, out: self(x, out)
 
 
-def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def matmul(a: torch.Tensor, b: torch.Tensor, widen: bool = True) -> torch.Tensor:
     """``a @ b`` for the fast path's large one-off products (e.g. weight gradients over all steps), in the
     precision of the current :mod:`elmo_fast.numerics` setting; differentiable through torch.
 
@@ -340,7 +340,9 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     under autograd the gradient products are bf16 products too (the casts' gradients cast back to float32), and
     the operands' gradients are float32. bf16 copies are made per call (a weight's copy costs ``k * m`` element
     conversions against ``n * k * m`` multiply-adds: negligible for the large products this is for).
+    ``widen=False`` returns the bf16 result as it is (for a caller that reduces it first, e.g. a max).
     """
     if not bf16_products() or not (a.is_floating_point() and b.is_floating_point()):
         return a @ b
-    return (a.to(torch.bfloat16) @ b.to(torch.bfloat16)).float()
+    y = a.to(torch.bfloat16) @ b.to(torch.bfloat16)
+    return y.float() if widen else y

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from .. import numerics
 from ..nn.token_encoder import CharCNNTokenEncoder
-from .packing import PackedLinear, _stamp, cached, matmul
+from .packing import PackedLinear, _stamp, bf16_products, cached, matmul
 
 __all__ = ["ALLENNLP_MIN_ROWS", "TokenCache", "distinct_rows", "enable_token_cache", "token_encoder_fast"]
 
@@ -190,8 +190,10 @@ def _cnn_features(encoder: CharCNNTokenEncoder, ids: torch.Tensor, grad: bool) -
         x = _CharConvMax.apply(table, Wc, bc, w_max, n_chars, widths, group_ids)
     else:
         conv, _, _, bc = _prepared(encoder)
-        ys = _window_products(group_ids, table.detach(), w_max, n_chars, widths, conv)
-        x = (ys[0].amax(dim=1) if len(ys) == 1 else torch.cat([y.amax(dim=1) for y in ys])).add_(bc)
+        # in bf16 the product's bf16 result is max-pooled before it is widened (the max of bf16 values is exact)
+        product = conv.bf16 if bf16_products() else conv
+        ys = _window_products(group_ids, table.detach(), w_max, n_chars, widths, product)
+        x = (ys[0].amax(dim=1) if len(ys) == 1 else torch.cat([y.amax(dim=1) for y in ys])).to(bc.dtype).add_(bc)
     x = torch.relu(x) if opts.activation == "relu" else torch.tanh(x)
     if len(groups) == 1:
         return x
@@ -258,14 +260,14 @@ class _CharConvMax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, table, Wc, bc, w_max, n_chars, widths, group_ids):  # type: ignore[override]
         values, ctx.argmax = [], []
-        for y in _window_products(group_ids, table, w_max, n_chars, widths, lambda x: matmul(x, Wc)):
+        for y in _window_products(group_ids, table, w_max, n_chars, widths, lambda x: matmul(x, Wc, widen=False)):
             v, j = y.max(dim=1)
             values.append(v)
             ctx.argmax.append(j)
         ctx.group_ids, ctx.w_max = group_ids, w_max
         ctx.save_for_backward(table, Wc)
         # the bias after the max: max_j(a_j) + b is max_j(a_j + b) exactly (rounding is monotone)
-        return (values[0] if len(values) == 1 else torch.cat(values)).add_(bc)
+        return (values[0] if len(values) == 1 else torch.cat(values)).to(bc.dtype).add_(bc)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
