@@ -92,6 +92,8 @@ def _window_groups(starts: torch.Tensor) -> list[tuple[torch.Tensor | None, int]
     Returns ``[(rows or None, start_g)]``; ``None`` = all rows in one group. Short words then no longer pay for
     the batch's longest one (``make_words``-like text: ~half the windows of one group).
     """
+    if starts.numel() <= GROUP_OVERHEAD_WINDOWS:  # too few rows to gain what a group costs (batch-1 inference)
+        return [(None, int(starts.max()) if starts.numel() else 0)]
     values, counts = torch.unique(starts, return_counts=True)
     vals, cnts = values.tolist(), counts.tolist()
     m = len(vals)
