@@ -217,6 +217,10 @@ def recurrence_forward(gates: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, 
         W_xT, W_hT, W_pT = _linear_weight(w_x), _linear_weight(w_h.weight), _linear_weight(w_p.weight)
         b_h = w_h.bias
         offsets = plan.offsets
+    # steps where every row of every direction is recomputed (all steps with fewer than ALLENNLP_MIN_ROWS rows,
+    # e.g. every step at batch 1): the step's own products would be overwritten, so they are skipped
+    replaced = {s for s, groups in special.items()
+                if all(sum(len(js) for d_, _, js in groups if d_ == d) == sizes[s] for d in range(D))}
     hc_rows = HC if save else [hc_all[:, :n] for n in sizes]
     mul, tanh, clamp = torch.mul, torch.tanh, torch.clamp
     prev_n = -1
@@ -228,8 +232,9 @@ def recurrence_forward(gates: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, 
         else:
             h_prev, c_prev = Y[s - 1][:, :n], CC[s - 1][:, :n]
         prev_n = n
-        rec[n](G[s], h_prev)
         rows = special.get(s) if special else None
+        if s not in replaced:
+            rec[n](G[s], h_prev)
         if rows:
             for d, m, js in rows:  # AllenNLP's input + state products for these rows (before any activation)
                 idx = torch.tensor(js, device=G[s].device)
@@ -252,7 +257,9 @@ def recurrence_forward(gates: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, 
         else:  # training: keep tanh(c) for the backward (same rounding: tanh, then the product)
             tanh(CC[s], out=TC[s])
             mul(TC[s], O[s], out=hc)
-        if proj_clip is None:
+        if s in replaced:
+            pass  # Y (and PR) are written below, row by row
+        elif proj_clip is None:
             proj[n](hc, Y[s])
         elif PR is not None:
             clamp(proj[n](hc, PR[s]), -proj_clip, proj_clip, out=Y[s])

@@ -186,7 +186,7 @@ def _cnn_features(encoder: CharCNNTokenEncoder, ids: torch.Tensor, grad: bool) -
             group_ids.append(g[:, :start + w_max].contiguous())
         else:
             group_ids.append(torch.cat([g, g.new_zeros(g.shape[0], w_max - 1)], 1))
-    widths = torch.tensor([w for w, n in opts.filters for _ in range(n)])
+    widths = _filter_widths(opts.filters) if any(g.shape[1] > n_chars for g in group_ids) else None
     if grad:
         Wc, bc = _conv_weights(encoder, differentiable=True)
         x = _CharConvMax.apply(table, Wc, bc, w_max, n_chars, widths, group_ids)
@@ -205,8 +205,13 @@ def _cnn_features(encoder: CharCNNTokenEncoder, ids: torch.Tensor, grad: bool) -
     return x.index_select(0, inverse)
 
 
+def _filter_widths(filters) -> torch.Tensor:
+    """``(F,)`` int64: the width of the filter behind each output column of the all-filters product."""
+    return torch.cat([torch.full((n,), w, dtype=torch.int64) for w, n in filters])
+
+
 def _window_products(group_ids: list[torch.Tensor], table: torch.Tensor, w_max: int, n_chars: int,
-                     widths: torch.Tensor, product) -> list[torch.Tensor]:
+                     widths: torch.Tensor | None, product) -> list[torch.Tensor]:
     """Per group, ``(U_g, width_g)`` ids -> ``product(windows)`` as ``(U_g, width_g - w_max + 1, F)``.
 
     Every window of ``w_max`` embedded characters is unfolded to a ``w_max * d`` row; the rows of all groups go
