@@ -242,8 +242,8 @@ def _affine(b: torch.Tensor, x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
 
 
 class _CharConvMax(torch.autograd.Function):
-    """Char embedding, all filters as one product over the windows, max over the windows, then the bias (no activation),
-    for groups of rows: ``table (S, d)``, ``Wc (w_max * d, F)``, ``bc (F,)``, ``group_ids`` (list of
+    """Char embedding, all filters as one product over the windows, max over the windows, then the bias (no
+    activation), for groups of rows: ``table (S, d)``, ``Wc (w_max * d, F)``, ``bc (F,)``, ``group_ids`` (list of
     ``(U_g, width_g)`` id tensors; see :func:`_window_products` for ``n_chars`` and ``widths``) ->
     ``(sum U_g, F)``, the groups' rows one after the other.
 
@@ -297,7 +297,6 @@ class _CharConvMax(torch.autograd.Function):
             dWc = torch.bmm(table.t().unsqueeze(0).expand(w_max, d, n_sym), A).reshape(w_max * d, F_)
         if ctx.needs_input_grad[2]:
             dbc = grad.sum(0)
-        ctx.group_ids = ctx.argmax = None
         return dtable, dWc, dbc, None, None, None, None
 
 
