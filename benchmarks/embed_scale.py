@@ -64,15 +64,50 @@ def write_tiny_model(folder: str) -> tuple[str, str]:
     return opt_path, w_path
 
 
+def _rss_kb(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _phase(out: str) -> str:
+    """What the embed is doing, from its files: ``chunks N`` (chunk files written so far) or ``merge``."""
+    folder = os.path.dirname(out) or "."
+    base = os.path.basename(out)
+    if any(name.startswith(base + ".tmp-") for name in os.listdir(folder)):
+        return "merge"
+    work = out + ".embed-work"
+    n = sum(1 for name in os.listdir(work) if name.endswith(".h5")) if os.path.isdir(work) else 0
+    return f"chunks {n}"
+
+
 def run_embed(src: str, out: str, opt: str, w: str, stateless: bool, threads: int, batch: int,
-              extra: list[str]) -> dict:
+              extra: list[str], rss_log: str | None = None, every: float = 5.0) -> dict:
     cmd = [sys.executable, "-m", "elmo_fast.cli", "--log-level", "WARNING", "embed", src, out, "--top",
            "--options-file", opt, "--weight-file", w, "--batch-size", str(batch), "--quiet", "--overwrite",
            "--threads", str(threads)] + (["--stateless"] if stateless else []) + extra
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
+    if rss_log:  # RSS over time with the phase, to find where memory grows (one line per sample)
+        with open(rss_log, "a") as log:
+            log.write(f"# {' '.join(cmd)}\n")
+            while True:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                rss = _rss_kb(proc.pid)
+                if rss:
+                    log.write(f"{time.perf_counter() - start:.0f}\t{rss / 1024:.1f}\t{_phase(out)}\n")
+                    log.flush()
+                time.sleep(every)
+    else:
+        _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
     stderr = proc.stderr.read() if proc.stderr else ""
     rc = os.waitstatus_to_exitcode(status)
@@ -88,6 +123,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads of the embed process")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workdir", default=None, help="folder for the generated files (default: a temporary one)")
+    p.add_argument("--rss-log", default=None,
+                   help="append the embed's RSS every --every seconds (seconds, MB, phase: 'chunks N' or 'merge') here")
+    p.add_argument("--every", type=float, default=5.0, help="sampling period of --rss-log, seconds")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more embed flags")
     args = p.parse_args()
     work = args.workdir or tempfile.mkdtemp(prefix="embed_scale-")
@@ -100,7 +138,8 @@ def main() -> None:
         lines, tokens = write_text(src, size)
         for mode in args.modes:
             out = os.path.join(work, f"out-{size_text}-{mode}.hdf5")
-            res = run_embed(src, out, opt, w, mode == "stateless", args.threads, args.batch_size, args.extra)
+            res = run_embed(src, out, opt, w, mode == "stateless", args.threads, args.batch_size, args.extra,
+                            args.rss_log, args.every)
             out_mb = os.path.getsize(out) / (1 << 20)
             os.remove(out)
             row = {"size": size_text, "bytes": os.path.getsize(src), "lines": lines, "tokens": tokens, "mode": mode,
