@@ -10,7 +10,7 @@ without threading extra arguments through every call:
   float32, so for them it is a no-op; the user-facing wrappers (``ElmoEmbedder``, the CLI's ``--precision``)
   refuse ``"bf16"`` there instead of silently running float32.
 * ``order``: ``"fast"`` (default: large products through oneDNN-packed weights, sums in oneDNN's blocking
-  order) or ``"allennlp"`` (every product through the BLAS in the operand layout AllenNLP uses, so that
+  order, and the biLSTM cell's activations from the fused CPU kernel of :mod:`elmo_fast.fast.native`) or ``"allennlp"`` (every product through the BLAS in the operand layout AllenNLP uses, so that
   long sequences stay within float32 noise of AllenNLP's own numbers, at a speed cost on large models).
 
 Autograd: the hand-written backward of the fast biLSTM reads the setting when it runs, so a training loop

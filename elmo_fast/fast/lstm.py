@@ -21,6 +21,10 @@ How it saves work, compared with the per-time-step reference:
 * **Gate columns reordered** from bilm-tf's (i, j, f, o) to (i, f, o, j) so one in-place sigmoid covers
   three gates and one tanh the fourth; state and output updates write in place into preallocated buffers
   whose per-step views are made once per layer (``Tensor.split``), not per step.
+* **Fused cell kernel** (order ``"fast"``, float32): each step's elementwise work (activations, cell update, clip,
+  ``tanh(c)``, ``o * tanh(c)``; in the backward the ~15 ops from ``d(o tanh c)`` to the gate gradients) runs in one
+  vectorised C pass (:mod:`elmo_fast.fast.native`, compiled on first use; without a C compiler the torch ops
+  below run). Same op order and rounding except sigmoid/tanh (<= 2 float32 ulp; torch's: 2 and 1).
 * **Training** uses a hand-written backward (:class:`_Layer`, input projection included): the per-step
   work is only ``dz @ W_hᵀ`` and ``dh @ W_Pᵀ`` plus in-place elementwise passes; all weight gradients
   (``W_0``, bias, ``W_P``) and the input gradient are a few large matmuls over all steps at once. These one-off
@@ -40,6 +44,8 @@ import torch.nn.functional as F
 
 from .. import numerics
 from ..nn.lstm import FORGET_BIAS, BiLSTM
+from .native import available as native_available
+from .native import cell_backward, cell_forward
 from .packing import PackedLinear, PairLinear, cached, matmul, onednn_products  # noqa: F401 (re-exported)
 
 __all__ = ["PackedPlan", "PairLinear", "bilstm_fast", "bilstm_streams_fast", "make_plan", "recurrence_forward"]
@@ -223,6 +229,7 @@ def recurrence_forward(gates: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, 
                 if all(sum(len(js) for d_, _, js in groups if d_ == d) == sizes[s] for d in range(D))}
     hc_rows = HC if save else [hc_all[:, :n] for n in sizes]
     mul, tanh, clamp = torch.mul, torch.tanh, torch.clamp
+    fused = use_fused_cell(gates, h0, c0)
     prev_n = -1
     for s, n in enumerate(sizes):
         if s == 0:
@@ -242,21 +249,25 @@ def recurrence_forward(gates: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, 
                                                            W_xT[d], None, m)
                                     + _group_product(h_prev[d].index_select(0, idx), js, W_hT[d],
                                                      None if b_h is None else b_h[d], m))
-        SIG[s].sigmoid_()
-        J[s].tanh_()
-        c = CC[s] if CR is None else CR[s]
         hc = hc_rows[s]
-        mul(I[s], J[s], out=hc)          # i*g and f*c rounded separately, then summed (AllenNLP; no FMA)
-        mul(F_[s], c_prev, out=c)
-        c.add_(hc)
-        if cell_clip is not None:
-            clamp(c, -cell_clip, cell_clip, out=CC[s])
-        if TC is None:
-            tanh(CC[s], out=hc)
-            hc.mul_(O[s])
-        else:  # training: keep tanh(c) for the backward (same rounding: tanh, then the product)
-            tanh(CC[s], out=TC[s])
-            mul(TC[s], O[s], out=hc)
+        if fused:  # the same steps in one pass (elmo_fast.fast.native)
+            cell_forward(G[s], c_prev, None if CR is None else CR[s], CC[s], None if TC is None else TC[s], hc,
+                         cell_clip)
+        else:
+            SIG[s].sigmoid_()
+            J[s].tanh_()
+            c = CC[s] if CR is None else CR[s]
+            mul(I[s], J[s], out=hc)          # i*g and f*c rounded separately, then summed (AllenNLP; no FMA)
+            mul(F_[s], c_prev, out=c)
+            c.add_(hc)
+            if cell_clip is not None:
+                clamp(c, -cell_clip, cell_clip, out=CC[s])
+            if TC is None:
+                tanh(CC[s], out=hc)
+                hc.mul_(O[s])
+            else:  # training: keep tanh(c) for the backward (same rounding: tanh, then the product)
+                tanh(CC[s], out=TC[s])
+                mul(TC[s], O[s], out=hc)
         if s in replaced:
             pass  # Y (and PR) are written below, row by row
         elif proj_clip is None:
@@ -274,6 +285,12 @@ def recurrence_forward(gates: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, 
                 Y[s][d].index_copy_(0, idx, raw if proj_clip is None else raw.clamp(-proj_clip, proj_clip))
     saved = {"c_raw": c_raw, "hc": hc_all, "p_raw": p_raw, "tanh_c": tc_all} if save else None
     return y, c_all, saved
+
+
+def use_fused_cell(*tensors: torch.Tensor | None) -> bool:
+    """Whether the per-step cell work runs in the fused CPU kernel (:mod:`elmo_fast.fast.native`): order ``"fast"``
+    (order ``"allennlp"`` keeps torch's activations, bit for bit AllenNLP's) and float32 CPU tensors."""
+    return onednn_products() and native_available(*tensors)
 
 
 def _clip_mask(raw: torch.Tensor | None, clip: float | None) -> torch.Tensor | None:
@@ -312,6 +329,8 @@ def _recurrence_backward(dy: torch.Tensor | None, dc_out: torch.Tensor | None, g
     DHP, DY, CC, TC = _steps(dhp_all, sizes), _steps(dy, sizes), _steps(c_all, sizes), _steps(tanh_c, sizes)
     DCO, CM, PM = _steps(dc_out, sizes), _steps(cell_mask, sizes), _steps(proj_mask, sizes)
     mul = torch.mul
+    fused = use_fused_cell(gates, h0, c0, dy, dc_out)
+    gates_s = _steps(gates, sizes)
     for s in range(len(sizes) - 1, -1, -1):
         n = sizes[s]
         dhp = DHP[s]
@@ -322,6 +341,11 @@ def _recurrence_backward(dy: torch.Tensor | None, dc_out: torch.Tensor | None, g
         if PM is not None:
             dhp.mul_(PM[s])
         dc = w_pT(dhp)                                   # d(o * tanh(c)), fresh (D, n, C)
+        if fused:  # the elementwise steps below in one pass (elmo_fast.fast.native)
+            cell_backward(dc, gates_s[s], DZ[s], TC[s], c0[:, :n] if s == 0 else _prev(CC, s, n), dc_state[:, :n],
+                          None if DCO is None else DCO[s], None if CM is None else CM[s])
+            w_hT(DZ[s], out=dh_state[:, :n])
+            continue
         tc = TC[s]
         mul(dc, tc, out=DO[s])                           # d o
         dc.mul_(O[s])

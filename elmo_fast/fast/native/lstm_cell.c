@@ -1,0 +1,194 @@
+/*
+ * Fused CPU LSTM cell (ELMO_SPEC section 3): the per-step elementwise work of elmo_fast.fast.lstm in one pass.
+ *
+ * Built on first use by elmo_fast/fast/native/__init__.py (cc -O3 -march=native -fopenmp -ffp-contract=off);
+ * called through ctypes with raw float32 pointers. Layout of every array: D direction blocks (stride sd elements)
+ * of n rows (stride sr elements), the last axis contiguous. Gate order (i, f, o, j) along 4C.
+ *
+ * Rounding is the op sequence's of the PyTorch path: c = i*j + f*c_prev (two rounded products, no FMA: built
+ * with -ffp-contract=off), clip, tanh, times o. Only sigmoid and tanh differ: here they are computed from one
+ * exponential (below, |error| <= ~2 float32 ulp of exp; see the Python tests for the bounds checked).
+ * NaN propagates: the clip keeps a NaN (comparisons with NaN are false), and the mask is multiplied (NaN * 0 = NaN),
+ * as torch.clamp and torch.mul do.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    float *p;
+    int64_t sd, sr;
+} arr_t;
+
+#define ROW(a, d, r) ((a).p + (int64_t)(d) * (a).sd + (int64_t)(r) * (a).sr)
+
+/* Shared range reduction of exp and expm1: x = k ln2 + r with |r| <= ln2/2 (k by the 1.5 * 2^23 shift, exact
+ * for |x log2 e| < 2^22; ln2 split in a 16-bit head, so k * head is exact); returns e^r - 1 from its Taylor
+ * polynomial to r^8 (truncation < 1e-9 relative on |r| <= 0.35) and sets *scale = 2^k. Inputs are limited to
+ * [-87.3, 88] first (2^k stays a normal float; sigmoid and tanh saturate long before), with comparisons that
+ * leave a NaN a NaN. Branch-free, so the loops below vectorize. */
+static inline float reduce_f32(float x, float *scale) {
+    x = x > 88.0f ? 88.0f : x;
+    x = x < -87.3f ? -87.3f : x;
+    float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = x - k * 0.693145751953125f;
+    r = r - k * 1.42860682030941723212e-6f;
+    float p = 1.0f / 40320.0f;
+    p = p * r + 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * (r * r) + r;                             /* e^r - 1, accurate relative to itself for small r */
+    union { float f; int32_t i; } s;
+    s.i = ((int32_t)k + 127) << 23;
+    *scale = s.f;
+    return p;
+}
+
+static inline float exp_f32(float x) {
+    float s, q = reduce_f32(x, &s);
+    return s * q + s;                                /* 2^k (e^r - 1) + 2^k */
+}
+
+/* e^x - 1: 2^k (e^r - 1) + (2^k - 1); exact e^r - 1 when k = 0, so small |x| keeps its relative accuracy */
+static inline float expm1_f32(float x) {
+    float s, q = reduce_f32(x, &s);
+    return s * q + (s - 1.0f);
+}
+
+static inline float sigmoid_f32(float x) { return 1.0f / (1.0f + exp_f32(-x)); }
+
+/* tanh(x) = sign(x) * -u / (2 + u), u = expm1(-2|x|) in (-1, 0]: relative accuracy also near 0 */
+static inline float tanh_f32(float x) {
+    float a = x < 0.0f ? -x : x;
+    float u = expm1_f32(-2.0f * a);
+    float t = -u / (2.0f + u);
+    t = x < 0.0f ? -t : t;
+    return x != x ? x : t;
+}
+
+/* NaN stays NaN (both comparisons are false), as torch.clamp; lo = -inf, hi = inf: no clip */
+static inline float clip_f32(float v, float lo, float hi) {
+    v = v < lo ? lo : v;
+    return v > hi ? hi : v;
+}
+
+/* one row of C cells; every pointer is a distinct array (outputs that the caller does not keep point to scratch) */
+static void forward_row(int64_t C, float *restrict gi, float *restrict gf, float *restrict go, float *restrict gj,
+                        const float *restrict cp, float *restrict cr, float *restrict cc, float *restrict tt,
+                        float *restrict h, float lo, float hi) {
+#pragma omp simd
+    for (int64_t k = 0; k < C; ++k) {
+        float i = sigmoid_f32(gi[k]), f = sigmoid_f32(gf[k]), o = sigmoid_f32(go[k]), j = tanh_f32(gj[k]);
+        float ij = i * j, fc = f * cp[k];
+        float v = ij + fc;
+        float vc = clip_f32(v, lo, hi);
+        float t = tanh_f32(vc);
+        gi[k] = i; gf[k] = f; go[k] = o; gj[k] = j;
+        cr[k] = v;
+        cc[k] = vc;
+        tt[k] = t;
+        h[k] = t * o;
+    }
+}
+
+/*
+ * Forward of one step, D x n rows of C cells.
+ *   g:      (D, n, 4C) pre-activation gates in, activated gates out (the backward needs them)
+ *   c_prev: (D, n, C); c_raw: unclipped cells out (p == 0: not kept); c: clipped cells out
+ *   tc:     tanh(c) out (p == 0: not kept); hc: o * tanh(c) out
+ *   lo, hi: cell clip bounds (-inf, inf: none)
+ */
+int lstm_cell_forward(int64_t D, int64_t n, int64_t C, arr_t g, arr_t c_prev, arr_t c_raw, arr_t c, arr_t tc,
+                      arr_t hc, float lo, float hi, int threads) {
+    int64_t rows = D * n;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) if (threads > 1 && rows * C >= 16384)
+    {
+        float *scratch = (c_raw.p && tc.p) ? 0 : (float *)malloc(sizeof(float) * 2 * (size_t)C);
+        if (!(c_raw.p && tc.p) && !scratch) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+#pragma omp for schedule(static)
+            for (int64_t q = 0; q < rows; ++q) {
+                int64_t d = q / n, r = q % n;
+                float *gi = ROW(g, d, r);
+                float *cr = c_raw.p ? ROW(c_raw, d, r) : scratch;
+                float *tt = tc.p ? ROW(tc, d, r) : scratch + C;
+                forward_row(C, gi, gi + C, gi + 2 * C, gi + 3 * C, ROW(c_prev, d, r), cr, ROW(c, d, r), tt,
+                            ROW(hc, d, r), lo, hi);
+            }
+        }
+        free(scratch);
+    }
+    return failed;
+}
+
+static void backward_row(int64_t C, const float *restrict dh, const float *restrict gi, const float *restrict gf,
+                         const float *restrict go, const float *restrict gj, float *restrict di, float *restrict df,
+                         float *restrict dO, float *restrict dj, const float *restrict tc, const float *restrict cp,
+                         float *restrict ds, const float *restrict dco, const uint8_t *restrict m) {
+#pragma omp simd
+    for (int64_t k = 0; k < C; ++k) {
+        float t = tc[k], o = go[k], i = gi[k], f = gf[k], j = gj[k];
+        float x = dh[k];
+        float d_o = x * t;
+        float v = x * o;
+        v = v - v * (t * t);
+        v = v + ds[k];
+        v = v + dco[k];
+        v = v * (float)m[k];
+        float d_i = v * j, d_j = v * i, d_f = v * cp[k];
+        ds[k] = v * f;
+        d_i = d_i * i; d_i = d_i - d_i * i;
+        d_f = d_f * f; d_f = d_f - d_f * f;
+        d_o = d_o * o; d_o = d_o - d_o * o;
+        d_j = d_j - d_j * (j * j);
+        di[k] = d_i; df[k] = d_f; dO[k] = d_o; dj[k] = d_j;
+    }
+}
+
+/*
+ * Backward of one step, after dc = d loss / d(o tanh(c)) (D, n, C) came from the projection's product.
+ *   g:        activated gates (i, f, o, j) saved by the forward; dz: (D, n, 4C) out, d loss / d pre-activations
+ *   tc:       tanh(clipped c); c_prev: the step's previous cells
+ *   dc_state: (D, n, C) in: gradient carried from step s + 1 to this step's clipped cells; out: to c_prev
+ *   dc_out:   extra gradient of the clipped cells (p == 0: none)
+ *   mask:     uint8 (D, n, C) 1 where the cell clip passed the gradient (0: no clip)
+ */
+int lstm_cell_backward(int64_t D, int64_t n, int64_t C, arr_t dc, arr_t g, arr_t dz, arr_t tc, arr_t c_prev,
+                       arr_t dc_state, arr_t dc_out, const uint8_t *mask, int64_t mask_sd, int64_t mask_sr,
+                       int threads) {
+    int64_t rows = D * n;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) if (threads > 1 && rows * C >= 16384)
+    {
+        int need = !dc_out.p || !mask;
+        void *scratch = need ? malloc((sizeof(float) + 1) * (size_t)C) : 0;
+        if (need && !scratch) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+            float *zeros = (float *)scratch;
+            uint8_t *ones = scratch ? (uint8_t *)(zeros + C) : 0;
+            if (scratch) {
+                memset(zeros, 0, sizeof(float) * (size_t)C);
+                memset(ones, 1, (size_t)C);
+            }
+#pragma omp for schedule(static)
+            for (int64_t q = 0; q < rows; ++q) {
+                int64_t d = q / n, r = q % n;
+                const float *gi = ROW(g, d, r);
+                float *di = ROW(dz, d, r);
+                backward_row(C, ROW(dc, d, r), gi, gi + C, gi + 2 * C, gi + 3 * C, di, di + C, di + 2 * C, di + 3 * C,
+                             ROW(tc, d, r), ROW(c_prev, d, r), ROW(dc_state, d, r),
+                             dc_out.p ? ROW(dc_out, d, r) : zeros, mask ? mask + d * mask_sd + r * mask_sr : ones);
+            }
+        }
+        free(scratch);
+    }
+    return failed;
+}
