@@ -34,16 +34,6 @@ from elmo_fast.fast import native  # noqa: E402
 TRAIN_SHAPES = {"small": (32, 20), "original": (128, 20)}
 
 
-def _best(fn, reps: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
 def step_kernels(D: int, n: int, C: int, reps: int) -> dict[str, float]:
     """Seconds of one step's forward/backward elementwise work, torch ops vs the fused kernel."""
     gen = torch.Generator().manual_seed(0)
@@ -95,8 +85,8 @@ def step_kernels(D: int, n: int, C: int, reps: int) -> dict[str, float]:
         native.cell_backward(dc0.clone(), g, dz, tc, cp, ds, None, mask)
 
     fused_fwd()  # activated gates for the backward rows
-    return {"forward torch": _best(torch_fwd, reps), "forward fused": _best(fused_fwd, reps),
-            "backward torch": _best(torch_bwd, reps), "backward fused": _best(fused_bwd, reps)}
+    return {"forward torch": R.best_time(torch_fwd, reps), "forward fused": R.best_time(fused_fwd, reps),
+            "backward torch": R.best_time(torch_bwd, reps), "backward fused": R.best_time(fused_bwd, reps)}
 
 
 def train_steps(shape: str, precision: str, steps: int) -> dict[str, list[tuple[float, float]]]:
