@@ -237,3 +237,13 @@ def test_fallback_when_the_compiler_fails(monkeypatch, tmp_path, caplog):
     finally:
         monkeypatch.delenv("CC")
         native.reset()
+
+
+def test_refuses_a_strided_last_axis():
+    """The kernel reads rows as contiguous runs: a transposed or non-float32 operand is an error, not garbage."""
+    g = torch.zeros(1, 2, 8)
+    c = torch.zeros(1, 2, 2)
+    with pytest.raises(ValueError, match="contiguous last axis"):
+        native.cell_forward(g, torch.zeros(1, 2, 2).transpose(1, 2), None, c, None, c.clone(), None)
+    with pytest.raises(ValueError, match="float32"):
+        native.cell_forward(g.double(), c, None, c, None, c.clone(), None)

@@ -165,6 +165,9 @@ def available(*tensors: torch.Tensor | None) -> bool:
 def _arr(t: torch.Tensor | None) -> _Arr:
     if t is None:
         return _NONE
+    if t.stride(2) != 1 or t.dtype != torch.float32:
+        raise ValueError(f"fused LSTM cell: float32 (D, n, C) tensors with a contiguous last axis expected, found "
+                         f"{t.dtype} of strides {t.stride()}")
     return _Arr(t.data_ptr(), t.stride(0), t.stride(1))
 
 
