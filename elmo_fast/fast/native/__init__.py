@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
+import math
 import os
 import platform
 import shutil
@@ -41,11 +42,10 @@ ENABLE_ENV = "ELMO_FAST_NATIVE"
 CACHE_ENV = "ELMO_FAST_NATIVE_CACHE"
 
 
-class _Arr(ctypes.Structure):
-    _fields_ = [("p", ctypes.c_void_p), ("sd", ctypes.c_int64), ("sr", ctypes.c_int64)]
-
-
-_NONE = _Arr(None, 0, 0)
+#: per-thread argument blocks (int64: sizes, then pointer and strides per operand): one ctypes call with a pointer
+#: costs ~1.5 us, against ~16 us for the same arguments as ctypes structures
+_FWD_ARGS, _BWD_ARGS = ctypes.c_int64 * 21, ctypes.c_int64 * 27
+_local = threading.local()
 _lock = threading.Lock()
 _state: dict[str, object] = {}
 
@@ -127,13 +127,10 @@ def _build() -> ctypes.CDLL | None:
     except OSError as e:
         log.warning("fused CPU LSTM cell off: could not load %s (%s); using the PyTorch ops", target, e)
         return None
-    arr = _Arr
-    i64, f32, ci = ctypes.c_int64, ctypes.c_float, ctypes.c_int
-    lib.lstm_cell_forward.argtypes = [i64, i64, i64, arr, arr, arr, arr, arr, arr, f32, f32, ci]
-    lib.lstm_cell_forward.restype = ci
-    lib.lstm_cell_backward.argtypes = [i64, i64, i64, arr, arr, arr, arr, arr, arr, arr, ctypes.c_void_p, i64, i64,
-                                       ci]
-    lib.lstm_cell_backward.restype = ci
+    lib.lstm_cell_forward.argtypes = [ctypes.c_void_p, ctypes.c_float, ctypes.c_float, ctypes.c_int]
+    lib.lstm_cell_forward.restype = ctypes.c_int
+    lib.lstm_cell_backward.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.lstm_cell_backward.restype = ctypes.c_int
     return lib
 
 
@@ -162,13 +159,22 @@ def available(*tensors: torch.Tensor | None) -> bool:
                              and t.stride(2) == 1) for t in tensors)
 
 
-def _arr(t: torch.Tensor | None) -> _Arr:
+def _desc(t: torch.Tensor | None) -> tuple[int, int, int]:
     if t is None:
-        return _NONE
-    if t.stride(2) != 1 or t.dtype != torch.float32:
+        return (0, 0, 0)
+    sd, sr, sc = t.stride()  # (one call: each tensor attribute read costs ~0.2 us, and this runs per step)
+    if sc != 1 or t.dtype is not torch.float32:
         raise ValueError(f"fused LSTM cell: float32 (D, n, C) tensors with a contiguous last axis expected, found "
                          f"{t.dtype} of strides {t.stride()}")
-    return _Arr(t.data_ptr(), t.stride(0), t.stride(1))
+    return (t.data_ptr(), sd, sr)
+
+
+def _blocks() -> tuple[ctypes.Array, ctypes.Array]:
+    try:
+        return _local.blocks
+    except AttributeError:
+        _local.blocks = (_FWD_ARGS(), _BWD_ARGS())
+        return _local.blocks
 
 
 def cell_forward(g: torch.Tensor, c_prev: torch.Tensor, c_raw: torch.Tensor | None, c: torch.Tensor,
@@ -182,10 +188,10 @@ def cell_forward(g: torch.Tensor, c_prev: torch.Tensor, c_raw: torch.Tensor | No
         cell_clip: clip of the cells (None: none).
     """
     D, n, four_c = g.shape
-    lo, hi = (-cell_clip, cell_clip) if cell_clip is not None else (-float("inf"), float("inf"))
-    lib = library()
-    if lib.lstm_cell_forward(D, n, four_c // 4, _arr(g), _arr(c_prev), _arr(c_raw), _arr(c), _arr(tanh_c), _arr(hc),
-                             lo, hi, torch.get_num_threads()):
+    block = _blocks()[0]
+    block[:] = (D, n, four_c // 4, *_desc(g), *_desc(c_prev), *_desc(c_raw), *_desc(c), *_desc(tanh_c), *_desc(hc))
+    lo, hi = (-cell_clip, cell_clip) if cell_clip is not None else (-math.inf, math.inf)
+    if library().lstm_cell_forward(block, lo, hi, torch.get_num_threads()):
         raise MemoryError("fused CPU LSTM cell: out of memory for a scratch row")
 
 
@@ -202,10 +208,14 @@ def cell_backward(dc: torch.Tensor, g: torch.Tensor, dz: torch.Tensor, tanh_c: t
             the gradient (None: no clip).
     """
     D, n, C = dc.shape
-    m_ptr, m_sd, m_sr = (None, 0, 0) if mask is None else (mask.data_ptr(), mask.stride(0), mask.stride(1))
-    if mask is not None and (mask.dtype != torch.bool or mask.stride(2) != 1):
+    if mask is None:
+        m = (0, 0, 0)
+    elif mask.dtype != torch.bool or mask.stride(2) != 1:
         raise ValueError("mask: a bool tensor with a contiguous last axis expected")
-    lib = library()
-    if lib.lstm_cell_backward(D, n, C, _arr(dc), _arr(g), _arr(dz), _arr(tanh_c), _arr(c_prev), _arr(dc_state),
-                              _arr(dc_out), m_ptr, m_sd, m_sr, torch.get_num_threads()):
+    else:
+        m = (mask.data_ptr(), mask.stride(0), mask.stride(1))
+    block = _blocks()[1]
+    block[:] = (D, n, C, *_desc(dc), *_desc(g), *_desc(dz), *_desc(tanh_c), *_desc(c_prev), *_desc(dc_state),
+                *_desc(dc_out), *m)
+    if library().lstm_cell_backward(block, torch.get_num_threads()):
         raise MemoryError("fused CPU LSTM cell: out of memory for a scratch row")

@@ -94,15 +94,23 @@ static void forward_row(int64_t C, float *restrict gi, float *restrict gf, float
     }
 }
 
+static inline arr_t arr_at(const int64_t *q) {
+    arr_t a = {(float *)(intptr_t)q[0], q[1], q[2]};
+    return a;
+}
+
 /*
- * Forward of one step, D x n rows of C cells.
+ * Forward of one step, D x n rows of C cells. desc (21 int64): D, n, C, then (pointer, direction stride, row stride)
+ * in elements for each of:
  *   g:      (D, n, 4C) pre-activation gates in, activated gates out (the backward needs them)
- *   c_prev: (D, n, C); c_raw: unclipped cells out (p == 0: not kept); c: clipped cells out
- *   tc:     tanh(c) out (p == 0: not kept); hc: o * tanh(c) out
- *   lo, hi: cell clip bounds (-inf, inf: none)
+ *   c_prev: (D, n, C); c_raw: unclipped cells out (pointer 0: not kept); c: clipped cells out
+ *   tc:     tanh(c) out (pointer 0: not kept); hc: o * tanh(c) out
+ * lo, hi: cell clip bounds (-inf, inf: none). Returns nonzero if a scratch row could not be allocated.
  */
-int lstm_cell_forward(int64_t D, int64_t n, int64_t C, arr_t g, arr_t c_prev, arr_t c_raw, arr_t c, arr_t tc,
-                      arr_t hc, float lo, float hi, int threads) {
+int lstm_cell_forward(const int64_t *desc, float lo, float hi, int threads) {
+    int64_t D = desc[0], n = desc[1], C = desc[2];
+    arr_t g = arr_at(desc + 3), c_prev = arr_at(desc + 6), c_raw = arr_at(desc + 9), c = arr_at(desc + 12),
+          tc = arr_at(desc + 15), hc = arr_at(desc + 18);
     int64_t rows = D * n;
     int failed = 0;
 #pragma omp parallel num_threads(threads) if (threads > 1 && rows * C >= 16384)
@@ -153,15 +161,20 @@ static void backward_row(int64_t C, const float *restrict dh, const float *restr
 
 /*
  * Backward of one step, after dc = d loss / d(o tanh(c)) (D, n, C) came from the projection's product.
- *   g:        activated gates (i, f, o, j) saved by the forward; dz: (D, n, 4C) out, d loss / d pre-activations
- *   tc:       tanh(clipped c); c_prev: the step's previous cells
- *   dc_state: (D, n, C) in: gradient carried from step s + 1 to this step's clipped cells; out: to c_prev
- *   dc_out:   extra gradient of the clipped cells (p == 0: none)
- *   mask:     uint8 (D, n, C) 1 where the cell clip passed the gradient (0: no clip)
+ * desc (27 int64): D, n, C, then (pointer, direction stride, row stride) in elements for each of:
+ *   dc;  g: activated gates (i, f, o, j) saved by the forward;  dz: (D, n, 4C) out, d loss / d pre-activations;
+ *   tc: tanh(clipped c);  c_prev: the step's previous cells;
+ *   dc_state: (D, n, C) in: gradient carried from step s + 1 to this step's clipped cells; out: to c_prev;
+ *   dc_out: extra gradient of the clipped cells (pointer 0: none);
+ *   mask: uint8 (D, n, C), 1 where the cell clip passed the gradient (pointer 0: no clip; strides in bytes).
+ * Returns nonzero if a scratch row could not be allocated.
  */
-int lstm_cell_backward(int64_t D, int64_t n, int64_t C, arr_t dc, arr_t g, arr_t dz, arr_t tc, arr_t c_prev,
-                       arr_t dc_state, arr_t dc_out, const uint8_t *mask, int64_t mask_sd, int64_t mask_sr,
-                       int threads) {
+int lstm_cell_backward(const int64_t *desc, int threads) {
+    int64_t D = desc[0], n = desc[1], C = desc[2];
+    arr_t dc = arr_at(desc + 3), g = arr_at(desc + 6), dz = arr_at(desc + 9), tc = arr_at(desc + 12),
+          c_prev = arr_at(desc + 15), dc_state = arr_at(desc + 18), dc_out = arr_at(desc + 21);
+    const uint8_t *mask = (const uint8_t *)(intptr_t)desc[24];
+    int64_t mask_sd = desc[25], mask_sr = desc[26];
     int64_t rows = D * n;
     int failed = 0;
 #pragma omp parallel num_threads(threads) if (threads > 1 && rows * C >= 16384)
