@@ -49,6 +49,10 @@ logger = logging.getLogger("profile_train")
 
 SHAPES = {"small": (32, 20), "original": (128, 20)}
 
+#: the clock of every phase (``--clock``): wall time, or the calling thread's CPU time (one thread only: then other
+#: jobs on the machine do not inflate the phases)
+_now: Callable[[], float] = time.perf_counter
+
 
 class PhaseClock:
     """Accumulates wall-clock seconds per phase name for the current step."""
@@ -62,11 +66,11 @@ class PhaseClock:
 
     def timed(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            t = time.perf_counter()
+            t = _now()
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.add(name, time.perf_counter() - t)
+                self.add(name, _now() - t)
         return wrapper
 
 
@@ -80,27 +84,27 @@ def instrument(trainer: Any, clock: PhaseClock) -> Callable[[], None]:
     orig_encode = bilm.encode_tokens
 
     def encode_tokens(char_ids: torch.Tensor) -> torch.Tensor:
-        t = time.perf_counter()
+        t = _now()
         out = orig_encode(char_ids)
-        clock.add("token encoder fwd", time.perf_counter() - t)
+        clock.add("token encoder fwd", _now() - t)
         if out.requires_grad:
-            out.register_hook(lambda g: clock.marks.__setitem__("emb_grad", time.perf_counter()))
+            out.register_hook(lambda g: clock.marks.__setitem__("emb_grad", _now()))
         return out
     bilm.encode_tokens = encode_tokens
 
     orig_streams = bilm.forward_streams
 
     def forward_streams(*args: Any, **kwargs: Any) -> Any:
-        t = time.perf_counter()
+        t = _now()
         layer_counter["fwd"] = 0
         before = sum(v for k, v in clock.step.items() if k.startswith("biLSTM fwd layer"))
         fw, bw, state = orig_streams(*args, **kwargs)
         inside = sum(v for k, v in clock.step.items() if k.startswith("biLSTM fwd layer")) - before
-        clock.add("biLSTM fwd glue", time.perf_counter() - t - inside)
+        clock.add("biLSTM fwd glue", _now() - t - inside)
         top_marks = []
 
         def mark(g: torch.Tensor) -> None:
-            top_marks.append(time.perf_counter())
+            top_marks.append(_now())
             clock.marks["top_grad"] = max(top_marks)
         for y in (fw[-1], bw[-1]):
             if y.requires_grad:
@@ -111,11 +115,11 @@ def instrument(trainer: Any, clock: PhaseClock) -> Callable[[], None]:
     orig_forward = model.forward
 
     def forward(*args: Any, **kwargs: Any) -> Any:
-        t = time.perf_counter()
+        t = _now()
         before = sum(v for k, v in clock.step.items() if "fwd" in k)
         out = orig_forward(*args, **kwargs)
         inside = sum(v for k, v in clock.step.items() if "fwd" in k) - before
-        clock.add("softmax fwd", time.perf_counter() - t - inside)
+        clock.add("softmax fwd", _now() - t - inside)
         return out
     model.forward = forward
 
@@ -126,17 +130,17 @@ def instrument(trainer: Any, clock: PhaseClock) -> Callable[[], None]:
     def layer_forward(ctx, *args):  # type: ignore[no-untyped-def]
         k = layer_counter["fwd"]
         layer_counter["fwd"] += 1
-        t = time.perf_counter()
+        t = _now()
         out = orig_lf(ctx, *args)
-        clock.add(f"biLSTM fwd layer {k}", time.perf_counter() - t)
+        clock.add(f"biLSTM fwd layer {k}", _now() - t)
         return out
 
     def layer_backward(ctx, *grads):  # type: ignore[no-untyped-def]
         k = layer_counter["fwd"] - 1 - layer_counter["bwd"]  # backward meets the layers top first
         layer_counter["bwd"] += 1
-        t = time.perf_counter()
+        t = _now()
         out = orig_lb(ctx, *grads)
-        clock.add(f"biLSTM bwd layer {k}", time.perf_counter() - t)
+        clock.add(f"biLSTM bwd layer {k}", _now() - t)
         clock.marks.setdefault("first_layer_bwd", t)
         return out
     layer_fn.forward = staticmethod(layer_forward)
@@ -146,11 +150,11 @@ def instrument(trainer: Any, clock: PhaseClock) -> Callable[[], None]:
     orig_backward = torch.Tensor.backward
 
     def backward(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
+        t0 = _now()
         layer_counter["bwd"] = 0
         before = sum(v for k, v in clock.step.items() if k.startswith("biLSTM bwd layer"))
         out = orig_backward(self, *args, **kwargs)
-        t_end = time.perf_counter()
+        t_end = _now()
         layers = sum(v for k, v in clock.step.items() if k.startswith("biLSTM bwd layer")) - before
         top = clock.marks.pop("top_grad", t0)
         emb = clock.marks.pop("emb_grad", t_end)
@@ -203,9 +207,9 @@ def profile_shape(name: str, steps: int, warmup: int) -> tuple[list[tuple[str, f
     try:
         for _ in range(steps):
             clock.step = defaultdict(float)
-            t = time.perf_counter()
+            t = _now()
             trainer.step(data)
-            total = time.perf_counter() - t
+            total = _now() - t
             clock.step["other"] = total - sum(clock.step.values())
             for k, v in clock.step.items():
                 per_phase[k].append(v)
@@ -225,16 +229,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per shape (median per phase)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall: elapsed time; cpu: the stepping thread's CPU time (needs --threads 1; other jobs "
+                             "on a shared machine then do not inflate the phases)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.clock == "cpu":
+        if torch.get_num_threads() != 1:
+            parser.error("--clock cpu measures the calling thread only: use it with --threads 1")
+        global _now
+        _now = time.thread_time
     from elmo_fast.runtime import retain_freed_memory
     retain_freed_memory()
     for name in args.shapes:
         logger.info("profiling %s ...", name)
         phases, median, best, tokens = profile_shape(name, args.steps, args.warmup)
-        print(f"\n{name} {SHAPES[name][0]}x{SHAPES[name][1]}, {torch.get_num_threads()} threads, "
+        print(f"\n{name} {SHAPES[name][0]}x{SHAPES[name][1]}, {torch.get_num_threads()} threads, {args.clock} clock, "
               f"{args.steps} steps: median {median * 1e3:.0f} ms ({tokens / median:.0f} tok/s), "
               f"best {best * 1e3:.0f} ms ({tokens / best:.0f} tok/s)")
         print("| phase | ms (median) | share |")
