@@ -405,3 +405,25 @@ def test_token_cache_reuses_vectors_and_follows_weights():
         token_encoder_fast(model.token_encoder, b)
     assert len(small.entries) == 2
     assert enable_token_cache(model, None) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_max_argmax_windows_matches_max(dtype):
+    """The char-CNN's pooled max and its window index: the values are ``max``'s, the index holds the max (ties,
+    frequent in bf16, may pick another tied window: any is a valid subgradient), -inf windows never win, NaN
+    propagates; the index is uint8 and fits the 50 windows of a full-width token."""
+    te = importlib.import_module("elmo_fast.fast.token_encoder")
+    gen = torch.Generator().manual_seed(5)
+    for U, W, F_ in [(1, 1, 1), (3, 50, 7), (17, 9, 130)]:
+        y = torch.randn(U, W, F_, generator=gen).to(dtype)
+        if W > 2:
+            y[:, -2:, ::2] = float("-inf")        # masked windows (filters wider than the token's room)
+            y[0, 1, 1] = y[0, 0, 1] = 5.0         # a tie
+        v, j = te._max_argmax_windows(y)
+        assert j.dtype == torch.uint8
+        assert torch.equal(v, y.max(dim=1).values)
+        assert torch.equal(y.gather(1, j.long().unsqueeze(1)).squeeze(1), v)
+    y = torch.zeros(2, 4, 3)
+    y[1, 2, 0] = float("nan")
+    v, _ = te._max_argmax_windows(y)
+    assert torch.isnan(v[1, 0]) and not torch.isnan(v[0]).any()
