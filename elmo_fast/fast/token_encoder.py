@@ -254,6 +254,40 @@ def _max_argmax_windows(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return v, ((y == v.unsqueeze(1)) * windows).amax(dim=1)
 
 
+class _Highway(torch.autograd.Function):
+    """One highway layer for training: ``x (U, F)`` -> ``x + g * (t - x)`` with ``t = relu(x W_t + b_t)``,
+    ``g = sigmoid(x W_c + b_c)`` (ELMO_SPEC: ``g * t + (1 - g) * x``; the inference path's form), with a
+    hand-written backward.
+
+    Through autograd the layer cost, besides its products: a copy of ``[W_t, W_c]`` (2 x F x F) per step for one
+    ``(F, 2F)`` product, two zero-filled ``(U, 2F)`` gradients for the two column slices of ``z`` and their sum,
+    copies of the weight-gradient slices into ``.grad``, and five elementwise ops each way. Here the transform and
+    carry products run on their own weights (same FLOPs), their gradients are formed directly, and each weight
+    gradient is one product. Products go through :func:`_affine` / :func:`~elmo_fast.fast.packing.matmul`, so the
+    bf16 setting applies to all of them, backward included (the forward's setting is kept for the backward).
+    """
+
+    @staticmethod
+    def forward(ctx, x, W_t, W_c, b_t, b_c):  # type: ignore[override]
+        t = _affine(b_t, x, W_t).relu_()
+        g = _affine(b_c, x, W_c).sigmoid_()
+        ctx.save_for_backward(x, W_t, W_c, t, g)
+        ctx.numerics = numerics.current()
+        return torch.sub(t, x).mul_(g).add_(x)
+
+    @staticmethod
+    def backward(ctx, dy):  # type: ignore[override]
+        x, W_t, W_c, t, g = ctx.saved_tensors
+        with numerics.use(ctx.numerics.precision, ctx.numerics.order):
+            dz_t = dy * g                                   # d t, then through relu (t > 0 where z > 0)
+            dx = dy - dz_t                                  # dy * (1 - g): the carry path
+            dz_c = torch.sub(t, x).mul_(dy)                 # d g, then through sigmoid: g (1 - g)
+            dz_t.masked_fill_(t <= 0, 0.0)
+            dz_c.mul_(g).addcmul_(dz_c, g, value=-1.0)
+            dx.add_(matmul(dz_t, W_t.t())).add_(matmul(dz_c, W_c.t()))
+            return (dx, matmul(x.t(), dz_t), matmul(x.t(), dz_c), dz_t.sum(0), dz_c.sum(0))
+
+
 class _CharConvMax(torch.autograd.Function):
     """Char embedding, all filters as one product over the windows, max over the windows, then the bias (no
     activation), for groups of rows: ``table (S, d)``, ``Wc (w_max * d, F)``, ``bc (F,)``, ``group_ids`` (list of
@@ -446,10 +480,7 @@ def _encode_distinct(encoder: CharCNNTokenEncoder, ids: torch.Tensor, grad: bool
     x = _cnn_features(encoder, ids, grad)
     if grad:
         for hw in encoder.highways:
-            W, b = _highway_weights(hw, differentiable=True)
-            z = _affine(b, x, W)
-            t, g = torch.relu(z[:, :x.shape[1]]), torch.sigmoid(z[:, x.shape[1]:])
-            x = g * t + (1.0 - g) * x
+            x = _Highway.apply(x, hw.W_transform, hw.W_carry, hw.b_transform, hw.b_carry)
         if encoder.W_proj is not None:
             x = _affine(encoder.b_proj, x, encoder.W_proj)
         return x
