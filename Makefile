@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(VENV)/bin/elmo-fast demo
 
 test: $(STAMP)
-	ELMO_FAST_REQUIRE_ORACLES=1 $(PY) -m pytest -q
+	ELMO_FAST_REQUIRE_ORACLES=1 ELMO_FAST_REQUIRE_NATIVE=1 $(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
