@@ -182,8 +182,11 @@ def instrument(trainer: Any, clock: PhaseClock) -> Callable[[], None]:
     return undo
 
 
-def profile_shape(name: str, steps: int, warmup: int) -> tuple[list[tuple[str, float]], float, float, int]:
-    """Median seconds per phase, median and best step seconds, tokens per step."""
+def profile_shape(name: str, steps: int, warmup: int, precision: str = "fp32"
+                  ) -> tuple[list[tuple[str, float]], float, float, int]:
+    """Median seconds per phase, median and best step seconds, tokens per step (``precision``: as ``train
+    --precision``: "bf16" runs the whole step, optimizer included, under ``numerics.use(precision="bf16")``)."""
+    from elmo_fast import numerics
     from elmo_fast.training import LanguageModel, TrainConfig, Trainer
     rows, unroll = SHAPES[name]
     rng = np.random.default_rng(7)
@@ -198,6 +201,8 @@ def profile_shape(name: str, steps: int, warmup: int) -> tuple[list[tuple[str, f
         model.softmax_weight.normal_(0, 0.05)
         model.softmax_bias.zero_()
     trainer = Trainer(model, TrainConfig(batch_size=rows, unroll_steps=unroll, n_negative_samples=NEGATIVES))
+    setting = numerics.use(precision=precision)
+    setting.__enter__()
     for _ in range(warmup):
         trainer.step(data)
     clock = PhaseClock()
@@ -216,6 +221,7 @@ def profile_shape(name: str, steps: int, warmup: int) -> tuple[list[tuple[str, f
             totals.append(total)
     finally:
         undo()
+        setting.__exit__(None, None, None)
     order = ["data", "token encoder fwd", "biLSTM fwd layer 0", "biLSTM fwd layer 1", "biLSTM fwd glue",
              "softmax fwd", "softmax bwd", "biLSTM bwd layer 0", "biLSTM bwd layer 1", "biLSTM bwd glue",
              "token encoder bwd", "clip", "optimizer", "other"]
@@ -232,6 +238,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall: elapsed time; cpu: the stepping thread's CPU time (needs --threads 1; other jobs "
                              "on a shared machine then do not inflate the phases)")
+    parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"],
+                        help="profile each shape in these settings (bf16: as `train --precision bf16`)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
@@ -243,10 +251,11 @@ def main(argv: list[str] | None = None) -> None:
         _now = time.thread_time
     from elmo_fast.runtime import retain_freed_memory
     retain_freed_memory()
-    for name in args.shapes:
-        logger.info("profiling %s ...", name)
-        phases, median, best, tokens = profile_shape(name, args.steps, args.warmup)
-        print(f"\n{name} {SHAPES[name][0]}x{SHAPES[name][1]}, {torch.get_num_threads()} threads, {args.clock} clock, "
+    for name, precision in ((n, p) for n in args.shapes for p in args.precision):
+        logger.info("profiling %s %s ...", name, precision)
+        phases, median, best, tokens = profile_shape(name, args.steps, args.warmup, precision)
+        print(f"\n{name} {SHAPES[name][0]}x{SHAPES[name][1]} {precision}, {torch.get_num_threads()} threads, "
+              f"{args.clock} clock, "
               f"{args.steps} steps: median {median * 1e3:.0f} ms ({tokens / median:.0f} tok/s), "
               f"best {best * 1e3:.0f} ms ({tokens / best:.0f} tok/s)")
         print("| phase | ms (median) | share |")

@@ -512,3 +512,36 @@ def test_token_encoder_grouped_windows_bf16_forward_and_gradients(monkeypatch):
                                    msg=name)
         rel = float(torch.linalg.norm(got_g[name] - want_g[name]) / torch.linalg.norm(want_g[name]))
         assert rel < 0.15, f"{name}: relative error {rel:.3g}"
+
+
+@pytest.mark.parametrize("rows_kernel", [True, False])
+def test_sampled_softmax_bf16_products_within_tolerance(path, rows_kernel, monkeypatch):
+    """The fast sampled softmax in the bf16 setting (its three products in bf16; with the native row kernels the
+    backward's bf16 copy of the logit gradient comes out of the kernel's pass) against the float32 reference."""
+    from elmo_fast.fast import sampled_softmax as fast_softmax
+    from elmo_fast.nn.softmax import log_uniform_expected_count, log_uniform_sample, sampled_softmax_loss
+    if not rows_kernel:
+        monkeypatch.setattr(fast_softmax.native, "softmax_available", lambda *t: False)
+    g = torch.Generator().manual_seed(12)
+    N, P, V, S = 53, 24, 400, 97
+    hidden, weight, bias = torch.randn(N, P, generator=g), torch.randn(V, P, generator=g) * 0.3, torch.randn(V) * 0.1
+    ids, tries = log_uniform_sample(V, S, g)
+    targets = torch.randint(0, V, (N,), generator=g)
+    targets[1] = ids[5]
+    q_t, q_s = log_uniform_expected_count(targets, tries, V, S), log_uniform_expected_count(ids, tries, V, S)
+    upstream = torch.linspace(0.5, 1.5, N)
+    results = []
+    for fn, precision in ((sampled_softmax_loss, "fp32"), (fast_softmax.sampled_softmax_loss_fast, "bf16")):
+        h, w, b = (x.clone().requires_grad_(True) for x in (hidden, weight, bias))
+        with numerics.use(precision=precision):
+            loss = fn(h, targets, w, b, ids, q_t, q_s)
+            (loss * upstream).sum().backward()
+        results.append((loss.detach(), h.grad, w.grad, b.grad))
+    for name, want, got in zip(("loss", "hidden", "weight", "bias"), *results):
+        assert got.dtype == torch.float32, name
+        scale = float(want.abs().max())
+        diff = (got - want).abs()
+        assert float(diff.max()) <= GRAD_MAX_REL * scale, name
+        assert float(diff.mean()) <= GRAD_MEAN_REL * scale, name
+        if name != "bias":   # the bias gradient is a float32 sum of float32 terms (only the forward changes it)
+            assert float(diff.max()) > 1e-5 * scale, f"{name}: bf16 did not change the arithmetic"

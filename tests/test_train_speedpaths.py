@@ -10,6 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from elmo_fast.fast import native
+from elmo_fast.fast import sampled_softmax as fast_softmax
 from elmo_fast.fast.sampled_softmax import sampled_softmax_loss_fast
 from elmo_fast.nn.softmax import log_uniform_expected_count, log_uniform_sample, sampled_softmax_loss
 
@@ -33,10 +35,26 @@ def _case(N: int, P: int, V: int, S: int, seed: int, force_hits: bool = True):
     return hidden, targets, weight, bias, ids, q_t, q_s
 
 
+def _spy_rows_kernel(monkeypatch, on: bool) -> list[str]:
+    """Turn the native row kernels off (``on`` False) or record their calls."""
+    calls: list[str] = []
+    if not on:
+        monkeypatch.setattr(fast_softmax.native, "softmax_available", lambda *t: False)
+        return calls
+    for name in ("softmax_forward", "softmax_backward"):
+        fn = getattr(native, name)
+        monkeypatch.setattr(fast_softmax.native, name,
+                            (lambda f, n: lambda *a, **k: (calls.append(n), f(*a, **k))[1])(fn, name))
+    return calls
+
+
 @pytest.mark.parametrize("N,P,V,S", [(37, 13, 211, 29), (1, 5, 17, 1), (64, 24, 500, 100), (0, 8, 50, 7),
                                      (19, 7, 40, 40)])
 @pytest.mark.parametrize("remove_hits", [True, False])
-def test_fused_sampled_softmax_equals_reference(N, P, V, S, remove_hits):
+@pytest.mark.parametrize("rows_kernel", [True, False])
+def test_fused_sampled_softmax_equals_reference(N, P, V, S, remove_hits, rows_kernel, monkeypatch):
+    """With the native row kernels (elmo_fast.fast.native, where a C compiler exists) and with the torch ops."""
+    calls = _spy_rows_kernel(monkeypatch, rows_kernel)
     args = _case(N, P, V, S, seed=N + S)
     results = []
     for fn in (sampled_softmax_loss, sampled_softmax_loss_fast):
@@ -46,6 +64,7 @@ def test_fused_sampled_softmax_equals_reference(N, P, V, S, remove_hits):
         (loss * upstream).sum().backward()
         results.append((loss.detach(), h.grad, w.grad, b.grad))
     want, got = results
+    assert bool(calls) == (rows_kernel and native.library() is not None)
     assert bool(torch.isfinite(got[0]).all())
     for name, x, y in zip(("loss", "hidden", "weight", "bias"), got, want):
         if N == 0:
@@ -54,8 +73,10 @@ def test_fused_sampled_softmax_equals_reference(N, P, V, S, remove_hits):
         _close(x, y, name)
 
 
-def test_fused_sampled_softmax_duplicate_samples_fall_back_to_dense_hits():
-    """With repeated sample ids a row can hit several samples: every one of them must be removed."""
+def test_fused_sampled_softmax_duplicate_samples_fall_back_to_dense_hits(monkeypatch):
+    """With repeated sample ids a row can hit several samples: every one of them must be removed (the torch ops
+    do it: the row kernel takes one hit per row)."""
+    calls = _spy_rows_kernel(monkeypatch, True)
     hidden, targets, weight, bias, _, q_t, _ = _case(9, 6, 30, 5, seed=4)
     ids = torch.tensor([3, 7, 3, 11, 3])
     targets[:3] = 3
@@ -63,6 +84,7 @@ def test_fused_sampled_softmax_duplicate_samples_fall_back_to_dense_hits():
     want = sampled_softmax_loss(hidden, targets, weight, bias, ids, q_t, q_s)
     got = sampled_softmax_loss_fast(hidden, targets, weight, bias, ids, q_t, q_s)
     _close(got, want, "loss")
+    assert "softmax_forward" not in calls
 
 
 def test_fused_sampled_softmax_is_the_cpu_training_op():

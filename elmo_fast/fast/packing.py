@@ -36,7 +36,7 @@ import torch
 from .. import numerics
 
 __all__ = ["BF16_NATIVE", "MKLDNN", "PackedLinear", "PairLinear", "bf16_products", "cached", "clear_cache",
-           "matmul", "onednn_products"]
+           "matmul", "onednn_products", "operand"]
 
 log = logging.getLogger(__name__)
 
@@ -330,6 +330,15 @@ class PairLinear:
         return lambda x, out: self(x, out)
 
 
+def operand(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as :func:`matmul` will multiply it in the current setting: a bfloat16 copy with precision ``"bf16"``,
+    else ``t`` itself. For an operand used in several products: converted once here, :func:`matmul` then takes it
+    as it is (the same bits as converting it per product, one pass instead of several)."""
+    if bf16_products() and t.is_floating_point() and t.dtype != torch.bfloat16:
+        return t.to(torch.bfloat16)
+    return t
+
+
 def matmul(a: torch.Tensor, b: torch.Tensor, widen: bool = True) -> torch.Tensor:
     """``a @ b`` for the fast path's large one-off products (e.g. weight gradients over all steps), in the
     precision of the current :mod:`elmo_fast.numerics` setting; differentiable through torch.
@@ -340,7 +349,9 @@ def matmul(a: torch.Tensor, b: torch.Tensor, widen: bool = True) -> torch.Tensor
     under autograd the gradient products are bf16 products too (the casts' gradients cast back to float32), and
     the operands' gradients are float32. bf16 copies are made per call (a weight's copy costs ``k * m`` element
     conversions against ``n * k * m`` multiply-adds: negligible for the large products this is for).
-    ``widen=False`` returns the bf16 result as it is (for a caller that reduces it first, e.g. a max).
+    ``widen=False`` returns the bf16 result as it is (for a caller that reduces it first, e.g. a max). (Adding it
+    to a float32 tensor directly is no saving: torch's mixed-dtype add is slower than the widening copy plus a
+    float32 add.) Operands already converted by :func:`operand` are used as they are.
     """
     if not bf16_products() or not (a.is_floating_point() and b.is_floating_point()):
         return a @ b

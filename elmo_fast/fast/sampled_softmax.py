@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from .packing import matmul
+from . import native
+from .packing import bf16_products, matmul, operand
 
 __all__ = ["sampled_softmax_loss_fast"]
 
@@ -47,41 +48,64 @@ class _SampledSoftmax(torch.autograd.Function):
         true_logits = true_logits - torch.log(target_expected_count.to(hidden.dtype))      # (N,)
         sampled_w = weight.index_select(0, sampled_ids)                                   # (S, P)
         shift = bias.index_select(0, sampled_ids) - torch.log(sampled_expected_count.to(hidden.dtype))
-        logits = matmul(hidden, sampled_w.t())                                            # (N, S)
-        logits.add_(shift)
-        if remove_accidental_hits and logits.numel():
-            hits = _hit_positions(sampled_ids, targets)
-            if hits is None:
+        hidden_p, sampled_wp = operand(hidden), operand(sampled_w)   # bf16: converted once (backward products too)
+        hits = _hit_positions(sampled_ids, targets) if remove_accidental_hits and sampled_ids.numel() else False
+        if hits is not None and native.softmax_available(hidden, shift, true_logits):
+            # the row passes in one kernel (elmo_fast.fast.native), reading a bf16 product as it comes
+            raw = matmul(hidden_p, sampled_wp.t(), widen=False).contiguous()              # (N, S)
+            logits = raw if raw.dtype == torch.float32 else torch.empty(raw.shape, dtype=torch.float32)
+            hit_cols = None
+            if hits:
+                hit_cols = torch.full((raw.shape[0],), -1, dtype=torch.int64)
+                hit_cols.index_copy_(0, hits[0], hits[1])
+            row_max, true_exp, total = native.softmax_forward(raw, shift.contiguous(), true_logits.contiguous(),
+                                                              hit_cols, logits)
+        else:
+            logits = matmul(hidden_p, sampled_wp.t())                                     # (N, S)
+            logits.add_(shift)
+            if hits is None:  # duplicate samples: a row may have several hits
                 logits.masked_fill_(sampled_ids.unsqueeze(0) == targets.unsqueeze(1), torch.finfo(logits.dtype).min)
-            else:
+            elif hits:
                 logits.index_put_(hits, logits.new_tensor(torch.finfo(logits.dtype).min))
-        row_max = logits.amax(dim=1) if logits.shape[1] else torch.full_like(true_logits, -torch.inf)
-        row_max = torch.maximum(row_max, true_logits)
-        logits.sub_(row_max.unsqueeze(1)).exp_()                                          # exp(l - max), in place
-        true_exp = torch.exp(true_logits - row_max)
-        total = logits.sum(dim=1) + true_exp
+            row_max = logits.amax(dim=1) if logits.shape[1] else torch.full_like(true_logits, -torch.inf)
+            row_max = torch.maximum(row_max, true_logits)
+            logits.sub_(row_max.unsqueeze(1)).exp_()                                      # exp(l - max), in place
+            true_exp = torch.exp(true_logits - row_max)
+            total = logits.sum(dim=1) + true_exp
         loss = torch.log(total) + row_max - true_logits
-        ctx.save_for_backward(hidden, targets, weight, sampled_ids, true_w, sampled_w, logits, true_exp, total)
+        ctx.save_for_backward(hidden, hidden_p, targets, weight, sampled_ids, true_w, sampled_wp, logits, true_exp,
+                              total)
         return loss
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        hidden, targets, weight, sampled_ids, true_w, sampled_w, expd, true_exp, total = ctx.saved_tensors
+        hidden, hidden_p, targets, weight, sampled_ids, true_w, sampled_wp, expd, true_exp, total = ctx.saved_tensors
         need_h, _, need_w, need_b = ctx.needs_input_grad[:4]
         scale = grad / total                                                   # (N,)
-        d_logits = expd.mul_(scale.unsqueeze(1))    # the saved buffer becomes d loss / d sampled logits (once)
         d_true = scale * true_exp - grad                                       # d loss / d true logit
         grad_h = grad_w = grad_b = None
+        colsum = None
+        if native.softmax_available(expd, scale):
+            # one pass: the saved buffer becomes d loss / d sampled logits, its bf16 copy for the products (bf16
+            # setting) and its column sums (the bias gradient) come out of the same pass
+            colsum = expd.new_empty(expd.shape[1]) if need_b else None
+            d16 = torch.empty(expd.shape, dtype=torch.bfloat16) if bf16_products() and (need_h or need_w) else None
+            native.softmax_backward(expd, scale.contiguous(), d16, colsum)
+            d_logits = expd
+            d_logits_p = d_logits if d16 is None else d16
+        else:
+            d_logits = expd.mul_(scale.unsqueeze(1))    # the saved buffer becomes d loss / d sampled logits (once)
+            d_logits_p = operand(d_logits) if need_h or need_w else d_logits  # bf16: converted once for both
         if need_h:
-            grad_h = matmul(d_logits, sampled_w)
+            grad_h = matmul(d_logits_p, sampled_wp)
             grad_h.addcmul_(d_true.unsqueeze(1), true_w)
         if need_w:
             grad_w = weight.new_zeros(weight.shape)
-            grad_w.index_add_(0, sampled_ids, matmul(d_logits.t(), hidden))
+            grad_w.index_add_(0, sampled_ids, matmul(d_logits_p.t(), hidden_p))
             grad_w.index_add_(0, targets, d_true.unsqueeze(1) * hidden)
         if need_b:
             grad_b = weight.new_zeros(weight.shape[0])
-            grad_b.index_add_(0, sampled_ids, d_logits.sum(dim=0))
+            grad_b.index_add_(0, sampled_ids, d_logits.sum(dim=0) if colsum is None else colsum)
             grad_b.index_add_(0, targets, d_true)
         return grad_h, None, grad_w, grad_b, None, None, None, None
 

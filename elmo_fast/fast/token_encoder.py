@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from .. import numerics
 from ..nn.token_encoder import CharCNNTokenEncoder
-from .packing import PackedLinear, _stamp, bf16_products, cached, matmul
+from .packing import PackedLinear, _stamp, bf16_products, cached, matmul, operand
 
 __all__ = ["ALLENNLP_MIN_ROWS", "TokenCache", "distinct_rows", "enable_token_cache", "token_encoder_fast"]
 
@@ -235,9 +235,10 @@ def _window_products(group_ids: list[torch.Tensor], table: torch.Tensor, w_max: 
 
 def _affine(b: torch.Tensor, x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     """``x @ W + b`` for the differentiable (training) path: ``addmm`` in float32; in the bf16 setting the
-    product goes through :func:`elmo_fast.fast.packing.matmul` (bf16 inputs, float32 accumulation)."""
+    product goes through :func:`elmo_fast.fast.packing.matmul` (bf16 inputs, float32 accumulation; ``x`` or ``W``
+    may already be :func:`~elmo_fast.fast.packing.operand` copies)."""
     if numerics.current().precision == "bf16":
-        return matmul(x, W) + b
+        return matmul(x, W).add_(b)
     return torch.addmm(b, x, W)
 
 
@@ -269,23 +270,26 @@ class _Highway(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, W_t, W_c, b_t, b_c):  # type: ignore[override]
-        t = _affine(b_t, x, W_t).relu_()
-        g = _affine(b_c, x, W_c).sigmoid_()
-        ctx.save_for_backward(x, W_t, W_c, t, g)
+        # bf16: each operand converted once and kept for the backward's products (x, W_t, W_c appear in two each)
+        x16, W_t16, W_c16 = operand(x), operand(W_t), operand(W_c)
+        t = _affine(b_t, x16, W_t16).relu_()
+        g = _affine(b_c, x16, W_c16).sigmoid_()
+        ctx.save_for_backward(x, x16, W_t16, W_c16, t, g)
         ctx.numerics = numerics.current()
         return torch.sub(t, x).mul_(g).add_(x)
 
     @staticmethod
     def backward(ctx, dy):  # type: ignore[override]
-        x, W_t, W_c, t, g = ctx.saved_tensors
+        x, x16, W_t, W_c, t, g = ctx.saved_tensors
         with numerics.use(ctx.numerics.precision, ctx.numerics.order):
             dz_t = dy * g                                   # d t, then through relu (t > 0 where z > 0)
             dx = dy - dz_t                                  # dy * (1 - g): the carry path
             dz_c = torch.sub(t, x).mul_(dy)                 # d g, then through sigmoid: g (1 - g)
             dz_t.masked_fill_(t <= 0, 0.0)
             dz_c.mul_(g).addcmul_(dz_c, g, value=-1.0)
-            dx.add_(matmul(dz_t, W_t.t())).add_(matmul(dz_c, W_c.t()))
-            return (dx, matmul(x.t(), dz_t), matmul(x.t(), dz_c), dz_t.sum(0), dz_c.sum(0))
+            dz_t16, dz_c16 = operand(dz_t), operand(dz_c)   # each used in two products
+            dx.add_(matmul(dz_t16, W_t.t())).add_(matmul(dz_c16, W_c.t()))
+            return (dx, matmul(x16.t(), dz_t16), matmul(x16.t(), dz_c16), dz_t.sum(0), dz_c.sum(0))
 
 
 class _CharConvMax(torch.autograd.Function):
