@@ -91,7 +91,12 @@ def test_packed_linear_bf16(path, n):
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_pair_linear_bf16_every_entry_point(path, bias):
+@pytest.mark.parametrize("route", ["bmm", "packed"])
+def test_pair_linear_bf16_every_entry_point(path, bias, route, monkeypatch):
+    """Both bf16 routes of PairLinear: one bmm over the pair (small weights, narrow outputs: this 97 x 131) and the
+    per-direction packed products (forced here by a zero output limit)."""
+    if route == "packed":
+        monkeypatch.setattr(PairLinear, "BF16_BMM_MAX_OUT", 0)
     gen = torch.Generator().manual_seed(2)
     W = torch.randn(2, 97, 131, generator=gen)
     b = torch.randn(2, 131, generator=gen) if bias else None
@@ -114,6 +119,8 @@ def test_pair_linear_bf16_every_entry_point(path, bias):
         # the product's own rounding, then one float32 addition
         bound = BF16_REL * scale + 2.0 ** -23 * (start + want).abs() + 1e-6
         assert bool(((acc.double() - (start + want)).abs() <= bound).all())
+    packed_built = isinstance(pair.packed[0]._packed16, torch.Tensor)
+    assert packed_built == (route == "packed" and path == "native")
 
 
 def test_matmul_bf16_forward_and_gradients(path):

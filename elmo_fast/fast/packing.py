@@ -230,9 +230,13 @@ class PairLinear:
     32-row recurrent product of the original model fast. Not differentiable.
 
     With ``numerics`` precision ``"bf16"``: bfloat16 inputs, float32 accumulation, float32 results (written into
-    the float32 ``out`` / accumulator), every product through the bf16 oneDNN-packed weights when the CPU has
-    them (a bf16 packed product of one row reads half the bytes, so it beats the float32 bmm there too), else one
-    bf16 ``torch.bmm`` over the directions. ``order`` is ignored for bf16 products.
+    the float32 ``out`` / accumulator). Weights of at most :attr:`BMM_MAX_WEIGHT` elements whose output is at most
+    :attr:`BF16_BMM_MAX_OUT` wide take one bf16 ``torch.bmm`` over the directions (no per-direction calls, no
+    packing: on the 2-core VM 30-45% faster than the packed products at 1-32 rows for the small model's
+    ``1024 -> 128``, ``128 -> 1024`` and ``4096 -> 128``; ``benchmarks/products.py``); the others go through the
+    bf16 oneDNN-packed weights when the CPU has them (a bf16 packed product of one row reads half the bytes, so it
+    beats the float32 bmm there too), else the bf16 bmm as well. The bmm rounds the product to bf16 before the
+    float32 bias is added, the packed product after. ``order`` is ignored for bf16 products.
 
     Args:
         W: ``(D, in, out)``; b: ``(D, out)`` or None; batch_hint: typical row count for oneDNN's packing.
@@ -243,6 +247,9 @@ class PairLinear:
     #: ``benchmarks/products.py`` on the 2-core AMD EPYC VM: for the small model's weights one bmm is as fast or
     #: faster at almost every row count (1-997); for 512 x 16384 only at one row
     BMM_MAX_WEIGHT = 1 << 20
+    #: bf16: widest output for which a small weight takes the bf16 bmm (the small model's ``128 -> 4096`` recurrent
+    #: product is faster packed at 32 rows: 243 vs 262 us at 2 threads)
+    BF16_BMM_MAX_OUT = 1024
 
     def __init__(self, W: torch.Tensor, b: torch.Tensor | None = None, batch_hint: int = 32) -> None:
         self.weight = W.detach().contiguous()
@@ -257,6 +264,10 @@ class PairLinear:
                 or not onednn_products())
 
     def _bf16_packed(self) -> bool:
+        """Whether bf16 products take the per-direction packed weights (packing them on first use)."""
+        _, k, m = self.weight.shape
+        if k * m <= self.BMM_MAX_WEIGHT and m <= self.BF16_BMM_MAX_OUT:
+            return False
         return bool(self.packed) and self.packed[0].packed16 is not None
 
     def _bf16_bmm(self, x: torch.Tensor) -> torch.Tensor:
