@@ -111,13 +111,18 @@ def _adagrad_run(cls, steps: int = 4):
     return dense.detach(), table.detach(), opt
 
 
-def test_dense_fused_adagrad_is_adagrad():
+def test_dense_fused_adagrad_is_adagrad(monkeypatch):
+    """Same update as torch's Adagrad (dense: the fused kernel, within float32 rounding of the update; sparse rows:
+    the touched rows only, bit for bit), and state dicts that load into either class."""
     torch.sparse.check_sparse_tensor_invariants.disable()  # as the Trainer does (torch warns otherwise)
-    """Same update as torch's Adagrad (dense: the fused kernel, within float32 rounding of the update; sparse:
-    torch's own path, bit for bit), and state dicts that load into either class."""
+    from elmo_fast.training import trainer as trainer_mod
     from elmo_fast.training.trainer import DenseFusedAdagrad
+    calls = []
+    real = trainer_mod._sparse_rows_adagrad
+    monkeypatch.setattr(trainer_mod, "_sparse_rows_adagrad", lambda *a: (calls.append(a[0].shape), real(*a)))
     d_want, t_want, opt_want = _adagrad_run(torch.optim.Adagrad)
     d_got, t_got, opt_got = _adagrad_run(DenseFusedAdagrad)
+    assert calls == [(50, 7)] * 4                                      # the sparse table took the rows path
     moved = (d_want - _adagrad_run(torch.optim.Adagrad, steps=0)[0]).abs()
     assert float(moved.mean()) > 0.1                                   # the updates are not negligible
     torch.testing.assert_close(d_got, d_want, rtol=1e-6, atol=1e-7)
@@ -126,6 +131,7 @@ def test_dense_fused_adagrad_is_adagrad():
     for k in sd_want["state"]:
         assert float(sd_got["state"][k]["step"]) == float(sd_want["state"][k]["step"]) == 4.0
         torch.testing.assert_close(sd_got["state"][k]["sum"], sd_want["state"][k]["sum"], rtol=1e-6, atol=0)
+    assert torch.equal(sd_got["state"][1]["sum"], sd_want["state"][1]["sum"])   # the sparse table's, bitwise
     fresh = DenseFusedAdagrad([torch.nn.Parameter(d_want.clone()), torch.nn.Parameter(t_want.clone())], lr=0.2)
     fresh.load_state_dict(sd_want)
     back = torch.optim.Adagrad([torch.nn.Parameter(d_want.clone()), torch.nn.Parameter(t_want.clone())], lr=0.2)

@@ -242,7 +242,7 @@ class PairLinear:
         W: ``(D, in, out)``; b: ``(D, out)`` or None; batch_hint: typical row count for oneDNN's packing.
     """
 
-    __slots__ = ("bias", "packed", "weight", "_weight16")
+    __slots__ = ("bias", "_batch_hint", "_packed", "_source", "_weight", "_weight16")
 
     #: ``benchmarks/products.py`` on the 2-core AMD EPYC VM: for the small model's weights one bmm is as fast or
     #: faster at almost every row count (1-997); for 512 x 16384 only at one row
@@ -252,28 +252,46 @@ class PairLinear:
     BF16_BMM_MAX_OUT = 1024
 
     def __init__(self, W: torch.Tensor, b: torch.Tensor | None = None, batch_hint: int = 32) -> None:
-        self.weight = W.detach().contiguous()
+        # made lazily: a pair built on a transposed view (the biLSTM backward) that only runs bf16 bmm products
+        # converts the view to bf16 directly and never makes the float32 contiguous copy
+        self._source = W.detach()
+        self._weight: torch.Tensor | None = None
+        self._packed: list[PackedLinear] | None = None
+        self._batch_hint = batch_hint
         self.bias = None if b is None else b.detach().contiguous()
-        self.packed = [PackedLinear(self.weight[d], None if b is None else self.bias[d], batch_hint)
-                       for d in range(W.shape[0])]
         self._weight16: torch.Tensor | None = None
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """``W`` ``(D, in, out)`` float32, contiguous (made once)."""
+        if self._weight is None:
+            self._weight = self._source.contiguous()
+        return self._weight
+
+    @property
+    def packed(self) -> list[PackedLinear]:
+        """One :class:`PackedLinear` per direction (made once; each packs on first use)."""
+        if self._packed is None:
+            self._packed = [PackedLinear(self.weight[d], None if self.bias is None else self.bias[d],
+                                         self._batch_hint) for d in range(self._source.shape[0])]
+        return self._packed
+
     def _bmm(self, n: int) -> bool:
-        _, k, m = self.weight.shape
+        _, k, m = self._source.shape
         return (n == 1 or k * m <= self.BMM_MAX_WEIGHT or not self.packed or self.packed[0].packed is None
                 or not onednn_products())
 
     def _bf16_packed(self) -> bool:
         """Whether bf16 products take the per-direction packed weights (packing them on first use)."""
-        _, k, m = self.weight.shape
+        _, k, m = self._source.shape
         if k * m <= self.BMM_MAX_WEIGHT and m <= self.BF16_BMM_MAX_OUT:
             return False
         return bool(self.packed) and self.packed[0].packed16 is not None
 
     def _bf16_bmm(self, x: torch.Tensor) -> torch.Tensor:
         """Fallback bf16 product over the pair, float32 result (bias added after widening)."""
-        if self._weight16 is None:
-            self._weight16 = self.weight.to(torch.bfloat16)
+        if self._weight16 is None:  # (a transposed source stays transposed: torch.bmm takes it as it is)
+            self._weight16 = self._source.to(torch.bfloat16)
         y = torch.bmm(x.to(torch.bfloat16), self._weight16)
         return y.float() if self.bias is None else torch.add(self.bias.unsqueeze(1), y)
 
@@ -283,7 +301,7 @@ class PairLinear:
             y = self._bf16_bmm(x)
             return y if out is None else out.copy_(y)
         if out is None:
-            out = x.new_empty(D, n, self.weight.shape[2], dtype=torch.float32)
+            out = x.new_empty(D, n, self._source.shape[2], dtype=torch.float32)
         x16 = x.to(torch.bfloat16)      # one conversion for all directions (per-step calls are op-count bound)
         for d, p in enumerate(self.packed):
             out[d].copy_(p.bf16(x16[d]))  # widened while copied: no separate float32 temporary
