@@ -1,5 +1,6 @@
-"""Native CPU kernels, compiled on first use and called through :mod:`ctypes`: the fused LSTM cell (``lstm_cell.c``)
-and the sampled softmax rows (``sampled_softmax.c``), one library, with the shared math in ``fastmath.h``.
+"""Native CPU kernels, compiled on first use and called through :mod:`ctypes`: the fused LSTM cell (``lstm_cell.c``),
+the sampled softmax rows (``sampled_softmax.c``) and the char-CNN backward scatter (``char_cnn.c``), one library,
+with the shared math in ``fastmath.h``.
 
 Why: per biLSTM step the PyTorch path runs ~11 elementwise ops in the forward (sigmoid, tanh, products, the
 cell update, clip, ``tanh(c)``, ``o * tanh(c)``) and ~15 in the backward, each a pass over ``(D, n, C)`` tensors
@@ -18,6 +19,10 @@ and sum over each ``(S,)`` row of logits in one kernel (the torch ops make four 
 e.g. 21 MB per direction on the small model), reading bfloat16 products directly in the bf16 setting; the backward's
 scaling, bias column sums and bfloat16 copy for the two products in one pass. Rows (forward) and columns (backward
 sums) are each owned by one thread, so results do not depend on the thread count.
+
+The char-CNN backward scatter (:func:`char_scatter`): the max-over-windows gradient summed per (offset,
+character, filter) in one pass over the ``(U, F)`` gradient for all offsets, instead of an int64 index gather and a
+``scatter_add_`` per offset. Threads own filter columns; every sum runs over the rows in order (thread-invariant).
 
 Build: ``$CC`` (default ``cc``) ``-O3 -march=native -fopenmp -ffp-contract=off -shared``, into
 ``$ELMO_FAST_NATIVE_CACHE`` (default ``~/.cache/elmo-fast/native``), one file per (source, compiler, flags, CPU
@@ -39,14 +44,14 @@ import threading
 
 import torch
 
-__all__ = ["available", "cell_forward", "cell_backward", "library", "reset", "softmax_available", "softmax_backward",
-           "softmax_forward"]
+__all__ = ["available", "cell_forward", "cell_backward", "char_scatter", "library", "reset", "softmax_available",
+           "softmax_backward", "softmax_forward"]
 
 log = logging.getLogger(__name__)
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 #: the C sources compiled into the one library, and the header they share (part of the build key)
-SOURCES = [os.path.join(_HERE, "lstm_cell.c"), os.path.join(_HERE, "sampled_softmax.c")]
+SOURCES = [os.path.join(_HERE, name) for name in ("lstm_cell.c", "sampled_softmax.c", "char_cnn.c")]
 HEADERS = [os.path.join(_HERE, "fastmath.h")]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-std=c11", "-shared", "-fPIC"]
 ENABLE_ENV = "ELMO_FAST_NATIVE"
@@ -56,7 +61,7 @@ CACHE_ENV = "ELMO_FAST_NATIVE_CACHE"
 #: per-thread argument blocks (int64: sizes, then pointer and strides per operand): one ctypes call with a pointer
 #: costs ~1.5 us, against ~16 us for the same arguments as ctypes structures
 _FWD_ARGS, _BWD_ARGS = ctypes.c_int64 * 21, ctypes.c_int64 * 27
-_SM_FWD_ARGS, _SM_BWD_ARGS = ctypes.c_int64 * 12, ctypes.c_int64 * 9
+_SM_FWD_ARGS, _SM_BWD_ARGS, _SCATTER_ARGS = ctypes.c_int64 * 12, ctypes.c_int64 * 9, ctypes.c_int64 * 10
 _local = threading.local()
 _lock = threading.Lock()
 _state: dict[str, object] = {}
@@ -146,7 +151,7 @@ def _build() -> ctypes.CDLL | None:
     lib.lstm_cell_forward.restype = ctypes.c_int
     lib.lstm_cell_backward.argtypes = [ctypes.c_void_p, ctypes.c_int]
     lib.lstm_cell_backward.restype = ctypes.c_int
-    for name in ("sampled_softmax_forward", "sampled_softmax_backward"):
+    for name in ("sampled_softmax_forward", "sampled_softmax_backward", "char_conv_scatter"):
         getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_int]
         getattr(lib, name).restype = ctypes.c_int
     return lib
@@ -191,7 +196,7 @@ def _blocks() -> tuple[ctypes.Array, ctypes.Array]:
     try:
         return _local.blocks
     except AttributeError:
-        _local.blocks = (_FWD_ARGS(), _BWD_ARGS(), _SM_FWD_ARGS(), _SM_BWD_ARGS())
+        _local.blocks = (_FWD_ARGS(), _BWD_ARGS(), _SM_FWD_ARGS(), _SM_BWD_ARGS(), _SCATTER_ARGS())
         return _local.blocks
 
 
@@ -305,3 +310,32 @@ def softmax_backward(e: torch.Tensor, scale: torch.Tensor, d16: torch.Tensor | N
     block[:] = (N, S, ep, es, _vector(scale, N, torch.float32, "scale"), dp, ds,
                 0 if colsum is None else _vector(colsum, S, torch.float32, "colsum"), 0)
     library().sampled_softmax_backward(block, torch.get_num_threads())
+
+
+def char_scatter(A: torch.Tensor, ids: torch.Tensor, argmax: torch.Tensor, grad: torch.Tensor) -> None:
+    """``A[k, ids[u, argmax[u, f] + k], f] += grad[u, f]`` for every ``k < A.shape[0]`` (``char_cnn.c``).
+
+    Args:
+        A: ``(w_max, n_sym, F)`` float32, contiguous; accumulated into.
+        ids: ``(U, width)`` int64 character ids, rows contiguous; ``argmax + k < width`` for every window.
+        argmax: ``(U, F)`` uint8 window index, contiguous. grad: ``(U, F)`` float32, rows contiguous.
+    """
+    w_max, n_sym, F_ = A.shape
+    U = ids.shape[0]
+    if not (A.dtype == torch.float32 and A.is_contiguous() and ids.dtype == torch.int64 and ids.dim() == 2
+            and ids.stride(1) == 1 and argmax.dtype == torch.uint8 and argmax.shape == (U, F_)
+            and argmax.is_contiguous() and grad.dtype == torch.float32 and grad.shape == (U, F_)
+            and grad.stride(1) == 1 and all(t.device.type == "cpu" for t in (A, ids, argmax, grad))):
+        raise ValueError(f"char-CNN scatter: float32 A (w, S, F) contiguous, int64 ids (U, width), uint8 argmax and "
+                         f"float32 grad (U, F) with contiguous rows expected; found A {A.dtype} {tuple(A.shape)}, "
+                         f"ids {ids.dtype} {tuple(ids.shape)}, argmax {argmax.dtype} {tuple(argmax.shape)}, grad "
+                         f"{grad.dtype} {tuple(grad.shape)}")
+    if U == 0 or F_ == 0:
+        return
+    if int(argmax.max()) + w_max > ids.shape[1]:
+        raise ValueError(f"char-CNN scatter: a window index + {w_max} exceeds the {ids.shape[1]} characters of a row")
+    block = _blocks()[4]
+    block[:] = (U, F_, w_max, n_sym, ids.data_ptr(), ids.stride(0), argmax.data_ptr(), grad.data_ptr(),
+                grad.stride(0), A.data_ptr())
+    if library().char_conv_scatter(block, torch.get_num_threads()):
+        raise ValueError(f"char-CNN scatter: a character id outside [0, {n_sym})")
