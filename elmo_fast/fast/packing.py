@@ -129,7 +129,8 @@ class PackedLinear:
     result. Not differentiable: for inference and for the hand-written backward of :mod:`elmo_fast.fast.lstm` only.
     """
 
-    __slots__ = ("weight", "bias", "_packed", "_packed16", "_weight16", "out_features", "in_features", "batch_hint")
+    __slots__ = ("bias", "_source", "_weight", "_packed", "_packed16", "_weight16", "out_features", "in_features",
+                 "batch_hint")
 
     #: below this many multiply-adds per call the BLAS path is used: oneDNN always starts its thread team,
     #: which costs more than a tiny product (and stalls badly when the CPUs are shared)
@@ -139,7 +140,10 @@ class PackedLinear:
         W = W.detach()
         self.in_features, self.out_features = W.shape
         self.bias = None if b is None else b.detach().contiguous()
-        self.weight = W.contiguous()
+        # ``W`` may be a transposed view (the biLSTM backward's ``W_hᵀ``): oneDNN packs from ``Wᵀ``, which is then
+        # contiguous already, so the float32 contiguous copy is made only if a BLAS product asks for it
+        self._source = W
+        self._weight: torch.Tensor | None = None
         self.batch_hint = max(int(batch_hint), 1)
         self._packed: object = False   # False: not built yet; None: oneDNN cannot pack this weight
         self._packed16: object = False
@@ -147,22 +151,29 @@ class PackedLinear:
 
     def _reorder(self, W: torch.Tensor, available: bool) -> torch.Tensor | None:
         """``W`` ``(in, out)`` in oneDNN's packed layout, or None where oneDNN cannot pack this weight."""
-        if available and self.weight.device.type == "cpu" and self.weight.dtype == torch.float32:
+        if available and self._source.device.type == "cpu" and self._source.dtype == torch.float32:
             return torch.ops.mkldnn._reorder_linear_weight(W.t().contiguous(), self.batch_hint)
         return None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """``W`` ``(in, out)`` float32, contiguous (made once)."""
+        if self._weight is None:
+            self._weight = self._source.contiguous()
+        return self._weight
 
     @property
     def packed(self) -> torch.Tensor | None:
         """The float32 oneDNN-packed weight (built on first use), or None where oneDNN cannot pack it."""
         if self._packed is False:
-            self._packed = self._reorder(self.weight, MKLDNN)
+            self._packed = self._reorder(self._source, MKLDNN)
         return self._packed  # type: ignore[return-value]
 
     @property
     def weight16(self) -> torch.Tensor:
-        """``W`` ``(in, out)`` rounded to bfloat16 (made once)."""
+        """``W`` ``(in, out)`` rounded to bfloat16 (made once, in the source's layout)."""
         if self._weight16 is None:
-            self._weight16 = self.weight.to(torch.bfloat16)
+            self._weight16 = self._source.to(torch.bfloat16)
         return self._weight16
 
     @property
@@ -272,7 +283,7 @@ class PairLinear:
     def packed(self) -> list[PackedLinear]:
         """One :class:`PackedLinear` per direction (made once; each packs on first use)."""
         if self._packed is None:
-            self._packed = [PackedLinear(self.weight[d], None if self.bias is None else self.bias[d],
+            self._packed = [PackedLinear(self._source[d], None if self.bias is None else self.bias[d],
                                          self._batch_hint) for d in range(self._source.shape[0])]
         return self._packed
 
