@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from elmo_fast import backend as backends
+from elmo_fast import numerics
 from elmo_fast.chars import batch_to_ids
 from elmo_fast.nn.bilm import BiLM
 from elmo_fast.nn.lstm import BiLSTM
@@ -319,7 +320,15 @@ def test_dropout_applies_to_every_layer_input():
     assert not torch.allclose(dropped[0], plain[0]) and not torch.allclose(dropped[0], got[0])
 
 
-def test_bilstm_streams_matches_reference():
+@pytest.mark.parametrize("onednn_backward", [False, True])
+def test_bilstm_streams_matches_reference(monkeypatch, onednn_backward):
+    """``onednn_backward``: the backward's large products through oneDNN's GEMM (packing.pair_matmul; the threshold
+    lowered to 0 so these small shapes take the path the original model's take)."""
+    from elmo_fast.fast import packing
+    if onednn_backward:
+        if not packing.MKLDNN:
+            pytest.skip("no oneDNN in this torch build: pair_matmul always uses the BLAS")
+        monkeypatch.setattr(packing, "ONEDNN_MM_MIN_MACS", 0)
     gen = torch.Generator().manual_seed(10)
     lstm = make_bilm(seed=10).lstm
     o = lstm.options
@@ -427,3 +436,29 @@ def test_max_argmax_windows_matches_max(dtype):
     y[1, 2, 0] = float("nan")
     v, _ = te._max_argmax_windows(y)
     assert torch.isnan(v[1, 0]) and not torch.isnan(v[0]).any()
+
+
+@pytest.mark.parametrize("stack", [True, False])
+def test_pair_matmul_onednn_path(monkeypatch, stack):
+    """pair_matmul through oneDNN's GEMM (threshold lowered to 0): the products of a@b within float32 rounding,
+    transposed operands included, and the same bits at 1 and 2 threads."""
+    from elmo_fast.fast import packing
+    if not packing.MKLDNN:
+        pytest.skip("no oneDNN in this torch build: pair_matmul always uses the BLAS")
+    monkeypatch.setattr(packing, "ONEDNN_MM_MIN_MACS", 0)
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(2, 301, 97, generator=gen).transpose(1, 2)     # (2, 97, 301), a view
+    b = torch.randn(2, 301, 517, generator=gen)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            y = packing.pair_matmul(a, b, stack=stack)
+            results.append(y if stack else torch.stack(y))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(results[0], results[1])
+    torch.testing.assert_close(results[0], a @ b, rtol=1e-5, atol=1e-4)
+    with numerics.use(order="allennlp"):      # BLAS order: exactly torch's product
+        assert torch.equal(packing.pair_matmul(a, b), a @ b)

@@ -46,7 +46,8 @@ from .. import numerics
 from ..nn.lstm import FORGET_BIAS, BiLSTM
 from .native import available as native_available
 from .native import cell_backward, cell_forward
-from .packing import PackedLinear, PairLinear, cached, matmul, onednn_products, operand  # noqa: F401 (re-exported)
+from .packing import (PackedLinear, PairLinear, cached, matmul, onednn_products, operand,  # noqa: F401 (re-exported)
+                      pair_matmul)
 
 __all__ = ["PackedPlan", "PairLinear", "bilstm_fast", "bilstm_streams_fast", "make_plan", "recurrence_forward"]
 
@@ -475,10 +476,10 @@ class _Layer(torch.autograd.Function):
             PairLinear(W[:, P:].transpose(1, 2), batch_hint=hint), PairLinear(W_P.transpose(1, 2), batch_hint=hint),
             plan, ctx.cell_clip, ctx.proj_clip)
         dz_p = operand(dz)  # bf16: converted once for its two products
-        dx = matmul(dz_p, W[:, :P].transpose(1, 2)) if ctx.needs_input_grad[4] else None
+        dx = pair_matmul(dz_p, W[:, :P].transpose(1, 2)) if ctx.needs_input_grad[4] else None
         # weight gradients: one product over all steps for [W_x; W_h], one for W_P
         h_prev = torch.cat([h0[:, :plan.batch_sizes[0] if plan.batch_sizes else 0], _prev_outputs(y, plan)], dim=1)
-        dW = matmul(torch.cat([x, h_prev], dim=2).transpose(1, 2), dz_p)  # (D, 2P, 4C), gates (i, f, o, j)
+        dW = pair_matmul(torch.cat([x, h_prev], dim=2).transpose(1, 2), dz_p, stack=False)  # D x (2P, 4C), (i, f, o, j)
         dWP = matmul(hc_all.transpose(1, 2), dhp)
         db = dz.sum(1)
         inv = torch.argsort(_gate_perm(C, dz.device))

@@ -36,7 +36,7 @@ import torch
 from .. import numerics
 
 __all__ = ["BF16_NATIVE", "MKLDNN", "PackedLinear", "PairLinear", "bf16_products", "cached", "clear_cache",
-           "matmul", "onednn_products", "operand"]
+           "matmul", "onednn_products", "operand", "pair_matmul"]
 
 log = logging.getLogger(__name__)
 
@@ -397,3 +397,32 @@ def matmul(a: torch.Tensor, b: torch.Tensor, widen: bool = True) -> torch.Tensor
         return a @ b
     y = a.to(torch.bfloat16) @ b.to(torch.bfloat16)
     return y.float() if widen else y
+
+
+#: one-off float32 products of at least this many multiply-adds per direction go through oneDNN's GEMM in
+#: :func:`pair_matmul`: on the 2-core VM the original model's biLSTM backward products run 11-18% faster there than
+#: through torch's BLAS (``dz W_xᵀ`` 2560 x 16384 x 512: 408 vs 471 ms for both directions at 2 threads; ``[x; h]ᵀ dz``
+#: 1024 x 2560 x 16384: 906 vs 1015 ms), while the small model's (640 x 4096 x 128: 0.3 G multiply-adds) are as
+#: fast or faster through the BLAS (dW 14.6 vs 22.8 ms)
+ONEDNN_MM_MIN_MACS = 1 << 32
+
+
+def pair_matmul(a: torch.Tensor, b: torch.Tensor, stack: bool = True) -> torch.Tensor | list[torch.Tensor]:
+    """``a[d] @ b[d]`` for ``D`` stacked directions (``(D, n, k) @ (D, k, m)``; transposed views are fine), not
+    differentiable: the large one-off products of the biLSTM's hand-written backward.
+
+    With order ``"fast"`` in float32 on the CPU, products of at least :data:`ONEDNN_MM_MIN_MACS` multiply-adds run
+    through oneDNN's GEMM (``b[d]`` packed for the call), which is faster than torch's BLAS at those sizes here
+    and, like the per-step packed products, gives the same bits at any thread count (``tests/test_fast.py``); other
+    products (and bf16, see :func:`matmul`) as :func:`matmul`. ``stack=False`` returns the directions' results as a
+    list (no stacked copy for a caller that uses them one by one).
+    """
+    D, n, k = a.shape
+    m = b.shape[2]
+    if (bf16_products() or not onednn_products() or not MKLDNN or n * k * m < ONEDNN_MM_MIN_MACS
+            or a.dtype != torch.float32 or b.dtype != torch.float32 or a.device.type != "cpu"):
+        y = matmul(a, b)
+        return y if stack else list(y.unbind(0))
+    ys = [torch.ops.mkldnn._linear_pointwise(a[d].contiguous(), torch.ops.mkldnn._reorder_linear_weight(b[d].t(), n),
+                                             None, "none", [], "") for d in range(D)]
+    return torch.stack(ys) if stack else ys
