@@ -152,7 +152,8 @@ class PackedLinear:
     def _reorder(self, W: torch.Tensor, available: bool) -> torch.Tensor | None:
         """``W`` ``(in, out)`` in oneDNN's packed layout, or None where oneDNN cannot pack this weight."""
         if available and self._source.device.type == "cpu" and self._source.dtype == torch.float32:
-            return torch.ops.mkldnn._reorder_linear_weight(W.t().contiguous(), self.batch_hint)
+            # oneDNN reorders from any strides: no transposing copy first (15 ms for a 512 x 16384 weight)
+            return torch.ops.mkldnn._reorder_linear_weight(W.t(), self.batch_hint)
         return None
 
     @property
