@@ -462,3 +462,25 @@ def test_pair_matmul_onednn_path(monkeypatch, stack):
     torch.testing.assert_close(results[0], a @ b, rtol=1e-5, atol=1e-4)
     with numerics.use(order="allennlp"):      # BLAS order: exactly torch's product
         assert torch.equal(packing.pair_matmul(a, b), a @ b)
+    # shapes that vary call to call would grow oneDNN's memory: those callers get the BLAS
+    assert torch.equal(packing.pair_matmul(a, b, fixed_shapes=False), a @ b)
+
+
+def test_bilstm_backward_uses_onednn_gemm_only_for_fixed_shapes(monkeypatch):
+    """Training streams (all rows every step) may take oneDNN's GEMM; sentences of varying lengths may not."""
+    import elmo_fast.fast.lstm as fast_lstm
+    seen = []
+    real = fast_lstm.pair_matmul
+    monkeypatch.setattr(fast_lstm, "pair_matmul", lambda *a, **k: (seen.append(k["fixed_shapes"]), real(*a, **k))[1])
+    gen = torch.Generator().manual_seed(4)
+    lstm = make_bilm(seed=4).lstm
+    P = lstm.options.projection_dim
+    x = torch.randn(3, 6, P, generator=gen, requires_grad=True)
+    state = _random_state(lstm, 3, gen, torch.float32)
+    outs, _ = fast.bilstm(lstm, x, torch.tensor([6, 2, 4]), state, 0.0)
+    outs[-1].sum().backward()
+    assert seen and not any(seen)
+    seen.clear()
+    f_out, b_out, _ = fast.bilstm_streams(lstm, x, x.detach().flip(1).requires_grad_(True), state, 0.0)
+    (f_out[-1].sum() + b_out[-1].sum()).backward()
+    assert seen and all(seen)

@@ -476,10 +476,14 @@ class _Layer(torch.autograd.Function):
             PairLinear(W[:, P:].transpose(1, 2), batch_hint=hint), PairLinear(W_P.transpose(1, 2), batch_hint=hint),
             plan, ctx.cell_clip, ctx.proj_clip)
         dz_p = operand(dz)  # bf16: converted once for its two products
-        dx = pair_matmul(dz_p, W[:, :P].transpose(1, 2)) if ctx.needs_input_grad[4] else None
+        # training streams (every row has every step) repeat their shapes: oneDNN's GEMM is safe there (see
+        # pair_matmul); sentences of varying lengths take the BLAS
+        fixed = len(set(plan.batch_sizes)) <= 1
+        dx = pair_matmul(dz_p, W[:, :P].transpose(1, 2), fixed_shapes=fixed) if ctx.needs_input_grad[4] else None
         # weight gradients: one product over all steps for [W_x; W_h], one for W_P
         h_prev = torch.cat([h0[:, :plan.batch_sizes[0] if plan.batch_sizes else 0], _prev_outputs(y, plan)], dim=1)
-        dW = pair_matmul(torch.cat([x, h_prev], dim=2).transpose(1, 2), dz_p, stack=False)  # D x (2P, 4C), (i, f, o, j)
+        dW = pair_matmul(torch.cat([x, h_prev], dim=2).transpose(1, 2), dz_p, stack=False,
+                         fixed_shapes=fixed)  # D x (2P, 4C), gates (i, f, o, j)
         dWP = matmul(hc_all.transpose(1, 2), dhp)
         db = dz.sum(1)
         inv = torch.argsort(_gate_perm(C, dz.device))
