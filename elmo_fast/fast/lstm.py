@@ -29,7 +29,9 @@ How it saves work, compared with the per-time-step reference:
   work is only ``dz @ W_hᵀ`` and ``dh @ W_Pᵀ`` plus in-place elementwise passes; all weight gradients
   (``W_0``, bias, ``W_P``) and the input gradient are a few large matmuls over all steps at once. These one-off
   products (and the training input projection) go through :func:`elmo_fast.fast.packing.matmul`, which applies the
-  model's precision setting; per-step products go through :class:`PairLinear`.
+  model's precision setting (the input and ``W_0`` gradients through :func:`~elmo_fast.fast.packing.pair_matmul`:
+  oneDNN's GEMM at the original model's sizes when the shapes repeat, as training streams' do); per-step products go
+  through :class:`PairLinear`. The gate permutation of ``W_0`` and its gradient is four block copies.
 
 State slots: the op receives the initial state per row in the caller's row order and returns the final
 state per row in the same order (sorting is internal), so BiLM's slot semantics are preserved.
