@@ -118,7 +118,25 @@ def _row_bucket(n: int) -> int:
     return (n + step - 1) // step * step
 
 
-class PackedLinear:
+class _SourceWeight:
+    """A weight kept as the view it was given (``_source``, possibly transposed), with its float32 contiguous copy
+    made only when a product asks for it (:attr:`weight`)."""
+
+    __slots__ = ("_source", "_weight")
+
+    def __init__(self, W: torch.Tensor) -> None:
+        self._source = W.detach()
+        self._weight: torch.Tensor | None = None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight (``(in, out)``, or ``(D, in, out)`` for a pair) float32, contiguous (made once)."""
+        if self._weight is None:
+            self._weight = self._source.contiguous()
+        return self._weight
+
+
+class PackedLinear(_SourceWeight):
     """``y = x @ W (+ b)`` for ``x`` ``(n, in)`` float32 CPU with ``W`` ``(in, out)`` packed once; ``y`` ``(n, out)``
     float32.
 
@@ -129,21 +147,18 @@ class PackedLinear:
     result. Not differentiable: for inference and for the hand-written backward of :mod:`elmo_fast.fast.lstm` only.
     """
 
-    __slots__ = ("bias", "_source", "_weight", "_packed", "_packed16", "_weight16", "out_features", "in_features",
-                 "batch_hint")
+    __slots__ = ("bias", "_packed", "_packed16", "_weight16", "out_features", "in_features", "batch_hint")
 
     #: below this many multiply-adds per call the BLAS path is used: oneDNN always starts its thread team,
     #: which costs more than a tiny product (and stalls badly when the CPUs are shared)
     MIN_PACKED_MACS = 1 << 20
 
     def __init__(self, W: torch.Tensor, b: torch.Tensor | None = None, batch_hint: int = 32) -> None:
-        W = W.detach()
+        # ``W`` may be a transposed view (the biLSTM backward's ``W_hᵀ``): oneDNN packs from it as it is, so the
+        # float32 contiguous copy is made only if a BLAS product asks for it
+        super().__init__(W)
         self.in_features, self.out_features = W.shape
         self.bias = None if b is None else b.detach().contiguous()
-        # ``W`` may be a transposed view (the biLSTM backward's ``W_hᵀ``): oneDNN packs from ``Wᵀ``, which is then
-        # contiguous already, so the float32 contiguous copy is made only if a BLAS product asks for it
-        self._source = W
-        self._weight: torch.Tensor | None = None
         self.batch_hint = max(int(batch_hint), 1)
         self._packed: object = False   # False: not built yet; None: oneDNN cannot pack this weight
         self._packed16: object = False
@@ -155,13 +170,6 @@ class PackedLinear:
             # oneDNN reorders from any strides: no transposing copy first (15 ms for a 512 x 16384 weight)
             return torch.ops.mkldnn._reorder_linear_weight(W.t(), self.batch_hint)
         return None
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """``W`` ``(in, out)`` float32, contiguous (made once)."""
-        if self._weight is None:
-            self._weight = self._source.contiguous()
-        return self._weight
 
     @property
     def packed(self) -> torch.Tensor | None:
@@ -232,7 +240,7 @@ def onednn_products() -> bool:
 # ----------------------------------------------------------------------------------------------------------
 # Products over the stacked directions
 # ----------------------------------------------------------------------------------------------------------
-class PairLinear:
+class PairLinear(_SourceWeight):
     """``y[d] = x[d] @ W[d] (+ b[d])`` for ``D`` stacked directions, weights prepared once.
 
     Products of a single row, and all products with a small weight (at most :attr:`BMM_MAX_WEIGHT`
@@ -254,7 +262,7 @@ class PairLinear:
         W: ``(D, in, out)``; b: ``(D, out)`` or None; batch_hint: typical row count for oneDNN's packing.
     """
 
-    __slots__ = ("bias", "_batch_hint", "_packed", "_source", "_weight", "_weight16")
+    __slots__ = ("bias", "_batch_hint", "_packed", "_weight16")
 
     #: ``benchmarks/products.py`` on the 2-core AMD EPYC VM: for the small model's weights one bmm is as fast or
     #: faster at almost every row count (1-997); for 512 x 16384 only at one row
@@ -266,19 +274,11 @@ class PairLinear:
     def __init__(self, W: torch.Tensor, b: torch.Tensor | None = None, batch_hint: int = 32) -> None:
         # made lazily: a pair built on a transposed view (the biLSTM backward) that only runs bf16 bmm products
         # converts the view to bf16 directly and never makes the float32 contiguous copy
-        self._source = W.detach()
-        self._weight: torch.Tensor | None = None
+        super().__init__(W)
         self._packed: list[PackedLinear] | None = None
         self._batch_hint = batch_hint
         self.bias = None if b is None else b.detach().contiguous()
         self._weight16: torch.Tensor | None = None
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """``W`` ``(D, in, out)`` float32, contiguous (made once)."""
-        if self._weight is None:
-            self._weight = self._source.contiguous()
-        return self._weight
 
     @property
     def packed(self) -> list[PackedLinear]:
