@@ -252,9 +252,9 @@ class PairLinear(_SourceWeight):
     With ``numerics`` precision ``"bf16"``: bfloat16 inputs, float32 accumulation, float32 results (written into
     the float32 ``out`` / accumulator). Weights of at most :attr:`BMM_MAX_WEIGHT` elements whose output is at most
     :attr:`BF16_BMM_MAX_OUT` wide take one bf16 ``torch.bmm`` over the directions (no per-direction calls, no
-    packing: on the 2-core VM 30-45% faster than the packed products at 1-32 rows for the small model's
-    ``1024 -> 128``, ``128 -> 1024`` and ``4096 -> 128``; ``benchmarks/products.py``); the others go through the
-    bf16 oneDNN-packed weights when the CPU has them (a bf16 packed product of one row reads half the bytes, so it
+    packing; on the 2-core VM at 2 threads and 32 rows, bmm vs packed for both directions: ``1024 -> 128`` 76 vs
+    111 us, ``128 -> 1024`` 79 vs 112 us, ``4096 -> 128`` 226 vs 255 us; ``benchmarks/products.py --precision
+    bf16``); the others go through the bf16 oneDNN-packed weights when the CPU has them (a bf16 packed product of one row reads half the bytes, so it
     beats the float32 bmm there too), else the bf16 bmm as well. The bmm rounds the product to bf16 before the
     float32 bias is added, the packed product after. ``order`` is ignored for bf16 products.
 
