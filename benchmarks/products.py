@@ -1,4 +1,5 @@
-"""Per-step products of the fast biLSTM, each path timed alone (what :class:`elmo_fast.fast.lstm.PairLinear` chooses between).
+"""Per-step products of the fast biLSTM, each path timed alone (what :class:`~elmo_fast.fast.lstm.PairLinear`
+chooses between).
 
     .venv/bin/python benchmarks/products.py [--reps 20] [--precision fp32 bf16]
 

@@ -213,7 +213,7 @@ def test_build_goes_to_the_cache_by_rename(monkeypatch, tmp_path):
     try:
         assert native.library() is not None
         files = sorted(p.name for p in tmp_path.iterdir())
-        assert len(files) == 1 and files[0].startswith("lstm_cell-") and files[0].endswith(".so"), files
+        assert len(files) == 1 and files[0].startswith("elmo_fast_native-") and files[0].endswith(".so"), files
     finally:
         monkeypatch.delenv(native.CACHE_ENV)
         native.reset()

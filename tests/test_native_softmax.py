@@ -7,8 +7,8 @@ rows; no subnormal exponentials; bit-identical results at 1 and 2 threads; bad l
 against the reference is tests/test_train_speedpaths.py (kernel on and off).
 
 Tolerances (float32): ``exp`` here is fastmath.h's (a few ulp from torch's), so the exponentials are compared with
-rtol 1e-6 / atol 1e-7 (values <= 1); row sums of up to 8,192 terms, summed in another order (positive terms), rtol 1e-5; the row
-max, the scaling and the bfloat16 rounding are exact and compared bit for bit.
+rtol 1e-6 / atol 1e-7 (values <= 1); row sums of up to 8,192 positive terms, summed in another order, rtol 1e-5;
+the row max, the scaling and the bfloat16 rounding are exact and compared bit for bit.
 """
 from __future__ import annotations
 

@@ -254,9 +254,10 @@ class PairLinear(_SourceWeight):
     :attr:`BF16_BMM_MAX_OUT` wide take one bf16 ``torch.bmm`` over the directions (no per-direction calls, no
     packing; on the 2-core VM at 2 threads and 32 rows, bmm vs packed for both directions: ``1024 -> 128`` 76 vs
     111 us, ``128 -> 1024`` 79 vs 112 us, ``4096 -> 128`` 226 vs 255 us; ``benchmarks/products.py --precision
-    bf16``); the others go through the bf16 oneDNN-packed weights when the CPU has them (a bf16 packed product of one row reads half the bytes, so it
-    beats the float32 bmm there too), else the bf16 bmm as well. The bmm rounds the product to bf16 before the
-    float32 bias is added, the packed product after. ``order`` is ignored for bf16 products.
+    bf16``); the others go through the bf16 oneDNN-packed weights when the CPU has them (a bf16 packed product of
+    one row reads half the bytes, so it beats the float32 bmm there too), else the bf16 bmm as well. The bmm rounds
+    the product to bf16 before the float32 bias is added, the packed product after. ``order`` is ignored for bf16
+    products.
 
     Args:
         W: ``(D, in, out)``; b: ``(D, out)`` or None; batch_hint: typical row count for oneDNN's packing.
@@ -401,10 +402,10 @@ def matmul(a: torch.Tensor, b: torch.Tensor, widen: bool = True) -> torch.Tensor
 
 
 #: one-off float32 products of at least this many multiply-adds per direction go through oneDNN's GEMM in
-#: :func:`pair_matmul`: on the 2-core VM the original model's biLSTM backward products run 11-18% faster there than
-#: through torch's BLAS (``dz W_xᵀ`` 2560 x 16384 x 512: 408 vs 471 ms for both directions at 2 threads; ``[x; h]ᵀ dz``
-#: 1024 x 2560 x 16384: 906 vs 1015 ms), while the small model's (640 x 4096 x 128: 0.3 G multiply-adds) are as
-#: fast or faster through the BLAS (dW 14.6 vs 22.8 ms)
+#: :func:`pair_matmul`: on the 2-core VM the original model's biLSTM backward products run 11-18% faster there
+#: than through torch's BLAS (``dz W_xᵀ`` 2560 x 16384 x 512: 408 vs 471 ms for both directions at 2 threads;
+#: ``[x; h]ᵀ dz`` 1024 x 2560 x 16384: 906 vs 1015 ms), while the small model's (640 x 4096 x 128: 0.3 G
+#: multiply-adds) are as fast or faster through the BLAS (dW 14.6 vs 22.8 ms)
 ONEDNN_MM_MIN_MACS = 1 << 32
 
 

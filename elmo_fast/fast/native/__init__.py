@@ -55,6 +55,7 @@ SOURCES = [os.path.join(_HERE, name) for name in ("lstm_cell.c", "sampled_softma
 HEADERS = [os.path.join(_HERE, "fastmath.h")]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-std=c11", "-shared", "-fPIC"]
 ENABLE_ENV = "ELMO_FAST_NATIVE"
+_OFF = "native CPU kernels off (LSTM cell, sampled softmax rows, char-CNN scatter)"
 CACHE_ENV = "ELMO_FAST_NATIVE_CACHE"
 
 
@@ -97,7 +98,7 @@ def _flag_variants() -> list[list[str]]:
 def _compile(cc: str, flags: list[str], target: str, cache: str) -> str | None:
     """Compile into ``target`` (temporary file + rename); None on success, else the compiler's last line."""
     os.makedirs(cache, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".lstm_cell-", suffix=".so", dir=cache)
+    fd, tmp = tempfile.mkstemp(prefix=".elmo_fast_native-", suffix=".so", dir=cache)
     os.close(fd)
     try:
         res = subprocess.run([cc, *flags, "-o", tmp, *SOURCES], capture_output=True, text=True, timeout=300)
@@ -113,7 +114,7 @@ def _compile(cc: str, flags: list[str], target: str, cache: str) -> str | None:
 def _build() -> ctypes.CDLL | None:
     cc = os.environ.get("CC", "cc")
     if shutil.which(cc) is None:
-        log.warning("fused CPU LSTM cell off: no C compiler %r on PATH (set CC); using the PyTorch ops", cc)
+        log.warning("%s: no C compiler %r on PATH (set CC); using the PyTorch ops", _OFF, cc)
         return None
     source = b""
     for path in SOURCES + HEADERS:
@@ -126,26 +127,26 @@ def _build() -> ctypes.CDLL | None:
     for flags in _flag_variants():
         key = hashlib.sha256(b"\0".join([source, compiler, " ".join(flags).encode(), features,
                                          platform.machine().encode()])).hexdigest()[:20]
-        target = os.path.join(cache, f"lstm_cell-{key}.so")
+        target = os.path.join(cache, f"elmo_fast_native-{key}.so")
         if os.path.exists(target):
             break
         try:
             failed = _compile(cc, flags, target, cache)
         except (OSError, subprocess.SubprocessError) as e:
-            log.warning("fused CPU LSTM cell off: could not build it in %s (%s); using the PyTorch ops", cache, e)
+            log.warning("%s: could not build them in %s (%s); using the PyTorch ops", _OFF, cache, e)
             return None
         if failed is None:
             log.debug("built %s with %s %s", target, cc, " ".join(flags))
             break
         error = failed
     else:
-        log.warning("fused CPU LSTM cell off: %s failed to compile %s: %s; using the PyTorch ops", cc,
+        log.warning("%s: %s failed to compile %s: %s; using the PyTorch ops", _OFF, cc,
                     " ".join(SOURCES), error)
         return None
     try:
         lib = ctypes.CDLL(target)
     except OSError as e:
-        log.warning("fused CPU LSTM cell off: could not load %s (%s); using the PyTorch ops", target, e)
+        log.warning("%s: could not load %s (%s); using the PyTorch ops", _OFF, target, e)
         return None
     lib.lstm_cell_forward.argtypes = [ctypes.c_void_p, ctypes.c_float, ctypes.c_float, ctypes.c_int]
     lib.lstm_cell_forward.restype = ctypes.c_int
