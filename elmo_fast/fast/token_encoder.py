@@ -313,7 +313,9 @@ class _CharConvMax(torch.autograd.Function):
     windows' gradient, which only fed the table) and the zero-filled ``(U, windows, F)`` scatter: on the small
     preset's training step ~8 GFLOP become ~0.1 GFLOP and 8 M scatter-adds. Ties in the max are harmless: tied
     windows hold the same characters, so every parameter receives the same total whichever window is chosen.
-    The backward is float32 in every precision setting (its products are small).
+    The backward is float32 in every precision setting (its products are small). The scatter into ``A`` runs in
+    the native kernel (:func:`elmo_fast.fast.native.char_scatter`: all offsets in one pass, the same sums in the
+    same order) where it is built, else as one ``scatter_add_`` per offset.
     """
 
     @staticmethod
