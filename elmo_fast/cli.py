@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-from .errors import exit_code_for, install_signal_handlers
+from .errors import exit_code_for, forget_interrupts, install_signal_handlers
 from .runtime import retain_freed_memory
 
 #: subcommand modules, in the order ``--help`` lists them
@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         text = str(e) if not isinstance(e, KeyError) else f"missing key {e}"
         logging.getLogger("elmo_fast").error("%s: %s", args.command, text or type(e).__name__)
         return code
+    finally:
+        forget_interrupts()
 
 
 if __name__ == "__main__":

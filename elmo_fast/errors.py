@@ -12,9 +12,10 @@ expected and what was found.
 from __future__ import annotations
 
 import signal
+import sys
 from typing import Any
 
-__all__ = ["UserError", "Interrupted", "install_signal_handlers", "exit_code_for"]
+__all__ = ["UserError", "Interrupted", "install_signal_handlers", "exit_code_for", "raise_if_interrupted"]
 
 
 class UserError(ValueError):
@@ -32,17 +33,54 @@ class Interrupted(BaseException):
         super().__init__(f"interrupted by {signal.Signals(self.signum).name}")
 
 
+#: signals received since :func:`install_signal_handlers` (the first one is the one reported)
+_PENDING: list[int] = []
+
+
 def _raise_interrupted(signum: int, frame: Any) -> None:
+    _PENDING.append(int(signum))
     raise Interrupted(signum)
 
 
+def raise_if_interrupted() -> None:
+    """Raise :class:`Interrupted` if a signal arrived whose exception was swallowed.
+
+    Python runs a signal handler between two bytecodes of whatever is executing; when that is a weakref callback,
+    a ``__del__`` or another context whose exceptions Python discards ("Exception ignored in ..."), the
+    :class:`Interrupted` raised there is lost and the job would run on to the end. Long loops call this at safe
+    points (each embedded batch, each merged chunk), so a swallowed signal still stops the job there.
+    """
+    if _PENDING:
+        raise Interrupted(_PENDING[0])
+
+
+def forget_interrupts() -> None:
+    """Drop recorded signals (the CLI's run is over; library calls in the same process start clean)."""
+    _PENDING.clear()
+
+
+def _unraisable(args: Any) -> None:
+    if isinstance(args.exc_value, Interrupted):
+        return  # recorded in _PENDING and raised again at the next raise_if_interrupted(): no traceback here
+    _previous_unraisable(args)
+
+
+_previous_unraisable = sys.unraisablehook
+
+
 def install_signal_handlers() -> None:
-    """Turn SIGTERM and SIGINT into :class:`Interrupted` in the main thread (used by the CLI)."""
+    """Turn SIGTERM and SIGINT into :class:`Interrupted` in the main thread (used by the CLI), and keep a
+    swallowed one for :func:`raise_if_interrupted` instead of printing it as an ignored exception."""
+    forget_interrupts()
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
             signal.signal(sig, _raise_interrupted)
         except ValueError:  # not the main thread: leave the defaults
             pass
+    if sys.unraisablehook is not _unraisable:
+        global _previous_unraisable
+        _previous_unraisable = sys.unraisablehook
+        sys.unraisablehook = _unraisable
 
 
 def exit_code_for(exc: BaseException) -> int | None:

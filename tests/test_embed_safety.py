@@ -231,3 +231,61 @@ def test_help_documents_safety_flags():
     for text in ["--overwrite", "--shards", "--chunk-lines", "--model-dir", "symbolic link", "--threads",
                  "run again", "exit status"]:
         assert text in proc.stdout, text
+
+
+def _swallowed_sigterm() -> None:
+    """What a SIGTERM does when Python runs the handler inside a weakref callback: the handler's Interrupted is
+    discarded as an unraisable exception (the CI failure this reproduces: the embed then ran to the end, exit 0)."""
+    import signal
+    import weakref
+
+    from elmo_fast import errors
+
+    class Obj:
+        pass
+
+    o = Obj()
+    ref = weakref.ref(o, lambda _: errors._raise_interrupted(signal.SIGTERM, None))
+    del o
+    assert ref() is None
+
+
+def test_a_swallowed_interrupt_is_raised_at_the_next_check(capsys):
+    from elmo_fast import errors
+    errors.install_signal_handlers()
+    errors.raise_if_interrupted()               # nothing pending
+    _swallowed_sigterm()
+    assert "Traceback" not in capsys.readouterr().err   # our unraisable hook keeps it quiet
+    with pytest.raises(errors.Interrupted, match="SIGTERM"):
+        errors.raise_if_interrupted()
+    errors.install_signal_handlers()            # a new run starts clean
+    errors.raise_if_interrupted()
+
+
+def test_a_swallowed_sigterm_still_stops_the_embed_and_resumes(tiny_model, tmp_path, monkeypatch, caplog):
+    from elmo_fast.embedder import ElmoEmbedder
+    opt, w = tiny_model
+    src = tmp_path / "in.txt"
+    src.write_text("".join(f"w{i % 31} x{i % 7} the end\n" for i in range(400)))
+    out = tmp_path / "out.hdf5"
+    args = ["embed", str(src), str(out), "--top", "--options-file", str(opt), "--weight-file", str(w), "--quiet",
+            "--chunk-lines", "50", "--stateless", "--threads", "1", "--batch-size", "16"]
+    real = ElmoEmbedder.embed_batch
+    calls: list[int] = []
+
+    def embed_batch(self, batch):
+        calls.append(len(batch))
+        if len(calls) == 5:
+            _swallowed_sigterm()
+        return real(self, batch)
+    monkeypatch.setattr(ElmoEmbedder, "embed_batch", embed_batch)
+    with caplog.at_level(logging.ERROR):
+        assert main(args) == 143
+    assert any("interrupted by SIGTERM" in r.getMessage() and "run the same command again" in r.getMessage()
+               for r in caplog.records)
+    assert len(calls) == 5 and not out.exists()
+    work = Path(str(out) + ".embed-work")
+    assert any(p.name.startswith("chunk-") for p in work.iterdir())
+    monkeypatch.setattr(ElmoEmbedder, "embed_batch", real)
+    assert main(args) == 0
+    assert out.exists() and not work.exists()

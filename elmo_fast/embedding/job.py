@@ -31,7 +31,7 @@ from typing import IO, Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import Interrupted, UserError
+from ..errors import Interrupted, UserError, raise_if_interrupted
 from ..runtime import thread_tick
 from .batching import chunk_batches
 from .checkpoint import chunk_components, fingerprint_of, model_fingerprint, why_stale
@@ -374,6 +374,7 @@ def _embed_block(embedder: Any, plan: InputPlan, lo: int, hi: int, work: str, *,
         with ChunkFile(chunk_path(work, c.index), comp) as out:
             for rows in chunk_batches([len(s) for s in split], batch_size, stateful):
                 results = embedder.embed_batch([split[j] for j in rows])
+                raise_if_interrupted()  # a SIGTERM/SIGINT whose exception Python swallowed stops here
                 thread_tick()  # automatic thread count follows the machine's load (elmo_fast.runtime)
                 bad = [c.first_line + j + 1 for j, emb in zip(rows, results) if not np.isfinite(emb).all()]
                 if bad:

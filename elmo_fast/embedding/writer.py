@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 
 from ..atomic import atomic_path
+from ..errors import raise_if_interrupted
 
 __all__ = ["OUTPUT_FORMATS", "format_payload", "chunk_path", "ChunkFile", "ReopeningWriter", "read_chunk_record",
            "merge_chunks"]
@@ -193,6 +194,7 @@ def merge_chunks(outputs: Sequence[str], chunk_files: Sequence[str], groups: Seq
                 for path in chunk_files[lo:hi]:
                     with h5py.File(path, "r") as fin:
                         writer.wrote(copy_float32(fin["data"], writer.file))
+                    raise_if_interrupted()  # a swallowed SIGTERM/SIGINT (elmo_fast.errors) stops the merge here
                     bar.update(1)
                 factory = index_for(i)
                 if factory is not None:
