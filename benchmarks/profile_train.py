@@ -201,27 +201,25 @@ def profile_shape(name: str, steps: int, warmup: int, precision: str = "fp32"
         model.softmax_weight.normal_(0, 0.05)
         model.softmax_bias.zero_()
     trainer = Trainer(model, TrainConfig(batch_size=rows, unroll_steps=unroll, n_negative_samples=NEGATIVES))
-    setting = numerics.use(precision=precision)
-    setting.__enter__()
-    for _ in range(warmup):
-        trainer.step(data)
-    clock = PhaseClock()
-    undo = instrument(trainer, clock)
-    per_phase: dict[str, list[float]] = defaultdict(list)
-    totals = []
-    try:
-        for _ in range(steps):
-            clock.step = defaultdict(float)
-            t = _now()
+    with numerics.use(precision=precision):
+        for _ in range(warmup):
             trainer.step(data)
-            total = _now() - t
-            clock.step["other"] = total - sum(clock.step.values())
-            for k, v in clock.step.items():
-                per_phase[k].append(v)
-            totals.append(total)
-    finally:
-        undo()
-        setting.__exit__(None, None, None)
+        clock = PhaseClock()
+        undo = instrument(trainer, clock)
+        per_phase: dict[str, list[float]] = defaultdict(list)
+        totals = []
+        try:
+            for _ in range(steps):
+                clock.step = defaultdict(float)
+                t = _now()
+                trainer.step(data)
+                total = _now() - t
+                clock.step["other"] = total - sum(clock.step.values())
+                for k, v in clock.step.items():
+                    per_phase[k].append(v)
+                totals.append(total)
+        finally:
+            undo()
     order = ["data", "token encoder fwd", "biLSTM fwd layer 0", "biLSTM fwd layer 1", "biLSTM fwd glue",
              "softmax fwd", "softmax bwd", "biLSTM bwd layer 0", "biLSTM bwd layer 1", "biLSTM bwd glue",
              "token encoder bwd", "clip", "optimizer", "other"]

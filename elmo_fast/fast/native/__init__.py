@@ -62,7 +62,7 @@ CACHE_ENV = "ELMO_FAST_NATIVE_CACHE"
 #: per-thread argument blocks (int64: sizes, then pointer and strides per operand): one ctypes call with a pointer
 #: costs ~1.5 us, against ~16 us for the same arguments as ctypes structures
 _FWD_ARGS, _BWD_ARGS = ctypes.c_int64 * 21, ctypes.c_int64 * 27
-_SM_FWD_ARGS, _SM_BWD_ARGS, _SCATTER_ARGS = ctypes.c_int64 * 12, ctypes.c_int64 * 9, ctypes.c_int64 * 10
+_SM_FWD_ARGS, _SM_BWD_ARGS, _SCATTER_ARGS = ctypes.c_int64 * 11, ctypes.c_int64 * 8, ctypes.c_int64 * 10
 _local = threading.local()
 _lock = threading.Lock()
 _state: dict[str, object] = {}
@@ -193,7 +193,8 @@ def _desc(t: torch.Tensor | None) -> tuple[int, int, int]:
     return (t.data_ptr(), sd, sr)
 
 
-def _blocks() -> tuple[ctypes.Array, ctypes.Array]:
+def _blocks() -> tuple[ctypes.Array, ...]:
+    """This thread's argument blocks: cell forward, cell backward, softmax forward, softmax backward, scatter."""
     try:
         return _local.blocks
     except AttributeError:
@@ -292,7 +293,7 @@ def softmax_forward(logits: torch.Tensor, shift: torch.Tensor, true_logits: torc
     hp = 0 if hit_cols is None else _vector(hit_cols, N, torch.int64, "hit_cols")
     block = _blocks()[2]
     block[:] = (N, S, lp, ls, int(logits.dtype == torch.bfloat16), _vector(shift, S, torch.float32, "shift"),
-                _vector(true_logits, N, torch.float32, "true_logits"), hp, op, os_, stats.data_ptr(), 0)
+                _vector(true_logits, N, torch.float32, "true_logits"), hp, op, os_, stats.data_ptr())
     library().sampled_softmax_forward(block, torch.get_num_threads())
     return stats[0], stats[1], stats[2]
 
@@ -309,7 +310,7 @@ def softmax_backward(e: torch.Tensor, scale: torch.Tensor, d16: torch.Tensor | N
         raise ValueError(f"sampled softmax rows: d16 {tuple(d16.shape)} must match e {tuple(e.shape)}")
     block = _blocks()[3]
     block[:] = (N, S, ep, es, _vector(scale, N, torch.float32, "scale"), dp, ds,
-                0 if colsum is None else _vector(colsum, S, torch.float32, "colsum"), 0)
+                0 if colsum is None else _vector(colsum, S, torch.float32, "colsum"))
     library().sampled_softmax_backward(block, torch.get_num_threads())
 
 

@@ -39,7 +39,7 @@ static inline float softmax_exp(float x) {
 }
 
 /*
- * desc (12 int64): N, S, logits pointer, logits row stride (elements), logits dtype (0 float32, 1 bfloat16),
+ * desc (11 int64): N, S, logits pointer, logits row stride (elements), logits dtype (0 float32, 1 bfloat16),
  * shift (S,) float32, t (N,) float32, hit (N,) int64 column or -1 (pointer 0: no hits), out pointer (float32,
  * may be the float32 logits themselves), out row stride, then one pointer to three (N,) float32 outputs:
  * row_max, true_exp, total, one after the other.
@@ -92,8 +92,8 @@ int sampled_softmax_forward(const int64_t *desc, int threads) {
 #define COLUMN_BLOCK 512
 
 /*
- * desc (9 int64): N, S, e pointer (float32, scaled in place), e row stride, scale (N,) float32, d16 pointer
- * (bfloat16 copy out; 0: none), d16 row stride, colsum (S,) float32 out (0: none), unused.
+ * desc (8 int64): N, S, e pointer (float32, scaled in place), e row stride, scale (N,) float32, d16 pointer
+ * (bfloat16 copy out; 0: none), d16 row stride, colsum (S,) float32 out (0: none).
  */
 int sampled_softmax_backward(const int64_t *desc, int threads) {
     int64_t N = desc[0], S = desc[1], es = desc[3], ds = desc[6];
