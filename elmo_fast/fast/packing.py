@@ -402,10 +402,11 @@ def matmul(a: torch.Tensor, b: torch.Tensor, widen: bool = True) -> torch.Tensor
 
 
 #: one-off float32 products of at least this many multiply-adds per direction go through oneDNN's GEMM in
-#: :func:`pair_matmul`: on the 2-core VM the original model's biLSTM backward products run 11-18% faster there
-#: than through torch's BLAS (``dz W_xᵀ`` 2560 x 16384 x 512: 408 vs 471 ms for both directions at 2 threads;
-#: ``[x; h]ᵀ dz`` 1024 x 2560 x 16384: 906 vs 1015 ms), while the small model's (640 x 4096 x 128: 0.3 G
-#: multiply-adds) are as fast or faster through the BLAS (dW 14.6 vs 22.8 ms)
+#: :func:`pair_matmul`: on the 2-core VM the original model's biLSTM backward products run 7-13% faster there
+#: than through torch's BLAS at 2 threads (``dz W_xᵀ`` 2560 x 16384 x 512: 403-408 vs 446-471 ms for both
+#: directions; ``[x; h]ᵀ dz`` 1024 x 2560 x 16384: 903-906 vs 968-1015 ms), while the small model's (640 x 4096 x
+#: 128: 0.3 G multiply-adds) are as fast or faster through the BLAS (dW 22.5 vs 14.9 ms);
+#: ``benchmarks/onednn_gemm.py --threads 2``
 ONEDNN_MM_MIN_MACS = 1 << 32
 
 
