@@ -103,8 +103,8 @@ def test_token_encoder_gradients_same_with_the_kernel_on_and_off(monkeypatch):
         torch.nn.init.normal_(p, std=0.3)
     grads = []
     for on in (True, False):
-        if not on:
-            monkeypatch.setattr(te.native, "library", lambda: None)
+        if not on:  # the torch ops instead of the kernel (only the scatter: the rest of the path stays the same)
+            monkeypatch.setattr(te.native, "char_scatter", lambda A, ids, j, g: _torch_scatter(A, ids, j, g))
         enc.zero_grad(set_to_none=True)
         out = te.token_encoder_fast(enc, chars)
         (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()

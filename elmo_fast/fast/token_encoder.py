@@ -197,7 +197,10 @@ def _cnn_features(encoder: CharCNNTokenEncoder, ids: torch.Tensor, grad: bool) -
         product = conv.bf16 if bf16_products() else conv
         ys = _window_products(group_ids, table.detach(), w_max, n_chars, widths, product)
         x = (ys[0].amax(dim=1) if len(ys) == 1 else torch.cat([y.amax(dim=1) for y in ys])).to(bc.dtype).add_(bc)
-    x = torch.relu(x) if opts.activation == "relu" else torch.tanh(x)
+    if opts.activation == "relu":
+        x = torch.relu(x)
+    else:  # (training keeps autograd's tanh: its backward needs the op recorded)
+        x = torch.tanh(x) if grad else _activate_(x.contiguous(), "tanh")
     if len(groups) == 1:
         return x
     perm = torch.cat([rows for rows, _ in groups])
@@ -243,6 +246,15 @@ def _affine(b: torch.Tensor, x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     return torch.addmm(b, x, W)
 
 
+def _activate_(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """``x.sigmoid_()`` / ``x.tanh_()`` in place, the same bits at any thread count where the native kernels are
+    built (torch's own depend on how the threads split the tensor: :func:`elmo_fast.fast.native.activation_`)."""
+    if native.library() is not None and x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 2 \
+            and (x.shape[1] <= 1 or x.stride(1) == 1):
+        return native.activation_(x, kind)
+    return x.sigmoid_() if kind == "sigmoid" else x.tanh_()
+
+
 def _max_argmax_windows(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``y`` ``(U, W, F)`` -> the max over the windows ``(U, F)`` and the (last) window holding it, uint8.
 
@@ -274,7 +286,7 @@ class _Highway(torch.autograd.Function):
         # bf16: each operand converted once and kept for the backward's products (x, W_t, W_c appear in two each)
         x16, W_t16, W_c16 = operand(x), operand(W_t), operand(W_c)
         t = _affine(b_t, x16, W_t16).relu_()
-        g = _affine(b_c, x16, W_c16).sigmoid_()
+        g = _activate_(_affine(b_c, x16, W_c16), "sigmoid")
         ctx.save_for_backward(x, x16, W_t16, W_c16, t, g)
         ctx.numerics = numerics.current()
         return torch.sub(t, x).mul_(g).add_(x)
@@ -500,7 +512,7 @@ def _encode_distinct(encoder: CharCNNTokenEncoder, ids: torch.Tensor, grad: bool
         z = hw(x)
         F_ = x.shape[1]
         t = z[:, :F_].relu_()
-        g = z[:, F_:].sigmoid_()
+        g = _activate_(z[:, F_:], "sigmoid")
         t.sub_(x).mul_(g).add_(x)  # g * t + (1 - g) * x as x + g * (t - x)
         x = t
     if proj is not None:

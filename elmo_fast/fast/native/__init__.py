@@ -24,6 +24,11 @@ The char-CNN backward scatter (:func:`char_scatter`): the max-over-windows gradi
 character, filter) in one pass over the ``(U, F)`` gradient for all offsets, instead of an int64 index gather and a
 ``scatter_add_`` per offset. Threads own filter columns; every sum runs over the rows in order (thread-invariant).
 
+In-place sigmoid / tanh (:func:`activation_`, ``activations.c``): torch's CPU sigmoid and tanh give an element
+other bits when it falls in a thread range's scalar remainder instead of its vector body, so their results depend
+on the thread count (for ~1 row count in 3 of the fixture model's highway gate); these compute every element the
+same way.
+
 Build: ``$CC`` (default ``cc``) ``-O3 -march=native -fopenmp -ffp-contract=off -shared``, into
 ``$ELMO_FAST_NATIVE_CACHE`` (default ``~/.cache/elmo-fast/native``), one file per (source, compiler, flags, CPU
 features), written to a temporary name and renamed, so concurrent processes (torchrun ranks) are safe. If no
@@ -44,18 +49,18 @@ import threading
 
 import torch
 
-__all__ = ["available", "cell_forward", "cell_backward", "char_scatter", "library", "reset", "softmax_available",
-           "softmax_backward", "softmax_forward"]
+__all__ = ["activation_", "available", "cell_forward", "cell_backward", "char_scatter", "library", "reset",
+           "softmax_available", "softmax_backward", "softmax_forward"]
 
 log = logging.getLogger(__name__)
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 #: the C sources compiled into the one library, and the header they share (part of the build key)
-SOURCES = [os.path.join(_HERE, name) for name in ("lstm_cell.c", "sampled_softmax.c", "char_cnn.c")]
+SOURCES = [os.path.join(_HERE, name) for name in ("lstm_cell.c", "sampled_softmax.c", "char_cnn.c", "activations.c")]
 HEADERS = [os.path.join(_HERE, "fastmath.h")]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-std=c11", "-shared", "-fPIC"]
 ENABLE_ENV = "ELMO_FAST_NATIVE"
-_OFF = "native CPU kernels off (LSTM cell, sampled softmax rows, char-CNN scatter)"
+_OFF = "native CPU kernels off (LSTM cell, sampled softmax rows, char-CNN scatter, activations)"
 CACHE_ENV = "ELMO_FAST_NATIVE_CACHE"
 
 
@@ -63,6 +68,7 @@ CACHE_ENV = "ELMO_FAST_NATIVE_CACHE"
 #: costs ~1.5 us, against ~16 us for the same arguments as ctypes structures
 _FWD_ARGS, _BWD_ARGS = ctypes.c_int64 * 21, ctypes.c_int64 * 27
 _SM_FWD_ARGS, _SM_BWD_ARGS, _SCATTER_ARGS = ctypes.c_int64 * 11, ctypes.c_int64 * 8, ctypes.c_int64 * 10
+_ACT_ARGS = ctypes.c_int64 * 4
 _local = threading.local()
 _lock = threading.Lock()
 _state: dict[str, object] = {}
@@ -155,6 +161,8 @@ def _build() -> ctypes.CDLL | None:
     for name in ("sampled_softmax_forward", "sampled_softmax_backward", "char_conv_scatter"):
         getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_int]
         getattr(lib, name).restype = ctypes.c_int
+    lib.activation_inplace.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    lib.activation_inplace.restype = ctypes.c_int
     return lib
 
 
@@ -194,11 +202,12 @@ def _desc(t: torch.Tensor | None) -> tuple[int, int, int]:
 
 
 def _blocks() -> tuple[ctypes.Array, ...]:
-    """This thread's argument blocks: cell forward, cell backward, softmax forward, softmax backward, scatter."""
+    """This thread's argument blocks: cell forward, cell backward, softmax forward, softmax backward, scatter,
+    activation."""
     try:
         return _local.blocks
     except AttributeError:
-        _local.blocks = (_FWD_ARGS(), _BWD_ARGS(), _SM_FWD_ARGS(), _SM_BWD_ARGS(), _SCATTER_ARGS())
+        _local.blocks = (_FWD_ARGS(), _BWD_ARGS(), _SM_FWD_ARGS(), _SM_BWD_ARGS(), _SCATTER_ARGS(), _ACT_ARGS())
         return _local.blocks
 
 
@@ -341,3 +350,16 @@ def char_scatter(A: torch.Tensor, ids: torch.Tensor, argmax: torch.Tensor, grad:
                 grad.stride(0), A.data_ptr())
     if library().char_conv_scatter(block, torch.get_num_threads()):
         raise ValueError(f"char-CNN scatter: a character id outside [0, {n_sym})")
+
+
+def activation_(t: torch.Tensor, kind: str) -> torch.Tensor:
+    """``t.sigmoid_()`` / ``t.tanh_()`` (``kind`` "sigmoid" / "tanh") for a float32 CPU ``(rows, cols)`` tensor with
+    contiguous rows (``activations.c``), the same bits at any thread count; returns ``t``."""
+    if t.dim() != 2 or t.dtype != torch.float32 or t.device.type != "cpu" or (t.shape[1] > 1 and t.stride(1) != 1):
+        raise ValueError(f"activation: a float32 CPU (rows, cols) tensor with contiguous rows expected, found "
+                         f"{t.dtype} {tuple(t.shape)} of strides {t.stride()} on {t.device}")
+    if t.numel():
+        block = _blocks()[5]
+        block[:] = (t.data_ptr(), t.shape[0], t.shape[1], t.stride(0))
+        library().activation_inplace(block, {"sigmoid": 0, "tanh": 1}[kind], torch.get_num_threads())
+    return t
