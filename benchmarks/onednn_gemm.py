@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -23,18 +22,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from elmo_fast.runtime import retain_freed_memory  # noqa: E402
+from run import best_time  # noqa: E402  (benchmarks/run.py)
 
 SHAPES = {"small": (640, 128, 4096), "original": (2560, 512, 16384)}   # rows, P, 4C
 
 
 def best_ms(fn, reps: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best * 1e3
+    return best_time(fn, reps) * 1e3
 
 
 def onednn(a: torch.Tensor, b: torch.Tensor) -> list[torch.Tensor]:
