@@ -16,6 +16,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from helpers import FIXTURES, write_model  # noqa: E402
 
+from elmo_fast.fast import native  # noqa: E402
+
+
+@pytest.fixture
+def bf16_arithmetic(monkeypatch):
+    """precision="bf16" computes in bf16 on any CPU: where it has no bf16 products (users get float32 there),
+    through torch's bfloat16 matmul, the same arithmetic (elmo_fast.fast.packing.BF16_EMULATE)."""
+    from elmo_fast.fast import packing
+    if not packing.BF16_NATIVE:
+        monkeypatch.setattr(packing, "BF16_EMULATE", True)
+
+
+@pytest.fixture(params=native.host_levels())
+def native_level(request):
+    """Run the test on the native kernels built for each instruction-set level this CPU runs (on an AVX-512
+    machine: baseline, v3 and v4, so the AVX2 build is tested there too)."""
+    with native.use_level(request.param):
+        yield request.param
+
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:

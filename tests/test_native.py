@@ -16,8 +16,9 @@ import torch
 from elmo_fast.fast import native
 from elmo_fast.fast import lstm as fast_lstm
 
-pytestmark = pytest.mark.skipif(native.library() is None, reason="no C compiler: the fused cell is off here "
-                                "(the PyTorch ops run instead; test_fallback_* cover that path)")
+pytestmark = [pytest.mark.usefixtures("native_level"),
+              pytest.mark.skipif(native.library() is None, reason="no C compiler: the fused cell is off here "
+                                               "(the PyTorch ops run instead; test_fallback_* cover that path)")]
 
 # float32 tolerances: sigmoid/tanh differ from torch's by a few ulp; the cell update amplifies that by |c| <= ~10
 ATOL, RTOL = 4e-6, 1e-5

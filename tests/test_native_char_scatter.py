@@ -15,8 +15,9 @@ import torch
 
 from elmo_fast.fast import native
 
-pytestmark = pytest.mark.skipif(native.library() is None, reason="no C compiler: the native kernels are off here "
-                                "(the torch ops run instead; tests/test_fast.py covers that path)")
+pytestmark = [pytest.mark.usefixtures("native_level"),
+              pytest.mark.skipif(native.library() is None, reason="no C compiler: the native kernels are off here "
+                                               "(the torch ops run instead; tests/test_fast.py covers that path)")]
 
 
 def _torch_scatter(A, ids, j, g):

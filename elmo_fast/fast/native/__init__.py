@@ -29,10 +29,17 @@ other bits when it falls in a thread range's scalar remainder instead of its vec
 on the thread count (for ~1 row count in 3 of the fixture model's highway gate); these compute every element the
 same way.
 
-Build: ``$CC`` (default ``cc``) ``-O3 -march=native -fopenmp -ffp-contract=off -shared``, into
-``$ELMO_FAST_NATIVE_CACHE`` (default ``~/.cache/elmo-fast/native``), one file per (source, compiler, flags, CPU
-features), written to a temporary name and renamed, so concurrent processes (torchrun ranks) are safe. If no
-compiler works, a warning is logged once and the PyTorch path is used. ``ELMO_FAST_NATIVE=0`` turns it off.
+Build: ``$CC`` (default ``cc``) ``-O3 -fopenmp -ffp-contract=off`` plus the flags of one instruction-set level,
+into ``$ELMO_FAST_NATIVE_CACHE`` (default ``~/.cache/elmo-fast/native``), one file per (level, source, compiler,
+flags), written to a temporary name and renamed, so concurrent processes (torchrun ranks) are safe. The levels
+(:data:`LEVELS`) are portable targets, not ``-march=native``: on x86-64 ``baseline`` (SSE2), ``v3`` (AVX2 + FMA)
+and ``v4`` (AVX-512); on aarch64 ``baseline`` (NEON). The best level the CPU runs is chosen at run time from its
+feature flags; ``ELMO_FAST_NATIVE_ISA=baseline|v3|v4|native`` forces one (``native``: ``-march=native``, for tuning).
+**Every level gives the same bits**: the elementwise code is the same operations in any vector width (no FMA
+contraction, no approximate reciprocals; ``-fno-trapping-math`` only lets the compiler turn the branch-free selects
+into blends on AVX2, it changes no value), and every reduction runs in a fixed lane order (``sampled_softmax.c``);
+``tests/test_native_levels.py`` checks it on every level the host runs. If no compiler works, a warning is logged
+once and the PyTorch path is used. ``ELMO_FAST_NATIVE=0`` turns the kernels off.
 """
 from __future__ import annotations
 
@@ -46,11 +53,14 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 
-__all__ = ["activation_", "available", "cell_forward", "cell_backward", "char_scatter", "library", "reset",
-           "softmax_available", "softmax_backward", "softmax_forward"]
+__all__ = ["LEVELS", "activation_", "available", "cell_forward", "cell_backward", "char_scatter", "host_levels",
+           "level", "library", "requested_level", "reset", "softmax_available", "softmax_backward", "softmax_forward",
+           "use_level"]
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +68,8 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 #: the C sources compiled into the one library, and the header they share (part of the build key)
 SOURCES = [os.path.join(_HERE, name) for name in ("lstm_cell.c", "sampled_softmax.c", "char_cnn.c", "activations.c")]
 HEADERS = [os.path.join(_HERE, "fastmath.h")]
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-std=c11", "-shared", "-fPIC"]
+#: flags of every build; the instruction-set level's flags (:data:`LEVELS`) are added to them
+BASE_FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-std=c11", "-shared", "-fPIC"]
 ENABLE_ENV = "ELMO_FAST_NATIVE"
 _OFF = "native CPU kernels off (LSTM cell, sampled softmax rows, char-CNN scatter, activations)"
 CACHE_ENV = "ELMO_FAST_NATIVE_CACHE"
@@ -72,19 +83,71 @@ _ACT_ARGS = ctypes.c_int64 * 4
 _local = threading.local()
 _lock = threading.Lock()
 _state: dict[str, object] = {}
+#: level -> (library, level it was built for) or None (failed), per process
+_built: dict[str, tuple[ctypes.CDLL, str] | None] = {}
 
 
-def _cpu_features() -> str:
-    """The CPU's feature flags (``-march=native`` compiles for them: a cache shared by different CPUs keeps one
-    library per feature set)."""
+def _cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (empty where it cannot be read)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith(("flags", "Features")):
-                    return line.split(":", 1)[1].strip()
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return platform.processor()
+    return frozenset()
+
+
+_V3 = ("avx", "avx2", "fma", "bmi1", "bmi2", "f16c", "movbe")
+_V4 = _V3 + ("avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl")
+
+
+def _levels_for(machine: str) -> dict[str, tuple[list[str], tuple[str, ...]]]:
+    """Instruction-set levels of an architecture, lowest first: name -> (compiler flags, CPU flags it needs)."""
+    if machine in ("x86_64", "amd64", "AMD64"):
+        return {"baseline": (["-march=x86-64"], ()),
+                "v3": (["-march=x86-64-v3"], _V3),
+                # 512-bit vectors: the generic tuning would prefer 256-bit halves on AVX-512 machines
+                "v4": (["-march=x86-64-v4", "-mprefer-vector-width=512"], _V4)}
+    if machine in ("aarch64", "arm64"):
+        return {"baseline": (["-march=armv8-a"], ())}
+    return {"baseline": ([], ())}
+
+
+#: this machine's levels: name -> (compiler flags, CPU feature flags required), lowest first
+LEVELS = _levels_for(platform.machine())
+#: the forcing variable; its values: a name of :data:`LEVELS` or ``native``
+ISA_ENV = "ELMO_FAST_NATIVE_ISA"
+
+
+def host_levels() -> tuple[str, ...]:
+    """The levels of :data:`LEVELS` this CPU can run, lowest first (``baseline`` always)."""
+    flags = _cpu_flags()
+    return tuple(name for name, (_, needs) in LEVELS.items() if all(f in flags for f in needs))
+
+
+def requested_level() -> str:
+    """The level the kernels are built for: a level forced by :func:`use_level`, else ``$ELMO_FAST_NATIVE_ISA``,
+    else the best of :func:`host_levels`. ValueError naming the variable for a name that is not a level or a level
+    this CPU cannot run."""
+    forced = _state.get("forced")
+    if isinstance(forced, str):
+        return forced
+    value = os.environ.get(ISA_ENV, "").strip()
+    if not value:
+        return host_levels()[-1]
+    _check_level(value, f"{ISA_ENV}={value!r}")
+    return value
+
+
+def _check_level(name: str, what: str) -> None:
+    if name == "native":
+        return
+    if name not in LEVELS:
+        raise ValueError(f"{what}: expected one of {', '.join([*LEVELS, 'native'])}")
+    if name not in host_levels():
+        raise ValueError(f"{what}: this CPU cannot run it (it runs {', '.join(host_levels())})")
 
 
 def _compiler_id(cc: str) -> str:
@@ -94,11 +157,19 @@ def _compiler_id(cc: str) -> str:
         return ""
 
 
-def _flag_variants() -> list[list[str]]:
-    """Flags to try, best first: without ``-march=native`` (a compiler that lacks it) and without OpenMP (then
-    the kernels run on one thread)."""
-    portable = [f for f in FLAGS if f != "-march=native"]
-    return [FLAGS, portable, [f for f in portable if f != "-fopenmp"]]
+def _attempts(level: str) -> list[tuple[str, list[str]]]:
+    """(level, flags) to try, best first: the level with and without OpenMP (without it the kernels run on one
+    thread), then each lower level (a compiler too old to know a level's name), then no target flag at all."""
+    if level == "native":
+        targets = [("native", ["-march=native"])]
+    else:
+        names = list(LEVELS)
+        targets = [(n, LEVELS[n][0]) for n in reversed(names[:names.index(level) + 1])]
+    targets.append(("generic", []))
+    out = []
+    for name, target in targets:
+        out += [(name, [*BASE_FLAGS, *target]), (name, [f for f in [*BASE_FLAGS, *target] if f != "-fopenmp"])]
+    return out
 
 
 def _compile(cc: str, flags: list[str], target: str, cache: str) -> str | None:
@@ -117,7 +188,8 @@ def _compile(cc: str, flags: list[str], target: str, cache: str) -> str | None:
             os.remove(tmp)
 
 
-def _build() -> ctypes.CDLL | None:
+def _build(level: str) -> tuple[ctypes.CDLL, str] | None:
+    """Build (or find in the cache) and load the library for ``level``: (library, the level it was built for)."""
     cc = os.environ.get("CC", "cc")
     if shutil.which(cc) is None:
         log.warning("%s: no C compiler %r on PATH (set CC); using the PyTorch ops", _OFF, cc)
@@ -128,12 +200,14 @@ def _build() -> ctypes.CDLL | None:
             source += f.read() + b"\0"
     cache = os.environ.get(CACHE_ENV) or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "elmo-fast", "native")
-    compiler, features = _compiler_id(cc).encode(), _cpu_features().encode()
+    compiler = _compiler_id(cc).encode()
     error = ""
-    for flags in _flag_variants():
-        key = hashlib.sha256(b"\0".join([source, compiler, " ".join(flags).encode(), features,
+    for built, flags in _attempts(level):
+        # -march=native compiles for this CPU's features: a cache shared by different CPUs keeps one per feature set
+        host = " ".join(sorted(_cpu_flags())).encode() if built == "native" else b""
+        key = hashlib.sha256(b"\0".join([source, compiler, " ".join(flags).encode(), host,
                                          platform.machine().encode()])).hexdigest()[:20]
-        target = os.path.join(cache, f"elmo_fast_native-{key}.so")
+        target = os.path.join(cache, f"elmo_fast_native-{built}-{key}.so")
         if os.path.exists(target):
             break
         try:
@@ -149,6 +223,8 @@ def _build() -> ctypes.CDLL | None:
         log.warning("%s: %s failed to compile %s: %s; using the PyTorch ops", _OFF, cc,
                     " ".join(SOURCES), error)
         return None
+    if built != level:
+        log.warning("native CPU kernels: %s could not build level %r; built %r instead", cc, level, built)
     try:
         lib = ctypes.CDLL(target)
     except OSError as e:
@@ -163,23 +239,55 @@ def _build() -> ctypes.CDLL | None:
         getattr(lib, name).restype = ctypes.c_int
     lib.activation_inplace.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     lib.activation_inplace.restype = ctypes.c_int
-    return lib
+    return lib, built
 
 
 def library() -> ctypes.CDLL | None:
-    """The loaded kernel library, building it on first use; None when it is turned off or cannot be built."""
+    """The loaded kernel library for :func:`requested_level`, building it on first use; None when it is turned off
+    or cannot be built."""
     if "lib" not in _state:
         with _lock:
             if "lib" not in _state:
                 on = os.environ.get(ENABLE_ENV, "1").strip() != "0"
-                _state["lib"] = _build() if on else None
+                level = requested_level()
+                if on and level not in _built:
+                    _built[level] = _build(level)
+                found = _built.get(level) if on else None
+                _state["level"] = found[1] if found else None
+                _state["lib"] = found[0] if found else None
     return _state["lib"]  # type: ignore[return-value]
 
 
-def reset() -> None:
-    """Forget the loaded library (tests: re-read ``ELMO_FAST_NATIVE`` and the cache on the next call)."""
+def level() -> str | None:
+    """The instruction-set level of the loaded library (None: no library)."""
+    library()
+    return _state.get("level")  # type: ignore[return-value]
+
+
+@contextmanager
+def use_level(name: str) -> Iterator[ctypes.CDLL | None]:
+    """Run the enclosed code on the library built for level ``name`` (tests and tuning; not thread-safe)."""
+    _check_level(name, f"level {name!r}")
     with _lock:
+        saved = _state.copy()
         _state.clear()
+        _state["forced"] = name
+    try:
+        yield library()
+    finally:
+        with _lock:
+            _state.clear()
+            _state.update(saved)
+
+
+def reset() -> None:
+    """Forget the loaded libraries (tests: re-read ``ELMO_FAST_NATIVE``, the level and the cache on the next call)."""
+    with _lock:
+        forced = _state.get("forced")
+        _state.clear()
+        _built.clear()
+        if forced is not None:
+            _state["forced"] = forced
 
 
 def available(*tensors: torch.Tensor | None) -> bool:

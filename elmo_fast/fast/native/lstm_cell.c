@@ -1,7 +1,8 @@
 /*
  * Fused CPU LSTM cell (ELMO_SPEC section 3): the per-step elementwise work of elmo_fast.fast.lstm in one pass.
  *
- * Built on first use by elmo_fast/fast/native/__init__.py (cc -O3 -march=native -fopenmp -ffp-contract=off);
+ * Built on first use by elmo_fast/fast/native/__init__.py (cc -O3 -fopenmp -ffp-contract=off and the flags of one
+ * instruction-set level: the same bits at every level, since every element is computed alone);
  * called through ctypes with raw float32 pointers. Layout of every array: D direction blocks (stride sd elements)
  * of n rows (stride sr elements), the last axis contiguous. Gate order (i, f, o, j) along 4C.
  *

@@ -1,7 +1,8 @@
 /*
  * Sampled softmax rows (elmo_fast.fast.sampled_softmax): the passes over the (N, S) logits in one kernel each way.
  *
- * Forward, per row i (one thread owns a row, so its sums do not depend on the thread count):
+ * Forward, per row i (one thread owns a row, and its max and sum run in a fixed lane order: the bits depend neither
+ * on the thread count nor on the instruction set the library was built for):
  *   l[j] = logits[i, j] + shift[j]    (logits float32, or bfloat16 widened exactly; one float32 add, as logits.add_)
  *   l[hit[i]] = -FLT_MAX              (the accidental hit of row i, if any: torch.finfo(float32).min)
  *   m = max(max_j l[j], t[i])         (t: the true logits; a NaN anywhere makes m NaN, as torch.amax/maximum)
@@ -39,6 +40,87 @@ static inline float softmax_exp(float x) {
 }
 
 /*
+ * Reductions in a fixed order, so that every build (SSE2, AVX2, AVX-512, NEON; any vector width the compiler
+ * picks) gives the same bits: LANES independent partial results, element j going to lane j % LANES, combined by
+ * the same pairwise tree. The compiler maps the LANES-wide inner loop onto whatever registers it has (one 512-bit,
+ * two 256-bit or four 128-bit vectors) without changing which element meets which.
+ */
+#define LANES 16
+/* elements per block of the sum: each lane adds at most SUM_BLOCK / LANES terms before the block is folded into
+ * the row total, which keeps the rounding error bound small (see exp_shifted_sum) */
+#define SUM_BLOCK 1024
+
+static inline void fold_lanes_max(float *v) {
+    for (int w = LANES / 2; w >= 1; w /= 2)
+        for (int l = 0; l < w; ++l) v[l] = v[l + w] > v[l] ? v[l + w] : v[l];
+}
+
+static inline float fold_lanes_sum(float *v) {
+    for (int w = LANES / 2; w >= 1; w /= 2)
+        for (int l = 0; l < w; ++l) v[l] = v[l] + v[l + w];
+    return v[0];
+}
+
+/* max over x[0..n) (-inf for n = 0); NaN if any element is NaN */
+static float row_maximum(const float *x, int64_t n) {
+    float mx[LANES];
+    int nan[LANES];
+    for (int l = 0; l < LANES; ++l) {
+        mx[l] = -__builtin_inff();
+        nan[l] = 0;
+    }
+    int64_t j = 0;
+    for (; j + LANES <= n; j += LANES) {
+#pragma omp simd
+        for (int l = 0; l < LANES; ++l) {
+            float v = x[j + l];
+            mx[l] = v > mx[l] ? v : mx[l];
+            nan[l] |= v != v;
+        }
+    }
+    for (int l = 0; j + l < n; ++l) {
+        float v = x[j + l];
+        mx[l] = v > mx[l] ? v : mx[l];
+        nan[l] |= v != v;
+    }
+    int any_nan = 0;
+    for (int l = 0; l < LANES; ++l) any_nan |= nan[l];
+    fold_lanes_max(mx);
+    return any_nan ? __builtin_nanf("") : mx[0];
+}
+
+/*
+ * x[j] = exp(x[j] - m) in place; returns their sum. Per block of SUM_BLOCK elements, lane l adds the block's
+ * elements j = l (mod LANES) in order, the lanes are folded by the tree, and the block totals are added in order.
+ * For these non-negative terms the relative error of the result is at most (SUM_BLOCK / LANES + log2(LANES) +
+ * ceil(n / SUM_BLOCK)) float32 roundings (the number of additions any one term goes through).
+ */
+static float exp_shifted_sum(float *x, int64_t n, float m) {
+    float total = 0.0f;
+    for (int64_t b0 = 0; b0 < n; b0 += SUM_BLOCK) {
+        int64_t b1 = n - b0 < SUM_BLOCK ? n : b0 + SUM_BLOCK;
+        float acc[LANES];
+        for (int l = 0; l < LANES; ++l) acc[l] = 0.0f;
+        int64_t j = b0;
+        for (; j + LANES <= b1; j += LANES) {
+#pragma omp simd
+            for (int l = 0; l < LANES; ++l) {
+                float e = softmax_exp(x[j + l] - m);
+                x[j + l] = e;
+                acc[l] += e;
+            }
+        }
+        for (int l = 0; j + l < b1; ++l) {
+            float e = softmax_exp(x[j + l] - m);
+            x[j + l] = e;
+            acc[l] += e;
+        }
+        total += fold_lanes_sum(acc);
+    }
+    return total;
+}
+
+/*
  * desc (11 int64): N, S, logits pointer, logits row stride (elements), logits dtype (0 float32, 1 bfloat16),
  * shift (S,) float32, t (N,) float32, hit (N,) int64 column or -1 (pointer 0: no hits), out pointer (float32,
  * may be the float32 logits themselves), out row stride, then one pointer to three (N,) float32 outputs:
@@ -65,22 +147,10 @@ int sampled_softmax_forward(const int64_t *desc, int threads) {
             for (int64_t j = 0; j < S; ++j) o[j] = l[j] + shift[j];
         }
         if (hit && hit[i] >= 0 && hit[i] < S) o[hit[i]] = -FLT_MAX;
-        float m = t[i];
-        int nan = m != m;
-#pragma omp simd reduction(max : m) reduction(| : nan)
-        for (int64_t j = 0; j < S; ++j) {
-            float v = o[j];
-            m = v > m ? v : m;
-            nan |= v != v;
-        }
-        if (nan) m = __builtin_nanf("");
-        float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t j = 0; j < S; ++j) {
-            float e = softmax_exp(o[j] - m);
-            o[j] = e;
-            sum += e;
-        }
+        float m = row_maximum(o, S);
+        m = t[i] > m ? t[i] : m;
+        if (t[i] != t[i]) m = t[i];
+        float sum = exp_shifted_sum(o, S, m);
         float te = softmax_exp(t[i] - m);
         row_max[i] = m;
         true_exp[i] = te;
