@@ -161,10 +161,13 @@ def _tf32_reading(smoke: bool) -> dict[str, Any]:
     dev = "cpu" if smoke else "cuda"
     code = 5 if smoke else 4
     a0, b0 = 1 + 2 ** -11 + 2 ** -20 + 2 ** -23, 1 + 2 ** -12
-    hand = float(matmul(torch.full((16, 16), a0, device=dev), torch.full((16, 16), b0, device=dev),
-                        prec=code)[0, 0])
-    expected = {"trunc": 16 * (1 + 3078 * 2 ** -22), "rna": 16 * (1 + 3077 * 2 ** -22),
-                "exact": 16 * (1 + 3077.5 * 2 ** -22)}
+    # one nonzero term per output: the sum adds exact zeros only, so no summation order (or FMA) enters the value
+    a_hand = torch.zeros(16, 16, device=dev)
+    a_hand[:, 3] = a0
+    b_hand = torch.zeros(16, 16, device=dev)
+    b_hand[3, :] = b0
+    hand = float(matmul(a_hand, b_hand, prec=code)[0, 0])
+    expected = {"trunc": 1 + 3078 * 2 ** -22, "rna": 1 + 3077 * 2 ** -22, "exact": 1 + 3077.5 * 2 ** -22}
     g = torch.Generator().manual_seed(0)
     a = torch.randn(256, 512, generator=g).to(dev)
     b = torch.randn(512, 256, generator=g).to(dev)

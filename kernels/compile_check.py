@@ -29,7 +29,9 @@ evaluation), and edge shapes at the limits of the host code's choices (see :func
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import logging
 import os
 import re
 import subprocess
@@ -53,6 +55,30 @@ VOCAB = 793_471
 #: ptxas (and its -v report) runs for every specialization not found here
 CACHE_ENV = "ELMO_FAST_COMPILE_CACHE"
 NEGATIVES = 8192
+#: a process spawn that fails for lack of resources (EAGAIN: too many processes or threads now; ENOMEM) is
+#: retried this many times, the wait doubling from SPAWN_FIRST_WAIT_S up to SPAWN_MAX_WAIT_S: a busy machine
+#: must slow the check down, not fail it
+SPAWN_ATTEMPTS, SPAWN_FIRST_WAIT_S, SPAWN_MAX_WAIT_S = 8, 0.25, 8.0
+
+log = logging.getLogger(__name__)
+
+
+def retry_spawn(fn: Callable[..., Any], *args: Any, attempts: int = SPAWN_ATTEMPTS,
+                first_wait: float = SPAWN_FIRST_WAIT_S, sleep: Callable[[float], None] = time.sleep) -> Any:
+    """``fn(*args)``, called again after a bounded, doubling wait when it fails with EAGAIN or ENOMEM (a process
+    spawn refused by a busy machine: ``BlockingIOError: [Errno 11] Resource temporarily unavailable``). Other
+    errors, and the last attempt's, are raised as they are."""
+    wait = first_wait
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn(*args)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.ENOMEM) or attempt == attempts:
+                raise
+            log.warning("%s (attempt %d of %d); retrying in %.2f s", e, attempt, attempts, wait)
+            sleep(wait)
+            wait = min(2 * wait, SPAWN_MAX_WAIT_S)
+    raise AssertionError("unreachable")
 
 
 @dataclass
@@ -264,7 +290,8 @@ def _resource_usage(cubin: bytes) -> dict[str, int]:
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
         f.write(cubin)
     try:
-        text = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+        text = retry_spawn(lambda: subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True,
+                                                  check=True).stdout)
     finally:
         os.unlink(f.name)
     line = next(ln for ln in text.splitlines() if "REG:" in ln)
@@ -302,7 +329,7 @@ def _compile_one(job) -> dict[str, Any]:
         try:
             with knobs.nvidia.scope():
                 knobs.nvidia.dump_ptxas_log = True
-                ck = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+                ck = retry_spawn(triton.compile, src, GPUTarget("cuda", arch, 32), options)
         finally:
             sys.stdout.flush()
             os.dup2(saved, 1)
@@ -367,7 +394,9 @@ def compile_plans(recorded: list[tuple[str, Any]], archs: Iterable[int] = (90, 8
                 pending[key] = (module, plan.name, arch, signature, constexprs, attrs, options.__dict__)
             rows.append((wname, plan, arch, key))
     keys = list(pending)
-    if jobs > 1 and len(keys) > 1:
+    # bounded by the cores: more compilers than cores only add processes for a busy machine to refuse
+    jobs = max(1, min(jobs, os.cpu_count() or 1, len(keys)))
+    if jobs > 1:
         with ProcessPoolExecutor(jobs) as ex:
             usages = dict(zip(keys, ex.map(_compile_one, [pending[k] for k in keys])))
     else:

@@ -24,10 +24,10 @@ import triton_helpers  # noqa: F401  (sets TRITON_INTERPRET before triton is fir
 # may run later in this process need the interpreter; the compile check runs in a subprocess without it)
 
 triton = pytest.importorskip("triton")
-pytestmark = [pytest.mark.gpu_compile,
-              pytest.mark.skipif(not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia",
+NEEDS_PTXAS = [pytest.mark.gpu_compile,
+               pytest.mark.skipif(not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia",
                                                                  "bin", "ptxas")),
-                                 reason="this triton build ships no NVIDIA ptxas (the compile check needs it)")]
+                                  reason="this triton build ships no NVIDIA ptxas (the compile check needs it)")]
 
 PRESETS = ("tiny", "small", "medium", "original")
 
@@ -78,6 +78,8 @@ def _check_limits_and_spills(report, proc):
     return rows
 
 
+@NEEDS_PTXAS[0]
+@NEEDS_PTXAS[1]
 def test_every_launch_compiles_for_sm80_and_sm90_within_limits_without_spills(tmp_path):
     """The default mode (tf32x3): every launch of every preset and edge shape, sm_90 and sm_80."""
     report, proc = _run(tmp_path, "--arch", "90", "--arch", "80")
@@ -94,6 +96,8 @@ def test_every_launch_compiles_for_sm80_and_sm90_within_limits_without_spills(tm
     assert "_matmul_kernel" in {r["kernel"] for r in rows}  # plain matmuls stay in Triton (cuBLAS has no tf32x3)
 
 
+@NEEDS_PTXAS[0]
+@NEEDS_PTXAS[1]
 def test_ieee_mode_compiles_without_tensor_cores_and_without_spills(tmp_path):
     """``ELMO_FAST_TRITON_PRECISION=ieee`` stays selectable: the same shapes compile, FMA only, no spills,
     plain matmuls on cuBLAS (no Triton matmul launch)."""
@@ -102,3 +106,37 @@ def test_ieee_mode_compiles_without_tensor_cores_and_without_spills(tmp_path):
     assert {r["tensor_cores"] for r in rows} == {"none"}
     assert all(r["constexprs"].get("PREC", 0) == 0 for r in rows)
     assert "_matmul_kernel" not in {r["kernel"] for r in rows}
+
+
+# ------------------------------------------------------------------------------------ a busy machine
+def _flaky(failures: int, error: OSError):
+    calls = []
+
+    def fn(x):
+        calls.append(x)
+        if len(calls) <= failures:
+            raise error
+        return x * 2
+    return fn, calls
+
+
+def test_a_refused_spawn_is_retried_with_a_doubling_bounded_wait():
+    from elmo_fast.kernels import compile_check as cc
+    fn, calls = _flaky(3, BlockingIOError(11, "Resource temporarily unavailable", "ptxas"))
+    waits = []
+    assert cc.retry_spawn(fn, 21, sleep=waits.append) == 42
+    assert len(calls) == 4
+    assert waits == [cc.SPAWN_FIRST_WAIT_S * 2 ** k for k in range(3)]
+    fn, calls = _flaky(20, BlockingIOError(11, "Resource temporarily unavailable", "ptxas"))
+    waits = []
+    with pytest.raises(BlockingIOError):
+        cc.retry_spawn(fn, 1, attempts=10, sleep=waits.append)
+    assert len(calls) == 10 and len(waits) == 9 and max(waits) == cc.SPAWN_MAX_WAIT_S
+
+
+def test_other_errors_are_not_retried():
+    from elmo_fast.kernels import compile_check as cc
+    fn, calls = _flaky(1, FileNotFoundError(2, "No such file or directory", "ptxas"))
+    with pytest.raises(FileNotFoundError):
+        cc.retry_spawn(fn, 1, sleep=lambda s: None)
+    assert len(calls) == 1

@@ -74,18 +74,23 @@ def test_precision_modes_default_is_tf32x3_and_ieee_stays_selectable(monkeypatch
 
 def test_interpreter_tf32x3_dot_matches_the_hand_computed_three_passes():
     """The interpreter's tf32x3 (``mm`` code 5, bit operations in the kernel) on the hand case of
-    tests/test_tf32_emulation.py: every product is 1 + 3078 * 2^-22 (not the float32 product), and 16 equal
-    terms sum exactly, so the result is exact in any summation order. Compiled kernels (code 4) get the
-    same value from the tensor cores when they read the remainders' TF32 bits."""
+    tests/test_tf32_emulation.py: the product is 1 + 3078 * 2^-22 (not the float32 product). Each output has one
+    nonzero term (the other 15 of the 16-wide block are zeros), so the interpreter's BLAS adds only exact zeros and
+    the value cannot depend on its summation order or on fused multiply-adds (16 equal terms would: their
+    partial sums need 25 bits). Compiled kernels (code 4) get the same value from the tensor cores when they read
+    the remainders' TF32 bits."""
     if not common.interpreting():
         pytest.skip("the emulated code path (5) only runs under the interpreter; compiled kernels use code 4")
     a0, b0 = 1 + 2 ** -11 + 2 ** -20 + 2 ** -23, 1 + 2 ** -12
-    a = torch.full((16, 16), a0)
-    b = torch.full((16, 16), b0)
+    a = torch.zeros(16, 16)
+    a[:, 3] = a0
+    b = torch.zeros(16, 16)
+    b[3, :] = b0
     out = common.matmul(a, b, prec=5)
-    assert torch.equal(out, torch.full((16, 16), 16 * (1 + 3078 * 2 ** -22)))
+    assert torch.equal(out, torch.full((16, 16), 1 + 3078 * 2 ** -22))
     ieee = common.matmul(a, b, prec=0)
-    assert torch.equal(ieee, torch.full((16, 16), 16 * float(torch.tensor(a0) * torch.tensor(b0))))
+    assert torch.equal(ieee, torch.full((16, 16), float(torch.tensor(a0) * torch.tensor(b0))))  # one rounding
+    assert float(ieee[0, 0]) == 1 + 3077 * 2 ** -22
     assert not torch.equal(out, ieee)
 
 
