@@ -14,6 +14,8 @@ Tolerances (stated once, used below):
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -53,14 +55,37 @@ def _assert_product(got: torch.Tensor, want: torch.Tensor, scale: torch.Tensor |
     assert bool((err <= bound).all()), f"max excess {float((err - bound).max())}"
 
 
-@pytest.fixture(params=["native", "fallback"])
+@pytest.fixture(autouse=True)
+def _bf16_everywhere(bf16_arithmetic):
+    """Every test here computes in bf16, also on CPUs without bf16 products (conftest's ``bf16_arithmetic``)."""
+
+
+@pytest.fixture(params=["native", "emulated"])
 def path(request, monkeypatch):
-    """Both ways bf16 products run: oneDNN's bf16 packed weights, and torch's bf16 matmul (CPUs without them)."""
+    """Both ways bf16 products run: oneDNN's bf16 packed weights, and torch's bf16 matmul (the arithmetic on CPUs
+    without them, when emulated)."""
     if request.param == "native" and not packing.BF16_NATIVE:
-        pytest.skip("this CPU/torch build has no oneDNN bf16 products; the fallback case covers the arithmetic")
-    if request.param == "fallback":
+        pytest.skip("this CPU/torch build has no oneDNN bf16 products; the emulated case covers the arithmetic")
+    if request.param == "emulated":
         monkeypatch.setattr(packing, "BF16_NATIVE", False)
+        monkeypatch.setattr(packing, "BF16_EMULATE", True)
     return request.param
+
+
+def test_without_bf16_products_bf16_runs_float32_with_one_warning(monkeypatch, caplog):
+    """What a user on a CPU without bf16 products (AVX2) gets: float32, bit for bit, and one warning."""
+    monkeypatch.setattr(packing, "BF16_NATIVE", False)
+    monkeypatch.setattr(packing, "BF16_EMULATE", False)
+    monkeypatch.setattr(packing, "_WARNED", set())
+    ids = _char_ids(torch.Generator().manual_seed(4), [9, 1, 0, 5], 9)
+    fp32, bf16 = _bilm("fast"), _bilm("fast", "bf16")
+    with torch.no_grad(), caplog.at_level(logging.WARNING, logger="elmo_fast.fast.packing"):
+        want = fp32(ids)["activations"]
+        got = [bf16(ids)["activations"] for _ in range(2)]
+    for run in got:
+        assert all(torch.equal(a, b) for a, b in zip(run, want))
+    warnings = [r.getMessage() for r in caplog.records if r.name == "elmo_fast.fast.packing"]
+    assert len(warnings) == 1 and "running float32" in warnings[0], warnings
 
 
 # ------------------------------------------------------------------------------------------------ one product

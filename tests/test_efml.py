@@ -294,7 +294,7 @@ def test_elmo_embedder_and_embed_command_on_an_efml_directory(models, tmp_path):
         _assert_close(got, oracle_embed(embedder, sentences, layer), f"embed {flag}")
 
 
-def test_efml_models_follow_the_precision_setting(models):
+def test_efml_models_follow_the_precision_setting(models, bf16_arithmetic):
     """precision="bf16" reaches an ELMoForManyLangs model too (it is not silently float32): outputs differ from
     float32 and stay within the bf16 tolerance of tests/test_bf16.py."""
     from elmo_fast import ElmoEmbedder

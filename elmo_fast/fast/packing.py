@@ -20,14 +20,17 @@ is rounded once to 8 significant bits (relative error <= 2^-9) before it is wide
 the rounding of the inputs that is the whole bf16 error. ``benchmarks/bf16.py`` measures what it does to the
 model's outputs.
 
-Fallback: where oneDNN cannot run bf16 products natively (:data:`BF16_NATIVE` false: no oneDNN in the torch
-build or a CPU without AVX-512), bf16 products run through torch's own bfloat16 matmul, the same arithmetic
-(bf16 inputs, float32 accumulation) but usually slower than float32; a warning is logged once. ``order`` does not
-apply to bf16 products (there is no AllenNLP order to keep in bf16): they always take the fastest path.
+Without bf16 products (:data:`BF16_NATIVE` false: a CPU without AVX-512, e.g. an AVX2 laptop, or a torch build
+without oneDNN) precision ``"bf16"`` runs **float32**, and says so once in a warning: emulated bf16 (torch's own
+bfloat16 matmul there) is slower than float32 and less accurate, so it would give the user nothing. Tests set
+:data:`BF16_EMULATE` to run the bf16 arithmetic through torch's bfloat16 matmul on any CPU (the same arithmetic:
+bf16 inputs, float32 accumulation, the result rounded once). ``order`` does not apply to bf16 products (there is
+no AllenNLP order to keep in bf16): they always take the fastest path.
 """
 from __future__ import annotations
 
 import logging
+import os
 import weakref
 from typing import Callable, Sequence
 
@@ -45,6 +48,11 @@ MKLDNN = bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn
 
 
 def _bf16_native() -> bool:
+    """oneDNN's bf16 products run on this CPU, and oneDNN's instruction set is not capped below AVX-512 by the
+    user (``ONEDNN_MAX_CPU_ISA``/``DNNL_MAX_CPU_ISA``: with ``AVX2`` oneDNN has no bf16 kernels to run)."""
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").strip().upper()
+    if not cap.startswith(("ALL", "AVX512", "AVX10", "AMX")):
+        return False
     try:
         return MKLDNN and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -53,18 +61,24 @@ def _bf16_native() -> bool:
 
 #: whether oneDNN runs bfloat16 products on this CPU (AVX-512; natively fast with ``avx512_bf16`` or AMX)
 BF16_NATIVE = _bf16_native()
+#: run the bf16 arithmetic without oneDNN's bf16 products, through torch's bfloat16 matmul (tests: the bf16 path
+#: on CPUs without them; users get float32 there, see the module docstring)
+BF16_EMULATE = False
 _WARNED: set[str] = set()
 
 
 def bf16_products() -> bool:
-    """Whether products take bfloat16 inputs now (``numerics`` precision ``"bf16"``)."""
+    """Whether products take bfloat16 inputs now: ``numerics`` precision ``"bf16"`` on a CPU with bf16 products
+    (else float32, with one warning)."""
     if numerics.current().precision != "bf16":
         return False
-    if not BF16_NATIVE and "bf16" not in _WARNED:
+    if BF16_NATIVE or BF16_EMULATE:
+        return True
+    if "bf16" not in _WARNED:
         _WARNED.add("bf16")
-        log.warning("precision='bf16': oneDNN bf16 products are not available here (torch build or CPU without "
-                    "AVX-512); using torch's bfloat16 matmul (same arithmetic, usually slower than float32)")
-    return True
+        log.warning("precision='bf16': this CPU (or torch build) has no bf16 products (they need AVX-512, best "
+                    "with AVX-512 BF16 or AMX); running float32 instead, which is faster and exact here")
+    return False
 
 #: id(anchor tensor) -> (weak reference to it, {key: (stamp, value)}); tensors cannot be WeakKeyDictionary
 #: keys (their ``==`` is elementwise), so entries are keyed by id and dropped by a finalizer

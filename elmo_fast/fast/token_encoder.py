@@ -241,7 +241,7 @@ def _affine(b: torch.Tensor, x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     """``x @ W + b`` for the differentiable (training) path: ``addmm`` in float32; in the bf16 setting the
     product goes through :func:`elmo_fast.fast.packing.matmul` (bf16 inputs, float32 accumulation; ``x`` or ``W``
     may already be :func:`~elmo_fast.fast.packing.operand` copies)."""
-    if numerics.current().precision == "bf16":
+    if bf16_products():
         return matmul(x, W).add_(b)
     return torch.addmm(b, x, W)
 
