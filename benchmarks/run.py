@@ -22,7 +22,6 @@ import argparse
 import logging
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import machine  # noqa: E402
 from benchmarks.baseline import BaselineElmo  # noqa: E402
 from elmo_fast import numerics  # noqa: E402
 from elmo_fast.chars import batch_to_ids  # noqa: E402
@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> None:
     rate_end = matmul_rate()
     rate = max(rate_start, rate_end)
     elapsed = time.perf_counter() - t_start
-    lines = [f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
+    lines = [f"machine: {machine.describe()}; torch "
              f"{torch.__version__}, {torch.get_num_threads()} threads; fp32 matmul rate {rate / 1e9:.1f} GFLOP/s "
              f"(2048^3 torch.mm, best of 5, measured at start {rate_start / 1e9:.1f} and end {rate_end / 1e9:.1f}; "
              f"allocator: {args.allocator}; "
