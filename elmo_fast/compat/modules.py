@@ -22,6 +22,7 @@ from torch import nn
 from .. import backend as backends
 from .. import numerics
 from ..chars import BOS_IDS, EOS_IDS
+from ..modes import normal_tensors
 from ..nn.bilm import BiLM, add_sentence_boundaries, token_mask
 from ..nn.lstm import BiLSTM, StateSlots
 from ..nn.token_encoder import CharCNNTokenEncoder
@@ -360,13 +361,14 @@ class _ElmoBiLm(BiLM):
         if not tokens:
             raise ValueError("vocab_to_cache: the list is empty")
         device = self.bos_ids.device
-        with torch.no_grad():
+        with torch.no_grad(), normal_tensors():  # kept across calls: usable after leaving torch.inference_mode()
             chunks = [self.encode_tokens(batch_to_ids([[t] for t in tokens[k:k + CACHE_CHUNK]]).to(device))[:, 0]
                       for k in range(0, len(tokens), CACHE_CHUNK)]
             markers = self.encode_tokens(torch.stack([self.bos_ids, self.eos_ids]))
-        self._word_embedding = nn.Embedding.from_pretrained(torch.cat(chunks), freeze=not self._requires_grad,
-                                                            padding_idx=0)
-        self._bos_embedding, self._eos_embedding = markers[0].clone(), markers[1].clone()
+            table = torch.cat(chunks)
+            bos, eos = markers[0].clone(), markers[1].clone()
+        self._word_embedding = nn.Embedding.from_pretrained(table, freeze=not self._requires_grad, padding_idx=0)
+        self._bos_embedding, self._eos_embedding = bos, eos
 
     def _cache_covers(self, word_inputs: torch.Tensor) -> bool:
         if self._word_embedding is None or word_inputs.numel() == 0:

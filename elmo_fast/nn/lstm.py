@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..modes import normal_tensors
 from ..options import LSTMOptions
 
 __all__ = ["LSTMCellWeights", "folded_bias", "lstm_layer_reference", "BiLSTM", "StateSlots", "FORGET_BIAS"]
@@ -214,13 +215,18 @@ class StateSlots:
             return zero_state
         if self.h.shape[1] < batch:
             zh, zc = zero_state
-            self.h = torch.cat([self.h, zh[:, self.h.shape[1]:].to(self.h)], dim=1)
-            self.c = torch.cat([self.c, zc[:, self.c.shape[1]:].to(self.c)], dim=1)
+            with normal_tensors():  # kept across calls: usable after leaving torch.inference_mode()
+                self.h = torch.cat([self.h, zh[:, self.h.shape[1]:].to(self.h)], dim=1)
+                self.c = torch.cat([self.c, zc[:, self.c.shape[1]:].to(self.c)], dim=1)
         return self.h[:, :batch], self.c[:, :batch]
 
     def update(self, h: torch.Tensor, c: torch.Tensor) -> None:
-        """Store the final states ``h`` ``(L, B, 2P)``, ``c`` ``(L, B, 2C)`` of the last batch (detached)."""
-        h, c = h.detach(), c.detach()
+        """Store the final states ``h`` ``(L, B, 2P)``, ``c`` ``(L, B, 2C)`` of the last batch (detached; normal
+        tensors also when made inside ``torch.inference_mode()``, so the next call may run in any mode)."""
+        with normal_tensors():
+            self._update(h.detach(), c.detach())
+
+    def _update(self, h: torch.Tensor, c: torch.Tensor) -> None:
         if self.h is None or self.c is None:
             self.h, self.c = h.clone(), c.clone()
             return
