@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .. import backend as backends
-from .. import numerics
+from .. import hub, numerics
 from ..chars import BOS_IDS, EOS_IDS
 from ..modes import normal_tensors
 from ..nn.bilm import BiLM, add_sentence_boundaries, token_mask
@@ -97,7 +97,8 @@ class _ElmoCharacterEncoder(_NumericsSetting, nn.Module):
     """AllenNLP's ``_ElmoCharacterEncoder``: char ids -> context-independent token vectors with BOS/EOS.
 
     Args:
-        options_file, weight_file: the public ELMo files (bilm-tf layout).
+        options_file, weight_file: the public ELMo files (bilm-tf layout): paths, ``http(s)://`` URLs or a public
+            model's name, downloaded once into a cache (:mod:`elmo_fast.hub`).
         requires_grad: whether the char table, convolutions, highway and projection get gradients.
         backend: see :mod:`elmo_fast.backend`.
         precision, order: the fast path's arithmetic (:mod:`elmo_fast.numerics`); order defaults to
@@ -112,6 +113,7 @@ class _ElmoCharacterEncoder(_NumericsSetting, nn.Module):
                  order: str | None = COMPAT_ORDER) -> None:
         super().__init__()
         numerics.check(precision, order)  # fail before loading
+        options_file, weight_file = hub.resolve_files(options_file, weight_file)
         options = load_options(options_file)
         if options.char_cnn is None:
             raise ValueError(f"{options_file}: the options have no 'char_cnn' section (word-input models are "
@@ -261,8 +263,9 @@ class ElmoLstm(_NumericsSetting, nn.Module):
             self.__dict__["_slots"].reset()
 
     def load_weights(self, weight_file: str | os.PathLike) -> None:
-        """Read the biLSTM datasets (``RNN_{d}/.../Cell{l}/LSTMCell/{W_0,B,W_P_0}``) of a bilm-tf weight file."""
-        path = os.fspath(weight_file)
+        """Read the biLSTM datasets (``RNN_{d}/.../Cell{l}/LSTMCell/{W_0,B,W_P_0}``) of a bilm-tf weight file
+        (a path, URL or public model name: :mod:`elmo_fast.hub`)."""
+        path = os.fspath(hub.resolve(weight_file, "weights"))
         if not os.path.isfile(path):
             raise FileNotFoundError(f"weight file not found: {path}")
         lstm = self._bilstm()
@@ -310,7 +313,8 @@ class _ElmoBiLm(BiLM):
     """AllenNLP's ``_ElmoBiLm``: a :class:`BiLM` loaded from files, with ``vocab_to_cache`` and ``word_inputs``.
 
     Args:
-        options_file, weight_file: the public ELMo files (bilm-tf layout).
+        options_file, weight_file: the public ELMo files (bilm-tf layout): paths, ``http(s)://`` URLs or a public
+            model's name, downloaded once into a cache (:mod:`elmo_fast.hub`).
         requires_grad: whether the biLM's weights (and the cached word vectors) get gradients.
         vocab_to_cache: tokens whose token-encoder output is computed once; ``forward`` may then take
             ``word_inputs`` (ids into this list; id 0 is padding, so put a padding token first).
@@ -329,6 +333,7 @@ class _ElmoBiLm(BiLM):
                  vocab_to_cache: list[str] | None = None, *, stateful: bool = True,
                  backend: str | None = None, precision: str | None = None, order: str | None = None) -> None:
         numerics.check(precision, order)  # fail before loading
+        options_file, weight_file = hub.resolve_files(options_file, weight_file)
         options = load_options(options_file)
         weights = read_weights(weight_file, options)
         super().__init__(options, stateful=stateful, has_projection="CNN_proj/W_proj" in weights, backend=backend,

@@ -64,7 +64,8 @@ class Elmo(nn.Module):
     """Drop-in for AllenNLP's ``Elmo``: biLM once, then ``num_output_representations`` scalar mixes.
 
     Args:
-        options_file, weight_file: the public ELMo files (bilm-tf layout); None for both with ``module``.
+        options_file, weight_file: the public ELMo files (bilm-tf layout): paths, ``http(s)://`` URLs or a public
+            model's name (downloaded once into a cache, :mod:`elmo_fast.hub`); None for both with ``module``.
         num_output_representations: number of independent mixes (``scalar_mix_0``, ``scalar_mix_1``, ...), >= 1.
         requires_grad: fine-tune the biLM weights.
         do_layer_norm: layer norm inside each mix (statistics include BOS/EOS, as AllenNLP).
