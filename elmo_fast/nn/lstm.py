@@ -111,14 +111,20 @@ class BiLSTM(nn.Module):
     """The two independent LSTM stacks (forward, backward) of the biLM; reference path.
 
     ``cells[d][l]`` is direction d (0 forward, 1 backward), layer l.
+
+    Args:
+        options: sizes and clips. input_dim: width of the first layer's inputs (default P, as in every ELMo
+            biLM; AllenNLP's ``ElmoLstm`` allows another, its ``input_size``). Only the reference ops read
+            first-layer inputs of another width than P.
     """
 
-    def __init__(self, options: LSTMOptions) -> None:
+    def __init__(self, options: LSTMOptions, input_dim: int | None = None) -> None:
         super().__init__()
         self.options = options
         P, C = options.projection_dim, options.dim
-        self.cells = nn.ModuleList(
-            nn.ModuleList(LSTMCellWeights(P, C, P) for _ in range(options.n_layers)) for _ in range(2))
+        self.input_dim = P if input_dim is None else int(input_dim)
+        widths = [self.input_dim] + [P] * (options.n_layers - 1)
+        self.cells = nn.ModuleList(nn.ModuleList(LSTMCellWeights(w, C, P) for w in widths) for _ in range(2))
 
     def zero_state(self, batch: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         o = self.options
@@ -131,7 +137,7 @@ class BiLSTM(nn.Module):
         """Run both directions over a padded batch.
 
         Args:
-            x: ``(B, T, P)`` token embeddings.
+            x: ``(B, T, input_dim)`` token embeddings (input_dim = P but for a standalone ``ElmoLstm``).
             lengths: ``(B,)`` valid lengths (BOS..EOS).
             state: initial ``(h (L, B, 2P), c (L, B, 2C))``; zeros when None.
             dropout: probability applied to every layer's input (training only; the residual adds the
