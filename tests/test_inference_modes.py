@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import elmo_fast
+from elmo_fast import numerics
 from elmo_fast.compat import allennlp as A
 from helpers import tiny_options, write_model
 
@@ -109,8 +110,35 @@ def _entry_points(files, setting, tmp_path):
         "BiLM": lambda: bilm(elmo_fast.BiLM.from_files(o, w, **setting), _ids()),
         "ElmoEmbedder": lambda: _embedder_calls(elmo_fast.ElmoEmbedder(o, w, **setting), tmp_path),
         "compat.ElmoEmbedder": lambda: _embedder_calls(A.ElmoEmbedder(o, w, **setting), tmp_path),
-        "batch_to_ids": lambda: lambda: [_ids(), A.batch_to_ids(SENTENCES)],
+        "functions": lambda: _functions(setting),
+        "ScalarMix": lambda: _scalar_mix(),
     }
+
+
+def _functions(setting):
+    """The public functions: char ids, sentence boundaries, the softmax losses (fast CPU backend)."""
+    g = torch.Generator().manual_seed(2)
+    hidden, weight, bias = torch.randn(6, 8, generator=g), torch.randn(20, 8, generator=g), torch.randn(20, generator=g)
+    targets, sampled = torch.tensor([1, 4, 0, 19, 7, 7]), torch.tensor([3, 5, 11])
+    counts, sampled_counts = torch.full((6,), 0.3), torch.full((3,), 0.2)
+    values, mask = torch.randn(2, 4, 3, generator=g), torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)
+
+    def run():
+        with numerics.use(setting["precision"], setting["order"]):
+            losses = [elmo_fast.full_softmax_loss(hidden, targets, weight, bias, chunk_size=7, backend="fast"),
+                      elmo_fast.sampled_softmax_loss(hidden, targets, weight, bias, sampled, counts, sampled_counts,
+                                                     backend="fast")]
+        added = A.add_sentence_boundary_token_ids(values, mask, torch.zeros(3), torch.ones(3))
+        return [_ids(), A.batch_to_ids(SENTENCES), *added, *elmo_fast.remove_sentence_boundaries(values, mask),
+                *losses]
+    return run
+
+
+def _scalar_mix():
+    g = torch.Generator().manual_seed(3)
+    layers, mask = [torch.randn(2, 4, 3, generator=g) for _ in range(3)], torch.ones(2, 4, dtype=torch.bool)
+    mix = elmo_fast.ScalarMix(3, do_layer_norm=True)
+    return lambda: [mix(layers, mask)]
 
 
 ENTRY_POINTS = list(_entry_points(("o", "w"), {}, None))
