@@ -12,10 +12,10 @@ Everywhere an options file, a weight file or a model folder is accepted (:class:
   ``original-5.5b``, or AllenNLP's folder names such as ``2x4096_512_2048cnn_2xhighway``), when no local file
   or folder of that name exists: AllenNLP's URLs of that model's options or weights.
 
-Downloads go through pooch's HTTP downloader (a progress bar on stderr, ``requests`` underneath) into a
-temporary file next to the target, which is checked (an options file must be a JSON object, a weight file an
-HDF5 file that opens whole, i.e. not truncated; the SHA-256 where it is known) and only then renamed into the
-cache, so the cache never holds a partial or corrupt file. A file lock per target (under ``<cache>/.locks``)
+Downloads go through pooch's HTTP downloader (``requests`` underneath; a progress bar when stderr is a
+terminal, and an INFO log line) into a temporary file next to the target, which is checked (an options file
+must be a JSON object, a weight file an HDF5 file that opens whole, i.e. not truncated; the SHA-256 where it is
+known) and only then renamed into the cache, so the cache never holds a partial or corrupt file. A file lock per target (under ``<cache>/.locks``)
 lets one process download while others wait for it and then read the same file. AllenNLP publishes no
 checksums for the public models, so their files are checked by format only.
 
@@ -274,8 +274,10 @@ def _fetch(url: str, target: Path) -> None:
     import requests
     from tqdm import tqdm
 
-    # total=1 until pooch sets the announced size: pooch tests the bar's truth, and tqdm's is False at total 0
-    bar = tqdm(total=1, unit="B", unit_scale=True, ncols=79, leave=True, desc=os.path.basename(urlsplit(url).path))
+    # total=1 until pooch sets the announced size: pooch tests the bar's truth, and tqdm's is False at total 0;
+    # disable=None: drawn on a terminal only (no carriage-return noise in log files)
+    bar = tqdm(total=1, unit="B", unit_scale=True, ncols=79, leave=True, disable=None,
+               desc=os.path.basename(urlsplit(url).path))
     try:
         pooch.HTTPDownloader(progressbar=bar, timeout=TIMEOUT)(url, str(target), None)
     except requests.RequestException as e:
