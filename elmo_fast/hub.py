@@ -15,9 +15,9 @@ Everywhere an options file, a weight file or a model folder is accepted (:class:
 Downloads go through pooch's HTTP downloader (``requests`` underneath; a progress bar when stderr is a
 terminal, and an INFO log line) into a temporary file next to the target, which is checked (an options file
 must be a JSON object, a weight file an HDF5 file that opens whole, i.e. not truncated; the SHA-256 where it is
-known) and only then renamed into the cache, so the cache never holds a partial or corrupt file. A file lock per target (under ``<cache>/.locks``)
-lets one process download while others wait for it and then read the same file. AllenNLP publishes no
-checksums for the public models, so their files are checked by format only.
+known) and only then renamed into the cache, so the cache never holds a partial or corrupt file. A file lock
+per target (under ``<cache>/.locks``) lets one process download while others wait for it and then read the same
+file. AllenNLP publishes no checksums for the public models, so their files are checked by format only.
 
 Environment:
 
