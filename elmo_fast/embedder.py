@@ -12,7 +12,7 @@ from .chars import as_token_lists, batch_to_ids
 from .embedding import (DEFAULT_CHUNK_LINES, OUTPUT_FORMATS, InputFileError, length_groups, rank_share,
                         read_sentences)
 from .embedding.distributed import distributed_env
-from . import numerics
+from . import hub, numerics
 from .errors import UserError
 from .nn.bilm import BiLM, remove_sentence_boundaries
 
@@ -45,7 +45,8 @@ class ElmoEmbedder:
     """Drop-in for AllenNLP's ``ElmoEmbedder``: the three biLM layers per token, as numpy arrays.
 
     Args:
-        options_file, weight_file: the ELMo files (options.json, bilm-tf weights.hdf5).
+        options_file, weight_file: the ELMo files (options.json, bilm-tf weights.hdf5): local paths, ``http(s)://``
+            URLs or a public model's name (``"original"``, ...), downloaded once into a cache (:mod:`elmo_fast.hub`).
         cuda_device: -1 for CPU, else the CUDA device index (an error when CUDA is absent).
         stateful: carry LSTM states across batches (AllenNLP's behaviour). ``False`` makes each batch
             independent of earlier calls (not bit-compatible with AllenNLP).
@@ -74,6 +75,7 @@ class ElmoEmbedder:
         self.batch_size = _check_batch_size(batch_size)
         device = _device_for(cuda_device)
         numerics.check(precision, order)  # fail before loading
+        options_file, weight_file = hub.resolve_files(options_file, weight_file)  # URLs, public names: cached files
         module = BiLM.from_files(options_file, weight_file, stateful=stateful, backend=backend,
                                  precision=precision, order=order)
         self._files = [os.path.abspath(os.fspath(options_file)), os.path.abspath(os.fspath(weight_file))]
@@ -120,7 +122,8 @@ class ElmoEmbedder:
                         batch_size: int = 64, backend: str | None = None, precision: str | None = None,
                         order: str | None = None) -> "ElmoEmbedder":
         """A model folder (``options.json`` + ``weights.hdf5``, or an ELMoForManyLangs folder), via
-        :func:`elmo_fast.pretrained.load_pretrained`."""
+        :func:`elmo_fast.pretrained.load_pretrained`; also the URL of such a folder or a public model's name
+        (:mod:`elmo_fast.hub`)."""
         try:
             from .pretrained import load_pretrained  # type: ignore[import-not-found]
         except ImportError as e:

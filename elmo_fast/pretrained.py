@@ -45,11 +45,14 @@ def load_pretrained(path: str | os.PathLike, *, stateful: bool = True, backend: 
     """Load the model in directory ``path`` (format detected, see the module docstring), for inference.
 
     Args:
-        path: the model directory.
+        path: the model directory, the URL of one (``options.json`` + ``weights.hdf5`` under it) or a public
+            model's name (:mod:`elmo_fast.hub`).
         stateful: carry LSTM states across calls (AllenNLP's and the ELMoForManyLangs package's behaviour);
             ``False``: every call starts from zero states.
         backend: ``"reference"``, ``"fast"``, ``"triton"`` or None (see :mod:`elmo_fast.backend`).
     """
+    from .hub import resolve
+    path = resolve(path, "model_dir")  # a folder URL or a public model's name: its cached folder
     kind = detect_format(path)
     root = Path(path)
     if kind == "efml":

@@ -200,8 +200,10 @@ def read_wic(data_path: str | os.PathLike, gold_path: str | os.PathLike) -> list
 # ---------------------------------------------------------------------------------------------- embedding
 def load_embedder(model_dir: str | os.PathLike, device: str = "cpu", backend: str | None = None,
                   batch_size: int = 64) -> ElmoEmbedder:
-    """A stateless :class:`ElmoEmbedder` for ``model_dir`` (``options.json`` + ``weights.hdf5``)."""
-    model_dir = Path(model_dir)
+    """A stateless :class:`ElmoEmbedder` for ``model_dir`` (``options.json`` + ``weights.hdf5``; or the URL of
+    such a folder, or a public model's name: :mod:`elmo_fast.hub`)."""
+    from .hub import resolve
+    model_dir = Path(resolve(model_dir, "model_dir"))
     options, weights = model_dir / "options.json", model_dir / "weights.hdf5"
     for p in (options, weights):
         if not p.is_file():

@@ -1,12 +1,15 @@
 """AllenNLP-style tests of every name in elmo_fast.compat.allennlp against the shared TensorFlow fixtures."""
 import argparse
 import json
+import logging
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import torch
 
+from elmo_fast.backend import BackendError
 from elmo_fast.compat import allennlp as A
 from elmo_fast.nn.scalar_mix import LAYER_NORM_EPS, ScalarMix
 from test_reference_fixtures import CASES, load_case, run_protocol
@@ -70,8 +73,8 @@ def test_elmo_lstm_alone_reproduces_tensorflow(fixtures_dir):
     assert run_protocol(embed, sentences, expected) < 1e-5
     with pytest.raises(ValueError, match="recurrent_dropout"):
         A.ElmoLstm(16, 16, 64, 2, recurrent_dropout_probability=0.1)
-    with pytest.raises(ValueError, match="input_size"):
-        A.ElmoLstm(8, 16, 64, 2)
+    with pytest.raises(ValueError, match="expected shape"):  # layer 1 reads 8 features, the file's 16
+        A.ElmoLstm(8, 16, 64, 2).load_weights(str(d / "lm_weights.hdf5"))
 
 
 # ------------------------------------------------------------------------------------------------ token layer
@@ -290,3 +293,136 @@ def test_scalar_mix_layer_norm_epsilon_is_allennlps():
     torch.testing.assert_close(out.double().view(-1), want, rtol=1e-4, atol=0)
     assert abs(float(out[0, 1, 0]) - dev / (var + 1e-12) ** 0.5) > 0.1      # 1e-12 would give 0.06, not 0.19
     assert abs(float(out[0, 1, 0]) - dev / (var + 1e-14) ** 0.5) > 0.01     # 1e-14 would give 0.51
+
+
+# ------------------------------------------------------------------------------------------------ AllenNLP's tests
+def test_allennlp_elmo_bilm_can_cache_char_cnn_embeddings(allennlp_fixture, caplog):
+    """AllenNLP's test of the same name: its "no cache" run passes the character ids as word_inputs too, which
+    a module without vocab_to_cache ignores (one warning)."""
+    opt, w, _ = allennlp_fixture
+    sentences = [["This", "is", "a", "sentence"], ["Here", "'s", "one"], ["Another", "one"]]
+    vocab = ["@@PADDING@@", "@@UNKNOWN@@"] + list(dict.fromkeys(t for s in sentences for t in s))
+    char_ids = A.batch_to_ids(sentences)
+    word_ids = torch.tensor([[vocab.index(t) for t in s] + [0] * (4 - len(s)) for s in sentences])
+    elmo_bilm = A._ElmoBiLm(str(opt), str(w))
+    elmo_bilm.eval()
+    with caplog.at_level(logging.WARNING, logger="elmo_fast.compat.modules"):
+        no_cache = elmo_bilm(char_ids, char_ids)
+        elmo_bilm.reset_states()
+        again = elmo_bilm(char_ids, "anything at all")
+    assert [r.getMessage() for r in caplog.records].count(caplog.records[0].getMessage()) == 1
+    assert "ignored" in caplog.records[0].getMessage()
+    elmo_bilm = A._ElmoBiLm(str(opt), str(w), vocab_to_cache=vocab)  # stateful: a fresh one for the comparison
+    elmo_bilm.eval()
+    cached = elmo_bilm(char_ids, word_ids)
+    np.testing.assert_array_almost_equal(no_cache["mask"].numpy(), cached["mask"].numpy())
+    for activation_cached, activation, repeated in zip(cached["activations"], no_cache["activations"],
+                                                       again["activations"]):
+        np.testing.assert_array_almost_equal(activation_cached.detach().numpy(), activation.detach().numpy(),
+                                             decimal=6)
+        assert torch.equal(repeated, activation)
+    # Elmo passes them on unchecked too (AllenNLP warns "does not have a cached vocab" and drops them)
+    elmo = A.Elmo(str(opt), str(w), 1, dropout=0.0)
+    plain = A.Elmo(str(opt), str(w), 1, dropout=0.0)
+    assert torch.equal(elmo(char_ids, char_ids)["elmo_representations"][0],
+                       plain(char_ids)["elmo_representations"][0])
+
+
+def _naive_elmo_lstm(lstm, inputs, mask, state=None):
+    """AllenNLP's ElmoLstm semantics written plainly, one row and one step at a time: per direction, layer 0
+    reads the inputs (input_size wide), every later layer its predecessor's output plus that output as a residual;
+    bilm-tf gates (i, j, f, o) with the +1 forget bias, cell clip, projection, projection clip. Returns the outputs
+    (num_layers, B, T, 2H) and the final (h, c) per layer, row and direction."""
+    o = lstm.lstm.options
+    H, C = o.projection_dim, o.dim
+    B, T, _ = inputs.shape
+    out = torch.zeros(o.n_layers, B, T, 2 * H, dtype=torch.float64)
+    h_fin = torch.zeros(o.n_layers, B, 2 * H, dtype=torch.float64)
+    c_fin = torch.zeros(o.n_layers, B, 2 * C, dtype=torch.float64)
+    for d in (0, 1):
+        for b in range(B):
+            n = int(mask[b].sum())
+            x = inputs[b, :n].double()
+            for layer, cell in enumerate(lstm.lstm.cells[d]):
+                W, bias, WP = cell.W_0.double(), cell.B.double(), cell.W_P_0.double()
+                if state is None:
+                    h, c = torch.zeros(H, dtype=torch.float64), torch.zeros(C, dtype=torch.float64)
+                else:
+                    h = state[0][layer, b, d * H:(d + 1) * H].double()
+                    c = state[1][layer, b, d * C:(d + 1) * C].double()
+                y = torch.zeros(n, H, dtype=torch.float64)
+                for t in (range(n) if d == 0 else range(n - 1, -1, -1)):
+                    z = torch.cat([x[t], h]) @ W + bias
+                    i, j, f, g = z.split(C)
+                    c = torch.sigmoid(i) * torch.tanh(j) + torch.sigmoid(f + 1.0) * c
+                    c = c.clamp(-o.cell_clip, o.cell_clip)
+                    h = ((torch.sigmoid(g) * torch.tanh(c)) @ WP).clamp(-o.proj_clip, o.proj_clip)
+                    y[t] = h
+                if layer > 0:
+                    y = y + x
+                out[layer, b, :n, d * H:(d + 1) * H] = y
+                h_fin[layer, b, d * H:(d + 1) * H], c_fin[layer, b, d * C:(d + 1) * C] = h, c
+                x = y
+    return out, (h_fin, c_fin)
+
+
+def test_allennlp_elmo_lstm_with_input_size_other_than_hidden_size(monkeypatch):
+    """AllenNLP's ElmoLstm test (input_size 3, hidden_size 5, cell_size 7): masked outputs are zero and the
+    carried states have AllenNLP's shapes; the numbers are AllenNLP's semantics (checked in float64)."""
+    torch.manual_seed(0)
+    input_tensor = torch.rand(4, 5, 3)
+    input_tensor[1, 4:, :] = 0.0
+    input_tensor[2, 2:, :] = 0.0
+    input_tensor[3, 1:, :] = 0.0
+    mask = torch.ones([4, 5]).bool()
+    mask[1, 4:] = False
+    mask[2, 2:] = False
+    mask[3, 1:] = False
+    lstm = A.ElmoLstm(num_layers=2, input_size=3, hidden_size=5, cell_size=7, memory_cell_clip_value=2,
+                      state_projection_clip_value=1)
+    assert lstm._states is None
+    output_sequence = lstm(input_tensor, mask)
+    assert output_sequence.shape == (2, 4, 5, 10)
+    np.testing.assert_array_equal(output_sequence.data[:, 1, 4:, :].numpy(), 0.0)
+    np.testing.assert_array_equal(output_sequence.data[:, 2, 2:, :].numpy(), 0.0)
+    np.testing.assert_array_equal(output_sequence.data[:, 3, 1:, :].numpy(), 0.0)
+    assert list(lstm._states[0].size()) == [2, 4, 10]
+    assert list(lstm._states[1].size()) == [2, 4, 14]
+
+    want, final = _naive_elmo_lstm(lstm, input_tensor, mask)
+    torch.testing.assert_close(output_sequence.double(), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lstm._states[0].double(), final[0], rtol=1e-5, atol=1e-6)
+    # the next call starts from the carried states (AllenNLP's slot semantics)
+    carried = (lstm._states[0].clone(), lstm._states[1].clone())
+    second = lstm(input_tensor, mask)
+    torch.testing.assert_close(second.double(), _naive_elmo_lstm(lstm, input_tensor, mask, carried)[0],
+                               rtol=1e-5, atol=1e-6)
+    lstm.reset_states()
+    assert lstm._states is None
+    # the fast and Triton kernels read hidden_size-wide inputs: another width runs on the reference backend
+    with pytest.raises(BackendError, match="reference"):
+        A.ElmoLstm(3, 5, 7, 2, backend="fast")
+    monkeypatch.setenv("ELMO_FAST_BACKEND", "fast")
+    assert torch.equal(lstm(input_tensor, mask), output_sequence)
+    # and gradients flow to every weight, the first layer's input_size-wide rows included
+    trained = A.ElmoLstm(3, 5, 7, 2, requires_grad=True)
+    trained(input_tensor, mask).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trained.parameters())
+
+
+def test_allennlp_empty_sentence_width_is_documented():
+    """An empty sentence's embedding is (3, 0, 2P) here; AllenNLP hard-codes (3, 0, 1024) (its
+    ``empty_embedding()``, kept as is). The compatibility table says so in the ElmoEmbedder row."""
+    assert A.empty_embedding().shape == (3, 0, 1024)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    row = next(line for line in readme.splitlines() if line.startswith("| `commands.elmo.ElmoEmbedder`"))
+    assert "(3, 0, 2P)" in row and "1024" in row
+
+
+def test_allennlp_empty_sentence_width_is_2p(allennlp_fixture):
+    opt, w, _ = allennlp_fixture
+    embedder = A.ElmoEmbedder(str(opt), str(w))
+    lone, = embedder.embed_batch([[]])
+    first, empty = embedder.embed_batch([["a", "b"], []])
+    assert lone.shape == empty.shape == (3, 0, 32) and first.shape == (3, 2, 32)
+    assert embedder.embed_sentence([]).shape == (3, 0, 32)

@@ -102,6 +102,8 @@ def _cuda_index(device: str) -> int:
 
 
 def _model_files(args: argparse.Namespace) -> list[str]:
+    from ..hub import resolve_args
+    resolve_args(args)  # URLs and public model names -> their cached local files
     if args.model_dir:
         if args.options_file or args.weight_file:
             raise UserError("--model-dir: give either --model-dir or --options-file and --weight-file, not both")

@@ -44,7 +44,11 @@ def run(args: argparse.Namespace) -> int:
     if args.softmax_chunk < 1:
         raise UserError(f"--softmax-chunk: expected a positive integer, found {args.softmax_chunk}")
     check_readable_file(args.heldout, "--heldout")
-    model, vocab, _ = load_model_dir(args.model_dir, backend=args.backend, need_softmax=True)
+    from ..hub import resolve
+    # a folder URL: an export's four files (public models publish no softmax weights, so a name fails there)
+    model_dir = resolve(args.model_dir, "model_dir",
+                        files=("options.json", "weights.hdf5", "softmax_weights.hdf5", "vocab.txt"))
+    model, vocab, _ = load_model_dir(model_dir, backend=args.backend, need_softmax=True)
     model.to(args.device)
     with precision_context(args):  # the model (precision None) inherits --precision
         result = evaluate_perplexity(model, vocab, args.heldout, args.batch_size, 1, args.softmax_chunk,

@@ -11,7 +11,9 @@ Replace, in an import line::
 by ``from elmo_fast.compat.allennlp import ...`` with the same names. The numbers are AllenNLP's (stateful by
 default, same BOS/EOS handling, same slot semantics for carried states); what still differs is listed in
 the README's compatibility table (parameter names and shapes follow the bilm-tf files, not AllenNLP's
-``Linear`` layers; no downloads: the options and weight files are required).
+``Linear`` layers). As in AllenNLP, the options and weight files may be URLs (AllenNLP's own, e.g.
+``https://allennlp.s3.amazonaws.com/models/elmo/2x4096_512_2048cnn_2xhighway/elmo_2x4096_512_2048cnn_2xhighway_options.json``),
+downloaded once into a cache; also public model names (``"original"``, ...): see :mod:`elmo_fast.hub`.
 
 Floating-point order: every class here (and :func:`elmo_command`) defaults to ``order="allennlp"``
 (:mod:`elmo_fast.numerics`): the fast path then computes in AllenNLP's order of operations, so that long
@@ -114,7 +116,8 @@ class ElmoEmbedder(_NativeElmoEmbedder):
 class ElmoTokenEmbedder(nn.Module):
     """AllenNLP's ``ElmoTokenEmbedder``: one ELMo mix, optionally projected to ``projection_dim``.
 
-    Args (AllenNLP's, same order): options_file, weight_file (required: no download), do_layer_norm, dropout,
+    Args (AllenNLP's, same order): options_file, weight_file (paths, URLs or public model names: see
+        :mod:`elmo_fast.hub`), do_layer_norm, dropout,
         requires_grad, projection_dim (a ``Linear(2P, projection_dim)`` with bias after the mix),
         vocab_to_cache, scalar_mix_parameters. Extra keywords ``stateful``, ``backend``, ``precision`` and
         ``order`` (default ``"allennlp"``) as :class:`Elmo`.
@@ -172,7 +175,7 @@ def elmo_command(args: argparse.Namespace) -> int:
     """AllenNLP's ``allennlp.commands.elmo.elmo_command``: run ``elmo-fast embed`` with an AllenNLP namespace.
 
     Fields read (AllenNLP's names): ``input_file``, ``output_file``, ``all`` / ``top`` / ``average``,
-    ``options_file``, ``weight_file``, ``batch_size`` (default 64), ``cuda_device`` (default -1),
+    ``options_file``, ``weight_file`` (paths, URLs or public model names: :mod:`elmo_fast.hub`), ``batch_size`` (default 64), ``cuda_device`` (default -1),
     ``forget_sentences``, ``use_sentence_keys``. As AllenNLP, an existing output file is replaced. The model
     runs in AllenNLP's floating-point order (:data:`COMPAT_ORDER`) unless the namespace has ``order``.
     """
@@ -183,7 +186,7 @@ def elmo_command(args: argparse.Namespace) -> int:
         raise ValueError(f"elmo_command: exactly one of all/top/average must be set, found {formats or 'none'}")
     for field in ("options_file", "weight_file"):
         if not getattr(args, field, None):
-            raise ValueError(f"elmo_command: '{field}' is required (elmo-fast does not download models)")
+            raise ValueError(f"elmo_command: '{field}' is required (a path, a URL or a public model name)")
     argv = ["embed", _path_of(args.input_file, "input_file"), _path_of(args.output_file, "output_file"),
             f"--{formats[0]}", "--options-file", os.fspath(args.options_file), "--weight-file",
             os.fspath(args.weight_file), "--batch-size", str(getattr(args, "batch_size", DEFAULT_BATCH_SIZE)),

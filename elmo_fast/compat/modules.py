@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from .. import backend as backends
-from .. import numerics
+from .. import hub, numerics
 from ..chars import BOS_IDS, EOS_IDS
+from ..modes import normal_tensors
 from ..nn.bilm import BiLM, add_sentence_boundaries, token_mask
 from ..nn.lstm import BiLSTM, StateSlots
 from ..nn.token_encoder import CharCNNTokenEncoder
@@ -96,7 +97,8 @@ class _ElmoCharacterEncoder(_NumericsSetting, nn.Module):
     """AllenNLP's ``_ElmoCharacterEncoder``: char ids -> context-independent token vectors with BOS/EOS.
 
     Args:
-        options_file, weight_file: the public ELMo files (bilm-tf layout).
+        options_file, weight_file: the public ELMo files (bilm-tf layout): paths, ``http(s)://`` URLs or a public
+            model's name, downloaded once into a cache (:mod:`elmo_fast.hub`).
         requires_grad: whether the char table, convolutions, highway and projection get gradients.
         backend: see :mod:`elmo_fast.backend`.
         precision, order: the fast path's arithmetic (:mod:`elmo_fast.numerics`); order defaults to
@@ -111,6 +113,7 @@ class _ElmoCharacterEncoder(_NumericsSetting, nn.Module):
                  order: str | None = COMPAT_ORDER) -> None:
         super().__init__()
         numerics.check(precision, order)  # fail before loading
+        options_file, weight_file = hub.resolve_files(options_file, weight_file)
         options = load_options(options_file)
         if options.char_cnn is None:
             raise ValueError(f"{options_file}: the options have no 'char_cnn' section (word-input models are "
@@ -169,16 +172,19 @@ class _ElmoCharacterEncoder(_NumericsSetting, nn.Module):
 class ElmoLstm(_NumericsSetting, nn.Module):
     """AllenNLP's ``ElmoLstm``: the stateful biLSTM stack (projection, clipping, residual from layer 2 on).
 
-    Args (AllenNLP's): input_size, hidden_size (must be equal: the biLM's P), cell_size (C), num_layers,
-        requires_grad, recurrent_dropout_probability (only 0.0 is supported), memory_cell_clip_value,
-        state_projection_clip_value.
-        backend: see :mod:`elmo_fast.backend`.
+    Args (AllenNLP's): input_size (the first layer's input width), hidden_size (P: every layer's output per
+        direction, and the input width of layers 2...), cell_size (C), num_layers, requires_grad,
+        recurrent_dropout_probability (only 0.0 is supported), memory_cell_clip_value, state_projection_clip_value.
+        backend: see :mod:`elmo_fast.backend`. With ``input_size != hidden_size`` (never the case inside an ELMo
+            biLM, whose token vectors are P wide) the biLSTM runs on the ``reference`` backend: the fast and
+            Triton kernels read P-wide inputs; asking for another backend then is a :class:`BackendError`.
         precision, order: the fast path's arithmetic (:mod:`elmo_fast.numerics`); order defaults to
             ``"allennlp"`` (AllenNLP's floating-point order); None keeps the caller's setting.
 
-    ``forward(inputs (B, T, P), mask (B, T) bool) -> (num_layers, B, T, 2P)``; carries per-row states across
-    calls (AllenNLP's slot semantics) until :meth:`reset_states`. Weights start random (AllenNLP: block
-    orthogonal) until :meth:`load_weights` reads a bilm-tf weight file.
+    ``forward(inputs (B, T, input_size), mask (B, T) bool) -> (num_layers, B, T, 2P)``; as AllenNLP, the first
+    layer has no residual connection, the others add their input. Carries per-row states across calls
+    (AllenNLP's slot semantics) until :meth:`reset_states`; ``_states`` shows them as AllenNLP does. Weights
+    start random (AllenNLP: block orthogonal) until :meth:`load_weights` reads a bilm-tf weight file.
     """
 
     def __init__(self, input_size: int, hidden_size: int, cell_size: int, num_layers: int,
@@ -188,19 +194,21 @@ class ElmoLstm(_NumericsSetting, nn.Module):
                  order: str | None = COMPAT_ORDER) -> None:
         super().__init__()
         numerics.check(precision, order)
-        if input_size != hidden_size:
-            raise ValueError(f"ElmoLstm: input_size ({input_size}) must equal hidden_size ({hidden_size}) "
-                             "(every ELMo biLSTM layer reads P-dimensional inputs)")
         if recurrent_dropout_probability != 0.0:
             raise ValueError("ElmoLstm: recurrent_dropout_probability is not supported by elmo-fast (only 0.0); "
                              "bilm-tf's dropout is on layer inputs (BiLM.forward_embeddings(dropout=...))")
-        for name, value in (("input_size", input_size), ("cell_size", cell_size), ("num_layers", num_layers)):
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("cell_size", cell_size),
+                            ("num_layers", num_layers)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ElmoLstm: {name} must be a positive integer, found {value!r}")
+        if input_size != hidden_size and backend is not None and backend.strip().lower() != "reference":
+            raise backends.BackendError(
+                f"ElmoLstm: backend {backend!r} reads first-layer inputs as wide as hidden_size; with input_size "
+                f"{input_size} != hidden_size {hidden_size} only the 'reference' backend runs (leave backend=None)")
         options = LSTMOptions(dim=cell_size, projection_dim=hidden_size, n_layers=num_layers,
                               cell_clip=memory_cell_clip_value, proj_clip=state_projection_clip_value,
                               use_skip_connections=True)
-        self.lstm = BiLSTM(options)
+        self.lstm = BiLSTM(options, input_dim=input_size)
         bound = 1.0 / cell_size ** 0.5
         with torch.no_grad():
             for p in self.lstm.parameters():
@@ -240,6 +248,14 @@ class ElmoLstm(_NumericsSetting, nn.Module):
         else:
             self.__dict__["_stateful"] = value
 
+    @property
+    def _states(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """AllenNLP's view of the carried states: ``(h (num_layers, B, 2P), c (num_layers, B, 2C))``, or None
+        before the first call and after :meth:`reset_states` (read only; the biLM's, for a view)."""
+        bilm = self.__dict__["_bilm"]
+        slots = bilm.states if bilm is not None else self.__dict__["_slots"]
+        return None if slots.h is None or slots.c is None else (slots.h, slots.c)
+
     def _bilstm(self) -> BiLSTM:
         bilm = self.__dict__["_bilm"]
         return self.lstm if bilm is None else bilm.lstm
@@ -260,8 +276,9 @@ class ElmoLstm(_NumericsSetting, nn.Module):
             self.__dict__["_slots"].reset()
 
     def load_weights(self, weight_file: str | os.PathLike) -> None:
-        """Read the biLSTM datasets (``RNN_{d}/.../Cell{l}/LSTMCell/{W_0,B,W_P_0}``) of a bilm-tf weight file."""
-        path = os.fspath(weight_file)
+        """Read the biLSTM datasets (``RNN_{d}/.../Cell{l}/LSTMCell/{W_0,B,W_P_0}``) of a bilm-tf weight file
+        (a path, URL or public model name: :mod:`elmo_fast.hub`)."""
+        path = os.fspath(hub.resolve(weight_file, "weights"))
         if not os.path.isfile(path):
             raise FileNotFoundError(f"weight file not found: {path}")
         lstm = self._bilstm()
@@ -296,7 +313,10 @@ class ElmoLstm(_NumericsSetting, nn.Module):
         lengths = mask.long().sum(dim=1)
         zero = lstm.zero_state(inputs.shape[0], inputs)
         initial = slots.initial(inputs.shape[0], zero) if self.stateful else zero
-        op = backends.get_op(backends.resolve(self.backend, inputs.device, "bilstm"), "bilstm")
+        # inputs of another width than P: only the reference biLSTM reads them (see the class docstring)
+        name = "reference" if self.input_size != self.hidden_size else backends.resolve(self.backend, inputs.device,
+                                                                                        "bilstm")
+        op = backends.get_op(name, "bilstm")
         with numerics.use(*self.__dict__["_numerics"]):
             outputs, (h, c) = op(lstm, inputs, lengths, initial, 0.0)
         if self.stateful:
@@ -309,7 +329,8 @@ class _ElmoBiLm(BiLM):
     """AllenNLP's ``_ElmoBiLm``: a :class:`BiLM` loaded from files, with ``vocab_to_cache`` and ``word_inputs``.
 
     Args:
-        options_file, weight_file: the public ELMo files (bilm-tf layout).
+        options_file, weight_file: the public ELMo files (bilm-tf layout): paths, ``http(s)://`` URLs or a public
+            model's name, downloaded once into a cache (:mod:`elmo_fast.hub`).
         requires_grad: whether the biLM's weights (and the cached word vectors) get gradients.
         vocab_to_cache: tokens whose token-encoder output is computed once; ``forward`` may then take
             ``word_inputs`` (ids into this list; id 0 is padding, so put a padding token first).
@@ -321,13 +342,15 @@ class _ElmoBiLm(BiLM):
     ``forward(inputs (B, T, 50), word_inputs=None)`` returns AllenNLP's dict ``{"activations": [3 x (B, T+2,
     2P)], "mask": (B, T+2) bool}``. With a cache and ``word_inputs``, the cached vectors are used; if any id is
     outside the cache (negative or >= len(vocab_to_cache)), the whole batch falls back to the character
-    encoder on ``inputs`` (AllenNLP's behaviour), so pass both.
+    encoder on ``inputs`` (AllenNLP's behaviour), so pass both. Without a cache, ``word_inputs`` (of any shape
+    or type) are ignored, as in AllenNLP, with one warning per module.
     """
 
     def __init__(self, options_file: str | os.PathLike, weight_file: str | os.PathLike, requires_grad: bool = False,
                  vocab_to_cache: list[str] | None = None, *, stateful: bool = True,
                  backend: str | None = None, precision: str | None = None, order: str | None = None) -> None:
         numerics.check(precision, order)  # fail before loading
+        options_file, weight_file = hub.resolve_files(options_file, weight_file)
         options = load_options(options_file)
         weights = read_weights(weight_file, options)
         super().__init__(options, stateful=stateful, has_projection="CNN_proj/W_proj" in weights, backend=backend,
@@ -360,13 +383,14 @@ class _ElmoBiLm(BiLM):
         if not tokens:
             raise ValueError("vocab_to_cache: the list is empty")
         device = self.bos_ids.device
-        with torch.no_grad():
+        with torch.no_grad(), normal_tensors():  # kept across calls: usable after leaving torch.inference_mode()
             chunks = [self.encode_tokens(batch_to_ids([[t] for t in tokens[k:k + CACHE_CHUNK]]).to(device))[:, 0]
                       for k in range(0, len(tokens), CACHE_CHUNK)]
             markers = self.encode_tokens(torch.stack([self.bos_ids, self.eos_ids]))
-        self._word_embedding = nn.Embedding.from_pretrained(torch.cat(chunks), freeze=not self._requires_grad,
-                                                            padding_idx=0)
-        self._bos_embedding, self._eos_embedding = markers[0].clone(), markers[1].clone()
+            table = torch.cat(chunks)
+            bos, eos = markers[0].clone(), markers[1].clone()
+        self._word_embedding = nn.Embedding.from_pretrained(table, freeze=not self._requires_grad, padding_idx=0)
+        self._bos_embedding, self._eos_embedding = bos, eos
 
     def _cache_covers(self, word_inputs: torch.Tensor) -> bool:
         if self._word_embedding is None or word_inputs.numel() == 0:
@@ -380,6 +404,13 @@ class _ElmoBiLm(BiLM):
 
     def forward(self, inputs: torch.Tensor, word_inputs: torch.Tensor | None = None) -> dict[str, Any]:
         """See the class docstring. ``inputs`` ``(B, T, 50)``; ``word_inputs`` ``(B, T)`` ids into the cache."""
+        if word_inputs is not None and self._word_embedding is None:
+            # AllenNLP reads word_inputs only with a cache (its own tests pass the character ids there)
+            if not self.__dict__.get("_warned_word_inputs"):
+                self.__dict__["_warned_word_inputs"] = True
+                logger.warning("word_inputs were given to an _ElmoBiLm without vocab_to_cache: they are ignored "
+                               "(as in AllenNLP) and the character ids are used")
+            word_inputs = None
         if word_inputs is not None:
             if not isinstance(word_inputs, torch.Tensor) or word_inputs.dtype.is_floating_point \
                     or word_inputs.dtype == torch.bool:
@@ -394,7 +425,5 @@ class _ElmoBiLm(BiLM):
                 embeddings, mask = add_sentence_boundaries(embedded, word_inputs > 0, self._bos_embedding,
                                                            self._eos_embedding)
                 return self.forward_embeddings(embeddings, mask.to(embeddings.device))
-            if self._word_embedding is None:
-                logger.warning("word_inputs were given but there is no vocab_to_cache: they are ignored")
         _check_char_ids(inputs, self.token_encoder)
         return super().forward(inputs)

@@ -6,6 +6,14 @@ A plain ``x @ W`` on CPU lets the BLAS repack ``W`` on every call; for the biLST
 cache keyed by the source parameters' identity and version counters, so an optimizer step (which bumps
 ``Tensor._version``) or ``load_state_dict`` invalidates them automatically.
 
+**torch.inference_mode()**: everything prepared here is made as normal tensors, also when the first call runs
+inside ``inference_mode`` (:func:`normal_tensors`), so a module first used there works afterwards under
+``no_grad`` and with autograd (inference tensors cannot be changed in place or saved for backward outside it).
+A source that is itself an inference tensor (a model *built* inside ``inference_mode``) has no version counter:
+its cache entry is keyed by its storage alone, so an in-place change of it inside ``inference_mode`` is not
+seen; call :func:`clear_cache` after such a change (``load_state_dict`` outside ``inference_mode`` cannot change
+an inference tensor at all).
+
 **bf16 products** (``numerics`` precision ``"bf16"``, opt-in): every product of this module (:class:`PackedLinear`,
 :class:`PairLinear`, :func:`matmul`) takes bfloat16 inputs and accumulates in float32; the result comes back as
 float32. The master weights stay float32: bf16 copies (and their oneDNN-packed form) are made on first bf16
@@ -37,9 +45,10 @@ from typing import Callable, Sequence
 import torch
 
 from .. import numerics
+from ..modes import normal_tensors
 
 __all__ = ["BF16_NATIVE", "MKLDNN", "PackedLinear", "PairLinear", "bf16_products", "cached", "clear_cache",
-           "matmul", "onednn_products", "operand", "pair_matmul"]
+           "matmul", "normal_tensors", "onednn_products", "operand", "pair_matmul"]
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +99,9 @@ def _drop(key: int) -> None:
 
 
 def _stamp(tensors: Sequence[torch.Tensor]) -> tuple:
-    return tuple((t.data_ptr(), t._version, tuple(t.shape), t.dtype, t.device) for t in tensors)
+    # an inference tensor has no version counter (reading ``_version`` raises): its storage identifies it
+    return tuple((t.data_ptr(), None if t.is_inference() else t._version, tuple(t.shape), t.dtype, t.device)
+                 for t in tensors)
 
 
 def cached(key: str, sources: Sequence[torch.Tensor], build: Callable[[], object]) -> object:
@@ -109,7 +120,8 @@ def cached(key: str, sources: Sequence[torch.Tensor], build: Callable[[], object
     hit = entry.get(key)
     if hit is not None and hit[0] == stamp:
         return hit[1]
-    value = build()
+    with normal_tensors():
+        value = build()
     entry[key] = (stamp, value)
     return value
 
@@ -146,7 +158,8 @@ class _SourceWeight:
     def weight(self) -> torch.Tensor:
         """The weight (``(in, out)``, or ``(D, in, out)`` for a pair) float32, contiguous (made once)."""
         if self._weight is None:
-            self._weight = self._source.contiguous()
+            with normal_tensors():
+                self._weight = self._source.contiguous()
         return self._weight
 
 
@@ -189,21 +202,24 @@ class PackedLinear(_SourceWeight):
     def packed(self) -> torch.Tensor | None:
         """The float32 oneDNN-packed weight (built on first use), or None where oneDNN cannot pack it."""
         if self._packed is False:
-            self._packed = self._reorder(self._source, MKLDNN)
+            with normal_tensors():
+                self._packed = self._reorder(self._source, MKLDNN)
         return self._packed  # type: ignore[return-value]
 
     @property
     def weight16(self) -> torch.Tensor:
         """``W`` ``(in, out)`` rounded to bfloat16 (made once, in the source's layout)."""
         if self._weight16 is None:
-            self._weight16 = self._source.to(torch.bfloat16)
+            with normal_tensors():
+                self._weight16 = self._source.to(torch.bfloat16)
         return self._weight16
 
     @property
     def packed16(self) -> torch.Tensor | None:
         """The bfloat16 oneDNN-packed weight (built on first bf16 use), or None without native bf16 products."""
         if self._packed16 is False:
-            self._packed16 = self._reorder(self.weight16, BF16_NATIVE)
+            with normal_tensors():
+                self._packed16 = self._reorder(self.weight16, BF16_NATIVE)
         return self._packed16  # type: ignore[return-value]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -318,7 +334,8 @@ class PairLinear(_SourceWeight):
     def _bf16_bmm(self, x: torch.Tensor) -> torch.Tensor:
         """Fallback bf16 product over the pair, float32 result (bias added after widening)."""
         if self._weight16 is None:  # (a transposed source stays transposed: torch.bmm takes it as it is)
-            self._weight16 = self._source.to(torch.bfloat16)
+            with normal_tensors():
+                self._weight16 = self._source.to(torch.bfloat16)
         y = torch.bmm(x.to(torch.bfloat16), self._weight16)
         return y.float() if self.bias is None else torch.add(self.bias.unsqueeze(1), y)
 

@@ -101,7 +101,10 @@ class BiLM(nn.Module):
     def from_files(cls, options_file: str | os.PathLike, weight_file: str | os.PathLike, *,
                    stateful: bool = True, requires_grad: bool = False, backend: str | None = None,
                    precision: str | None = None, order: str | None = None) -> "BiLM":
-        """Load ``options.json`` + bilm-tf ``weights.hdf5`` (every dataset shape is validated)."""
+        """Load ``options.json`` + bilm-tf ``weights.hdf5`` (every dataset shape is validated). Each may also be
+        an ``http(s)://`` URL or a public model name, downloaded once into the cache (:mod:`elmo_fast.hub`)."""
+        from ..hub import resolve_files
+        options_file, weight_file = resolve_files(options_file, weight_file)
         options = load_options(options_file)
         weights = read_weights(weight_file, options)
         model = cls(options, stateful=stateful, has_projection="CNN_proj/W_proj" in weights, backend=backend,

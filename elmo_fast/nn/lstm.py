@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..modes import normal_tensors
 from ..options import LSTMOptions
 
 __all__ = ["LSTMCellWeights", "folded_bias", "lstm_layer_reference", "BiLSTM", "StateSlots", "FORGET_BIAS"]
@@ -110,14 +111,20 @@ class BiLSTM(nn.Module):
     """The two independent LSTM stacks (forward, backward) of the biLM; reference path.
 
     ``cells[d][l]`` is direction d (0 forward, 1 backward), layer l.
+
+    Args:
+        options: sizes and clips. input_dim: width of the first layer's inputs (default P, as in every ELMo
+            biLM; AllenNLP's ``ElmoLstm`` allows another, its ``input_size``). Only the reference ops read
+            first-layer inputs of another width than P.
     """
 
-    def __init__(self, options: LSTMOptions) -> None:
+    def __init__(self, options: LSTMOptions, input_dim: int | None = None) -> None:
         super().__init__()
         self.options = options
         P, C = options.projection_dim, options.dim
-        self.cells = nn.ModuleList(
-            nn.ModuleList(LSTMCellWeights(P, C, P) for _ in range(options.n_layers)) for _ in range(2))
+        self.input_dim = P if input_dim is None else int(input_dim)
+        widths = [self.input_dim] + [P] * (options.n_layers - 1)
+        self.cells = nn.ModuleList(nn.ModuleList(LSTMCellWeights(w, C, P) for w in widths) for _ in range(2))
 
     def zero_state(self, batch: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         o = self.options
@@ -130,7 +137,7 @@ class BiLSTM(nn.Module):
         """Run both directions over a padded batch.
 
         Args:
-            x: ``(B, T, P)`` token embeddings.
+            x: ``(B, T, input_dim)`` token embeddings (input_dim = P but for a standalone ``ElmoLstm``).
             lengths: ``(B,)`` valid lengths (BOS..EOS).
             state: initial ``(h (L, B, 2P), c (L, B, 2C))``; zeros when None.
             dropout: probability applied to every layer's input (training only; the residual adds the
@@ -214,13 +221,18 @@ class StateSlots:
             return zero_state
         if self.h.shape[1] < batch:
             zh, zc = zero_state
-            self.h = torch.cat([self.h, zh[:, self.h.shape[1]:].to(self.h)], dim=1)
-            self.c = torch.cat([self.c, zc[:, self.c.shape[1]:].to(self.c)], dim=1)
+            with normal_tensors():  # kept across calls: usable after leaving torch.inference_mode()
+                self.h = torch.cat([self.h, zh[:, self.h.shape[1]:].to(self.h)], dim=1)
+                self.c = torch.cat([self.c, zc[:, self.c.shape[1]:].to(self.c)], dim=1)
         return self.h[:, :batch], self.c[:, :batch]
 
     def update(self, h: torch.Tensor, c: torch.Tensor) -> None:
-        """Store the final states ``h`` ``(L, B, 2P)``, ``c`` ``(L, B, 2C)`` of the last batch (detached)."""
-        h, c = h.detach(), c.detach()
+        """Store the final states ``h`` ``(L, B, 2P)``, ``c`` ``(L, B, 2C)`` of the last batch (detached; normal
+        tensors also when made inside ``torch.inference_mode()``, so the next call may run in any mode)."""
+        with normal_tensors():
+            self._update(h.detach(), c.detach())
+
+    def _update(self, h: torch.Tensor, c: torch.Tensor) -> None:
         if self.h is None or self.c is None:
             self.h, self.c = h.clone(), c.clone()
             return

@@ -64,7 +64,8 @@ class Elmo(nn.Module):
     """Drop-in for AllenNLP's ``Elmo``: biLM once, then ``num_output_representations`` scalar mixes.
 
     Args:
-        options_file, weight_file: the public ELMo files (bilm-tf layout); None for both with ``module``.
+        options_file, weight_file: the public ELMo files (bilm-tf layout): paths, ``http(s)://`` URLs or a public
+            model's name (downloaded once into a cache, :mod:`elmo_fast.hub`); None for both with ``module``.
         num_output_representations: number of independent mixes (``scalar_mix_0``, ``scalar_mix_1``, ...), >= 1.
         requires_grad: fine-tune the biLM weights.
         do_layer_norm: layer norm inside each mix (statistics include BOS/EOS, as AllenNLP).
@@ -151,7 +152,8 @@ class Elmo(nn.Module):
         """Args:
             inputs: ``(B, T, 50)`` char ids (extra leading dims, e.g. ``(B, N, T, 50)``, are flattened and
                 restored; carried states then belong to the flattened rows).
-            word_inputs: optional ``(B, T)`` ids into ``vocab_to_cache`` (same leading dims as ``inputs``).
+            word_inputs: optional ``(B, T)`` ids into ``vocab_to_cache`` (same leading dims as ``inputs``); without
+                ``vocab_to_cache`` they are ignored (one warning), as in AllenNLP.
 
         Returns:
             ``{"elmo_representations": [(B, T, 2P)] * num_output_representations, "mask": (B, T) bool}``
@@ -159,7 +161,7 @@ class Elmo(nn.Module):
 
         Raises:
             TypeError: ``inputs`` is not an integer tensor. ValueError: fewer than 3 dims, an empty batch, ids
-            out of range, or ``word_inputs`` whose shape does not match.
+            out of range, or (with ``vocab_to_cache``) ``word_inputs`` whose shape does not match.
         """
         if not isinstance(inputs, torch.Tensor):
             raise TypeError(f"inputs: expected a torch.Tensor of character ids, found {type(inputs).__name__}")
@@ -173,7 +175,9 @@ class Elmo(nn.Module):
         lead = inputs.shape[:-2]
         char_ids = inputs.reshape(-1, *inputs.shape[-2:])
         bilm = self._elmo_lstm
-        if word_inputs is not None:
+        if word_inputs is not None and hasattr(bilm, "_cache_covers") and bilm._word_embedding is None:
+            out = bilm(char_ids, word_inputs)  # no vocab_to_cache: ignored there (one warning), as in AllenNLP
+        elif word_inputs is not None:
             if not isinstance(word_inputs, torch.Tensor):
                 raise TypeError(f"word_inputs: expected a torch.Tensor, found {type(word_inputs).__name__}")
             if tuple(word_inputs.shape) != tuple(inputs.shape[:-1]):
