@@ -101,7 +101,12 @@ class BiLM(nn.Module):
     def from_files(cls, options_file: str | os.PathLike, weight_file: str | os.PathLike, *,
                    stateful: bool = True, requires_grad: bool = False, backend: str | None = None,
                    precision: str | None = None, order: str | None = None) -> "BiLM":
-        """Load ``options.json`` + bilm-tf ``weights.hdf5`` (every dataset shape is validated)."""
+        """Load ``options.json`` + bilm-tf ``weights.hdf5`` (every dataset shape is validated). Files of one
+        folder with an elmo-fast manifest (an export or a conversion) are checked against it first."""
+        folder = os.path.dirname(os.path.abspath(weight_file))
+        if os.path.dirname(os.path.abspath(options_file)) == folder:
+            from ..publish import verify_folder
+            verify_folder(folder, (os.path.basename(options_file), os.path.basename(weight_file)))
         options = load_options(options_file)
         weights = read_weights(weight_file, options)
         model = cls(options, stateful=stateful, has_projection="CNN_proj/W_proj" in weights, backend=backend,
