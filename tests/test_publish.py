@@ -233,3 +233,62 @@ def test_export_checks_free_space_first(runs, tmp_path, monkeypatch, caplog):
         rc = cli_main(["export", str(runs / "run_b"), str(tmp_path / "new")])
     assert rc == 2 and "free" in caplog.text and "needs" in caplog.text, caplog.text
     assert not (tmp_path / "new").exists() and list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------- files in a folder
+_JOURNAL_DRIVER = textwrap.dedent("""
+    import json, os, shutil, sys
+    from elmo_fast.publish import publish_files
+    folder = sys.argv[1]
+    old = {"config.json": b"old config", "options.json": b"old options"}
+    new = {"config.json": b"new config!", "options.json": b"new options!"}
+    results, k = [], 1
+    while k < 100:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.mkdir(folder)
+        publish_files(folder, old)
+        pid = os.fork()
+        if pid == 0:
+            count = [0]
+            def wrap(fn):
+                def inner(*a, **kw):
+                    count[0] += 1
+                    if count[0] == k:
+                        os._exit(77)
+                    return fn(*a, **kw)
+                return inner
+            for name in ("fsync", "replace", "rename", "mkdir", "rmdir"):
+                setattr(os, name, wrap(getattr(os, name)))
+            publish_files(folder, new)
+            os._exit(0)
+        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        before = {n: open(os.path.join(folder, n), "rb").read().decode() for n in old}
+        from elmo_fast.publish import recover_files, verify_folder
+        recover_files(folder)
+        after = {n: open(os.path.join(folder, n), "rb").read().decode() for n in old}
+        verified = verify_folder(folder, list(old))
+        left = sorted(n for n in os.listdir(folder) if ".tmp-" in n)
+        results.append({"k": k, "code": code, "before": before, "after": after, "verified": verified, "left": left})
+        if code != 77:
+            break
+        k += 1
+    print(json.dumps(results))
+""")
+
+
+def test_settings_update_killed_at_each_step_is_completed_or_dropped(tmp_path):
+    """A run folder's config.json + options.json, replaced as a set and killed at every step: the next run
+    completes a committed update or drops an uncommitted one, so the pair is always old+old or new+new and
+    verifies against the folder's manifest."""
+    proc = subprocess.run([sys.executable, "-c", _JOURNAL_DRIVER, str(tmp_path / "run")], capture_output=True,
+                          text=True, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(results) >= 5 and results[-1]["code"] == 0
+    old = {"config.json": "old config", "options.json": "old options"}
+    new = {"config.json": "new config!", "options.json": "new options!"}
+    for r in results:
+        assert r["after"] in (old, new), r
+        assert r["verified"] and not r["left"], r
+    assert any(r["before"] not in (old, new) for r in results), "no kill fell between the two renames"
+    assert results[-1]["after"] == new

@@ -104,10 +104,13 @@ def _run_config(out_dir: str) -> dict:
     path = os.path.join(out_dir, "config.json")
     if not os.path.isdir(out_dir):
         raise FileNotFoundError(f"--resume: run directory not found: {out_dir}")
+    from ..publish import recover_files
+    recover_files(out_dir)  # a settings update a killed run committed is completed before it is read
     try:
         with open(path, encoding="utf-8") as f:
             saved = json.load(f)
     except FileNotFoundError:
+        _refuse_if_running(out_dir)  # a train that has not written its settings yet holds the folder
         raise FileNotFoundError(f"--resume: {path} not found (not a run directory written by `elmo-fast train`)") \
             from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -115,6 +118,12 @@ def _run_config(out_dir: str) -> dict:
     if not isinstance(saved, dict):
         raise UserError(f"{path}: expected a JSON object with the run's settings")
     return saved
+
+
+def _refuse_if_running(out_dir: str) -> None:
+    """UserError naming the holder when another ``train`` holds ``out_dir``'s lock now."""
+    from ..training.loop import check_run_lock
+    check_run_lock(out_dir)
 
 
 def build_config(args: argparse.Namespace):
