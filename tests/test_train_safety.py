@@ -227,3 +227,57 @@ def test_library_resume_refuses_a_corrupted_checkpoint(work):
     config = TrainConfig(batch_size=2, unroll_steps=4, n_negative_samples=6, max_steps=4, backend="reference")
     with pytest.raises(UserError, match="sha256"):
         run_training(str(work / "corpus.txt"), str(run), None, config, resume=True, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------- kill -9 in a save
+_KILL_IN_SAVE = """
+import os, sys
+import elmo_fast.training.checkpoints as checkpoints
+import elmo_fast.training.loop as loop
+k = int(sys.argv[1])
+count = [0]
+armed = [False]
+def wrap(fn):
+    def inner(*a, **kw):
+        if armed[0]:
+            count[0] += 1
+            if count[0] == k:
+                os._exit(77)
+        return fn(*a, **kw)
+    return inner
+for name in ("fsync", "replace", "rename", "link", "remove", "unlink"):  # (a kill inside os.write: as at the fsync)
+    setattr(os, name, wrap(getattr(os, name)))
+original = checkpoints.save_checkpoint_file
+def save(*a, **kw):
+    armed[0] = True
+    return original(*a, **kw)
+loop.save_checkpoint_file = save
+from elmo_fast.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+def test_train_killed_at_each_step_of_a_checkpoint_save_resumes(work):
+    """A kill (no cleanup) at every file-system step of writing the step-4 checkpoint: checkpoint.pt always
+    verifies (step 3 or 4) without falling back, and the run then resumes to the end."""
+    run = work / "run"
+    pristine = work / "pristine"
+    shutil.copytree(run, pristine)
+    k, codes = 1, []
+    while k < 60:
+        shutil.rmtree(run)
+        shutil.copytree(pristine, run)
+        proc = subprocess.run([sys.executable, "-c", _KILL_IN_SAVE, str(k), "--log-level", "ERROR", "train", "--out",
+                               str(run), "--resume", "--max-steps", "4", "--quiet"], capture_output=True, text=True,
+                              env=_env(), timeout=300)
+        codes.append(proc.returncode)
+        ckpt = load_checkpoint(str(run / CHECKPOINT_NAME))  # verified against checkpoint.sha256.json
+        assert ckpt["step"] in (3, 4), (k, ckpt["step"])
+        if proc.returncode != 77:
+            assert proc.returncode == 0 and ckpt["step"] == 4, proc.stderr[-2000:]
+            break
+        k += 1
+    assert len(codes) >= 5, codes
+    assert cli_main(["train", "--out", str(run), "--resume", "--max-steps", "5", "--quiet"]) == 0
+    assert load_checkpoint(str(run / CHECKPOINT_NAME))["step"] == 5
