@@ -25,7 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     "corpus and rank 0 writes. Ctrl-C / SIGTERM writes a checkpoint; `elmo-fast train --out RUN_DIR --resume` "
                     "continues exactly, with the run's own options, corpus, held-out file and settings. A checkpoint "
                     "is never written with NaN/Inf weights (the run stops with an error naming the step and the "
-                    "tensor; the previous checkpoint stays).")
+                    "tensor; the previous checkpoint stays). One train per RUN_DIR at a time (RUN_DIR/train.lock); "
+                    "each checkpoint's sha256 is checked when it is loaded, and the one it replaced is kept as "
+                    "checkpoint.prev.pt, the fallback of --resume.")
     p.add_argument("--train", action="append", metavar="GLOB",
                    help="corpus files (a glob; quote it; may be repeated); required unless --resume (default "
                         "then: the run's corpus, checked by file names and sizes)")
