@@ -292,3 +292,27 @@ def test_settings_update_killed_at_each_step_is_completed_or_dropped(tmp_path):
         assert r["verified"] and not r["left"], r
     assert any(r["before"] not in (old, new) for r in results), "no kill fell between the two renames"
     assert results[-1]["after"] == new
+
+
+def test_without_an_atomic_exchange_the_old_folder_is_the_way_back(runs, tmp_path, monkeypatch, caplog):
+    """File systems without renameat2(RENAME_EXCHANGE): two renames, OUT.old-PID in between. A process killed
+    between them leaves OUT missing; the next export puts A back first (and, without --overwrite, refuses)."""
+    import errno
+
+    import elmo_fast.publish as publish
+
+    def no_exchange(a: str, b: str) -> None:
+        raise OSError(errno.EINVAL, "Invalid argument")
+    monkeypatch.setattr(publish, "_rename_exchange", no_exchange)
+    out = tmp_path / "out"
+    shutil.copytree(runs / "export_a", out)
+    assert cli_main(["export", str(runs / "run_b"), str(out), "--overwrite"]) == 0
+    assert _hashes(out) == _hashes(runs / "export_b") and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    # the state a kill between the two renames leaves: OUT gone, A at OUT.old-PID of a dead process
+    shutil.rmtree(out)
+    shutil.copytree(runs / "export_a", tmp_path / "out.old-999999999")
+    with caplog.at_level(logging.WARNING):
+        rc = cli_main(["export", str(runs / "run_b"), str(out)])
+    assert rc == 2 and "restored" in caplog.text and "directory is not empty" in caplog.text, caplog.text
+    assert _hashes(out) == _hashes(runs / "export_a") and publish.verify_folder(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
