@@ -744,7 +744,7 @@ def convert(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ascii_o
     """Write an ELMoForManyLangs model as bilm-tf ``options.json`` + ``weights.hdf5`` in ``out_dir``.
 
     Refuses (:class:`UserError`, every reason listed) when the model cannot be expressed exactly, see
-    :func:`bilm_tf_obstacles`. Both files are written to temporary names and renamed.
+    :func:`bilm_tf_obstacles`. The folder is published whole with a manifest (:mod:`elmo_fast.publish`).
     """
     model = load_efml(model_dir, stateful=False, backend="reference")
     bilm = to_bilm_tf(model, ascii_only)
@@ -755,7 +755,14 @@ def convert(model_dir: str | os.PathLike, out_dir: str | os.PathLike, *, ascii_o
     existing = [str(p) for p in targets if p.exists()]
     if existing and not overwrite:
         raise UserError(f"{out}: would overwrite {existing}; pass --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-    bilm.save(targets[0], targets[1])
+    from .atomic import write_json
+    from .publish import MODEL_FILES, publish_folder
+    from .weights import h5_size_estimate, write_weights
+    weights = bilm.bilm_tf_weights()
+    # one folder, swapped into place whole: with --overwrite an export's softmax and vocabulary (of the model
+    # being replaced) are dropped rather than left beside the converted biLM
+    publish_folder(out, {"options.json": lambda path: write_json(path, bilm.options.to_dict()),
+                         "weights.hdf5": lambda path: write_weights(path, weights)},
+                   replaces=MODEL_FILES, needed_bytes=h5_size_estimate(weights.values()) + (1 << 20), what="convert")
     return {"options_file": str(targets[0]), "weight_file": str(targets[1]), "ascii_only": ascii_only,
             "characters": len(model.char_lexicon)}

@@ -7,7 +7,7 @@ written atomically (temporary file + rename).
 from __future__ import annotations
 
 import os
-from typing import Iterable, Mapping
+from typing import IO, Iterable, Mapping
 
 import h5py
 import numpy as np
@@ -16,8 +16,8 @@ from .atomic import atomic_path, write_lines
 from .chars import NUM_SYMBOLS
 from .options import ElmoOptions
 
-__all__ = ["WeightFileError", "expected_shapes", "read_weights", "write_weights", "lstm_prefix",
-           "read_softmax_weights", "write_softmax_weights", "read_vocab", "write_vocab", "check_finite"]
+__all__ = ["WeightFileError", "expected_shapes", "read_weights", "write_weights", "lstm_prefix", "create_h5",
+           "h5_size_estimate", "read_softmax_weights", "write_softmax_weights", "read_vocab", "write_vocab", "check_finite"]
 
 
 class WeightFileError(ValueError):
@@ -117,10 +117,29 @@ def check_finite(array: np.ndarray, what: str) -> None:
                               f"value {array[first]}); expected finite numbers (a corrupted or diverged model?)")
 
 
+def create_h5(raw: IO[bytes]) -> h5py.File:
+    """A new hdf5 file written through the Python file object ``raw`` (opened ``"w+b"``).
+
+    With HDF5's own file driver a failed write (a full disk) leaves the library in a state that crashes the
+    process with SIGSEGV (h5py 3.16 / HDF5 2.0: at the next flush, close or garbage collection, often after the
+    error was reported), so no ``except`` can keep the process alive. Through a Python file object every write is Python's ``raw.write``: a failure raises ``OSError`` ("No space left on
+    device", "File too large") inside h5py, which reports it as an ordinary exception. Slower than the native
+    driver by about a third on large datasets (0.18 s vs 0.13 s for 200 MB), which writing a model can afford.
+    """
+    return h5py.File(raw, "w")
+
+
 def _atomic_h5(path: str | os.PathLike, arrays: Iterable[tuple[str, np.ndarray]]) -> None:
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        for name, array in arrays:
-            f.create_dataset(name, data=np.asarray(array, dtype=np.float32))
+    with atomic_path(path) as tmp, open(tmp, "w+b") as raw:
+        with create_h5(raw) as f:
+            for name, array in arrays:
+                f.create_dataset(name, data=np.asarray(array, dtype=np.float32))
+        raw.flush()
+
+
+def h5_size_estimate(arrays: Iterable[np.ndarray]) -> int:
+    """Bytes an hdf5 file of these float32 datasets takes, at most (data + a few KB of metadata per dataset)."""
+    return sum(int(np.asarray(a).size) * 4 + 4096 for a in arrays) + 8192
 
 
 def write_weights(path: str | os.PathLike, weights: Mapping[str, np.ndarray]) -> None:

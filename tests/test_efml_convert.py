@@ -38,6 +38,8 @@ def test_convert_ascii_model_matches_the_package(tmp_path):
     # an existing output is not replaced silently
     assert main(["convert", str(model_dir), str(tmp_path / "out")]) == 2
     assert main(["convert", str(model_dir), str(tmp_path / "out"), "--overwrite"]) == 0
+    from elmo_fast.publish import verify_folder
+    assert verify_folder(tmp_path / "out")  # published whole, with a manifest
 
 
 def test_convert_refuses_what_does_not_map(tmp_path):

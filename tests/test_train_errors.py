@@ -23,6 +23,7 @@ import torch
 from elmo_fast.cli import main as cli_main
 from elmo_fast.options import preset
 from elmo_fast.training import CHECKPOINT_NAME, TrainConfig, Trainer, load_checkpoint, run_training
+from elmo_fast.training.checkpoints import DIGESTS_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--batch-size", "2", "--unroll-steps", "4", "--n-negative-samples", "6", "--backend", "reference", "--quiet"]
@@ -73,12 +74,14 @@ def _write(rel: str, data: bytes) -> Callable[[Path], None]:
 
 
 def _ckpt_edit(edit: Callable[[dict], object]) -> Callable[[Path], None]:
-    """Rewrite run/checkpoint.pt after ``edit(ckpt)`` (a crafted checkpoint)."""
+    """Rewrite run/checkpoint.pt after ``edit(ckpt)`` (a crafted checkpoint). The run's checksums go too, as
+    in a folder of an older elmo-fast: the row tests the check of the crafted field, not the checksum."""
     def setup(tmp: Path) -> None:
         path = tmp / "run" / CHECKPOINT_NAME
         ckpt = torch.load(path, weights_only=True)
         result = edit(ckpt)
         torch.save(result if isinstance(result, dict) and "format" in result else ckpt, path)
+        (tmp / "run" / DIGESTS_NAME).unlink(missing_ok=True)
     return setup
 
 

@@ -17,13 +17,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     "no word embedding (every published ELMoForManyLangs model has one, so they are refused: use "
                     "them directly with `elmo-fast embed --model-dir EFML_DIR`), 50 characters per token, and a "
                     "char.dic of ASCII characters (bilm-tf reads UTF-8 bytes, ELMoForManyLangs reads code points). "
-                    "A refusal lists every reason. Files are written to temporary names and renamed.")
+                    "A refusal lists every reason. OUT_DIR is published whole, as by `export` (staged beside it, with "
+                    "a manifest, swapped in one step).")
     p.add_argument("efml_dir", metavar="EFML_DIR", help="an ELMoForManyLangs model directory")
     p.add_argument("out_dir", metavar="OUT_DIR", help="where to write options.json and weights.hdf5 (created if needed)")
     p.add_argument("--ascii-only", action="store_true",
                    help="convert even when char.dic holds non-ASCII characters: their rows are dropped, every byte "
                         ">= 128 reads as <oov>; the result equals the ELMoForManyLangs model on ASCII text only")
-    p.add_argument("--overwrite", action="store_true", help="replace options.json / weights.hdf5 already in OUT_DIR")
+    p.add_argument("--overwrite", action="store_true", help="replace the model files already in OUT_DIR (an "
+                   "export's softmax_weights.hdf5 and vocab.txt go too: they belonged to the replaced model)")
     p.set_defaults(func=run)
     return p
 

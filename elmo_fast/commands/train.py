@@ -25,7 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     "corpus and rank 0 writes. Ctrl-C / SIGTERM writes a checkpoint; `elmo-fast train --out RUN_DIR --resume` "
                     "continues exactly, with the run's own options, corpus, held-out file and settings. A checkpoint "
                     "is never written with NaN/Inf weights (the run stops with an error naming the step and the "
-                    "tensor; the previous checkpoint stays).")
+                    "tensor; the previous checkpoint stays). One train per RUN_DIR at a time (RUN_DIR/train.lock); "
+                    "each checkpoint's sha256 is checked when it is loaded, and the one it replaced is kept as "
+                    "checkpoint.prev.pt, the fallback of --resume.")
     p.add_argument("--train", action="append", metavar="GLOB",
                    help="corpus files (a glob; quote it; may be repeated); required unless --resume (default "
                         "then: the run's corpus, checked by file names and sizes)")
@@ -104,10 +106,13 @@ def _run_config(out_dir: str) -> dict:
     path = os.path.join(out_dir, "config.json")
     if not os.path.isdir(out_dir):
         raise FileNotFoundError(f"--resume: run directory not found: {out_dir}")
+    from ..publish import recover_files
+    recover_files(out_dir)  # a settings update a killed run committed is completed before it is read
     try:
         with open(path, encoding="utf-8") as f:
             saved = json.load(f)
     except FileNotFoundError:
+        _refuse_if_running(out_dir)  # a train that has not written its settings yet holds the folder
         raise FileNotFoundError(f"--resume: {path} not found (not a run directory written by `elmo-fast train`)") \
             from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -115,6 +120,12 @@ def _run_config(out_dir: str) -> dict:
     if not isinstance(saved, dict):
         raise UserError(f"{path}: expected a JSON object with the run's settings")
     return saved
+
+
+def _refuse_if_running(out_dir: str) -> None:
+    """UserError naming the holder when another ``train`` holds ``out_dir``'s lock now."""
+    from ..training.loop import check_run_lock
+    check_run_lock(out_dir)
 
 
 def build_config(args: argparse.Namespace):

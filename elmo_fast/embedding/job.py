@@ -20,7 +20,6 @@ the temporary file being written: rerunning the same command continues.
 """
 from __future__ import annotations
 
-import fcntl
 import logging
 import math
 import os
@@ -31,6 +30,7 @@ from typing import IO, Any, Callable, Sequence
 
 import numpy as np
 
+from ..atomic import FileLock
 from ..errors import Interrupted, UserError, raise_if_interrupted
 from ..runtime import thread_tick
 from .batching import chunk_batches
@@ -79,24 +79,6 @@ def _spool(stream: IO, path: str) -> None:
             if not block:
                 break
             out.write(block.encode("utf-8") if isinstance(block, str) else block)
-
-
-class _Lock:
-    """An exclusive ``flock`` on ``path`` (released by the kernel even if the process is killed)."""
-
-    def __init__(self, path: str, what: str) -> None:
-        self.fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(self.fd)
-            raise UserError(f"{what}: another embed process is writing it now (lock {path} is held)") from None
-
-    def release(self) -> None:
-        if self.fd >= 0:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = -1
 
 
 def embed_to_hdf5(model: Any, input_file: str | os.PathLike | IO, output: str | os.PathLike, *,
@@ -164,7 +146,8 @@ def embed_to_hdf5(model: Any, input_file: str | os.PathLike | IO, output: str | 
     start_time = time.perf_counter()
     folder = os.path.dirname(output)
     os.makedirs(work, exist_ok=True)
-    lock = _Lock(os.path.join(work, f"lock-{rank}"), f"OUTPUT {output}")
+    lock = FileLock(os.path.join(work, f"lock-{rank}"), f"OUTPUT {output}",
+                    "another embed process is writing it now")
     store: SentenceStore | None = None
     done_ok = False
     try:

@@ -102,9 +102,14 @@ class BiLM(nn.Module):
                    stateful: bool = True, requires_grad: bool = False, backend: str | None = None,
                    precision: str | None = None, order: str | None = None) -> "BiLM":
         """Load ``options.json`` + bilm-tf ``weights.hdf5`` (every dataset shape is validated). Each may also be
-        an ``http(s)://`` URL or a public model name, downloaded once into the cache (:mod:`elmo_fast.hub`)."""
+        an ``http(s)://`` URL or a public model name, downloaded once into the cache (:mod:`elmo_fast.hub`).
+        Files of one folder with an elmo-fast manifest (an export or a conversion) are checked against it first."""
         from ..hub import resolve_files
         options_file, weight_file = resolve_files(options_file, weight_file)
+        folder = os.path.dirname(os.path.abspath(weight_file))
+        if os.path.dirname(os.path.abspath(options_file)) == folder:
+            from ..publish import verify_folder
+            verify_folder(folder, (os.path.basename(options_file), os.path.basename(weight_file)))
         options = load_options(options_file)
         weights = read_weights(weight_file, options)
         model = cls(options, stateful=stateful, has_projection="CNN_proj/W_proj" in weights, backend=backend,

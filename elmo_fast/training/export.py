@@ -10,8 +10,10 @@ import torch
 
 from ..data import Vocabulary
 from ..options import load_options
-from ..weights import read_weights, write_softmax_weights
+from ..atomic import json_text, write_text
 from ..errors import UserError
+from ..publish import MODEL_FILES, publish_folder, recover_folder, verify_folder
+from ..weights import h5_size_estimate, read_weights, write_softmax_weights, write_weights
 from .checkpoints import (CHECKPOINT_NAME, NonFiniteError, checkpoint_path, checkpoint_tensors, first_non_finite,
                           load_checkpoint, model_from_checkpoint)
 from .model import LanguageModel
@@ -46,6 +48,8 @@ def load_model_dir(model_dir: str, backend: str | None = None,
             raise FileNotFoundError(f"{model_dir}: neither a run directory ({CHECKPOINT_NAME}) nor ELMo files "
                                     f"({os.path.basename(f)} is missing)")
     has_softmax = os.path.exists(sm_file) and os.path.exists(vocab_file)
+    # a published folder is checked against its manifest (the files read here: a mix of two exports is refused)
+    verify_folder(model_dir, MODEL_FILES if has_softmax else ("options.json", "weights.hdf5"))
     if need_softmax and not has_softmax:
         missing = [os.path.basename(f) for f in (sm_file, vocab_file) if not os.path.exists(f)]
         raise FileNotFoundError(f"{model_dir}: {', '.join(missing)} missing (perplexity needs the softmax weights "
@@ -61,19 +65,30 @@ def load_model_dir(model_dir: str, backend: str | None = None,
     return model, vocab, has_softmax
 
 
-def export_model(model: LanguageModel, vocab: Vocabulary, out_dir: str, extra: dict[str, Any] | None = None) -> None:
-    """Write ``options.json`` (``n_characters`` 262), ``weights.hdf5``, ``softmax_weights.hdf5``, ``vocab.txt``."""
-    os.makedirs(out_dir, exist_ok=True)
+def export_model(model: LanguageModel, vocab: Vocabulary, out_dir: str, extra: dict[str, Any] | None = None) -> str:
+    """Publish ``options.json`` (``n_characters`` 262), ``weights.hdf5``, ``softmax_weights.hdf5``, ``vocab.txt``
+    and their manifest in ``out_dir`` as one folder (:func:`elmo_fast.publish.publish_folder`): a kill or a
+    full disk at any point leaves ``out_dir`` as it was or wholly new. Returns the published path.
+
+    Raises:
+        PublishError: a write failed or the disk lacks the room (checked first): one line naming the file.
+    """
     options = model.bilm.options
     assert options.char_cnn is not None
     options = dataclasses.replace(options, char_cnn=dataclasses.replace(options.char_cnn, n_characters=262),
                                   extra={**options.extra, **(extra or {})})
-    options.save(os.path.join(out_dir, "options.json"))
-    from ..weights import write_weights
-    write_weights(os.path.join(out_dir, "weights.hdf5"), model.bilm.bilm_tf_weights())
-    write_softmax_weights(os.path.join(out_dir, "softmax_weights.hdf5"),
-                          model.softmax_weight.detach().cpu().numpy(), model.softmax_bias.detach().cpu().numpy())
-    vocab.save(os.path.join(out_dir, "vocab.txt"))
+    weights = model.bilm.bilm_tf_weights()
+    W, b = model.softmax_weight.detach().cpu().numpy(), model.softmax_bias.detach().cpu().numpy()
+    options_text = json_text(options.to_dict())
+    vocab_bytes = sum(len(t.encode("utf-8", "surrogatepass")) + 1 for t in vocab.tokens)
+    needed = (h5_size_estimate(weights.values()) + h5_size_estimate([W, b]) + vocab_bytes + len(options_text)
+              + (1 << 20))
+    return publish_folder(out_dir, {
+        "options.json": lambda path: write_text(path, options_text),
+        "weights.hdf5": lambda path: write_weights(path, weights),
+        "softmax_weights.hdf5": lambda path: write_softmax_weights(path, W, b),
+        "vocab.txt": lambda path: vocab.save(path),
+    }, replaces=MODEL_FILES, needed_bytes=needed, what="export")
 
 
 def check_export_dir(out_dir: str, run_dir: str | None = None, overwrite: bool = False) -> None:
@@ -124,6 +139,7 @@ def export_run(run_dir: str, out_dir: str, overwrite: bool = False) -> dict[str,
     if not os.path.isdir(run_dir):
         raise UserError(f"{run_dir}: {'not a directory' if os.path.exists(run_dir) else 'no such directory'}; "
                         f"expected a run directory written by `elmo-fast train`")
+    recover_folder(out_dir)  # an interrupted export's way back (OUT.old-PID) first: --overwrite is judged on it
     check_export_dir(out_dir, run_dir, overwrite)
     ckpt_file = checkpoint_path(run_dir)
     ckpt = load_checkpoint(ckpt_file)

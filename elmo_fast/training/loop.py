@@ -3,6 +3,7 @@ model, data, the step loop with periodic evaluation and checkpoints, signals, DD
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -14,13 +15,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..atomic import write_json
+from ..atomic import FileLock, json_text
 from ..data import TrainingBatches, Vocabulary, check_readable_file, expand_shards, iter_shard_sentences
 from ..errors import UserError
-from ..options import ElmoOptions, options_from_dict
+from ..options import ElmoOptions, load_options, options_from_dict
+from ..publish import publish_files, recover_files, verify_folder
 from ..runtime import thread_tick
-from .checkpoints import (CHECKPOINT_NAME, NonFiniteError, checkpoint_path, checkpoint_tensors, first_non_finite,
-                          load_checkpoint, model_from_checkpoint, remove_stale_temporaries, save_checkpoint_file)
+from .checkpoints import (CHECKPOINT_NAME, DIGESTS_NAME, PREVIOUS_NAME, NonFiniteError, checkpoint_path,
+                          checkpoint_tensors, first_non_finite, load_run_checkpoint, model_from_checkpoint,
+                          remove_stale_temporaries, save_checkpoint_file)
 from .config import TrainConfig
 from .evaluation import evaluate_perplexity
 from .export import load_model_dir
@@ -35,7 +38,11 @@ logger = logging.getLogger(__name__)
 #: below this many training files (but more than one) ``train`` warns about the streams' file order
 FEW_SHARDS = 8
 #: the files ``train`` writes in the run directory (and whose stale temporaries it removes)
-RUN_FILES = (CHECKPOINT_NAME, "options.json", "vocab.txt", "config.json")
+RUN_FILES = (CHECKPOINT_NAME, PREVIOUS_NAME, DIGESTS_NAME, "options.json", "vocab.txt", "config.json")
+#: the exclusive lock of a run folder: one ``train`` (fresh or ``--resume``) at a time
+LOCK_NAME = "train.lock"
+#: config.json fields that belong to one invocation: a resumed run does not rewrite them
+_PER_INVOCATION = ("max_minutes",)
 
 
 class _StopFlag:
@@ -137,6 +144,19 @@ def run_training(train: str | Sequence[str], out_dir: str, options: ElmoOptions 
             dist.destroy_process_group()
 
 
+_LOCK_BUSY = "another `elmo-fast train` is using it now (wait for it to end or choose another --out)"
+
+
+def run_lock(out_dir: str) -> FileLock:
+    """Take the exclusive lock of a run folder (UserError naming the holder when another ``train`` has it)."""
+    return FileLock(os.path.join(out_dir, LOCK_NAME), f"run folder {out_dir}", _LOCK_BUSY)
+
+
+def check_run_lock(out_dir: str) -> None:
+    """UserError naming the holder when another ``train`` holds the run folder now; writes nothing."""
+    FileLock.check(os.path.join(out_dir, LOCK_NAME), f"run folder {out_dir}", _LOCK_BUSY)
+
+
 def _check_out_dir(out_dir: str) -> None:
     """The run directory must be a directory we can write (created if missing)."""
     if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
@@ -166,6 +186,11 @@ class _Job:
         self.ckpt_file = checkpoint_path(out_dir)
         self.run_vocab_file = os.path.join(out_dir, "vocab.txt")
         self.ckpt: dict[str, Any] | None = None
+        self.ckpt_source = self.ckpt_file
+        #: sha256 of the verified checkpoint now at ckpt_file (None: none, or not known good)
+        self.ckpt_digest: str | None = None
+        self.saved_step: int | None = None
+        self.lock: FileLock | None = None
         self.train_spec = train
 
     # ---- setup steps
@@ -184,22 +209,32 @@ class _Job:
                            "kind (e.g. Wikipedia and web text), mix their lines into many shards first (README, "
                            "Pretraining)", len(self.files))
         self.corpus = corpus_fingerprint(self.files)
+        if self.resume and not os.path.isdir(self.out_dir):
+            raise FileNotFoundError(f"checkpoint not found: {self.ckpt_file} (--resume needs an existing run "
+                                    f"directory)")
+        if not self.resume and os.path.exists(self.ckpt_file):  # refused before a lock file is created
+            check_run_lock(self.out_dir)  # a train running there now is the better explanation
+            raise UserError(f"{self.out_dir} already holds a checkpoint ({CHECKPOINT_NAME}); pass --resume to "
+                            f"continue it or choose another --out")
+        self.lock_run_folder()
+        if self.is_main:
+            recover_files(self.out_dir)  # a settings update committed by a killed run is completed first
         if self.resume:
-            if not os.path.isdir(self.out_dir):
-                raise FileNotFoundError(f"checkpoint not found: {self.ckpt_file} (--resume needs an existing run "
-                                        f"directory)")
-            self.ckpt = load_checkpoint(self.ckpt_file)
+            self.ckpt, digest, self.ckpt_source = load_run_checkpoint(self.out_dir, fallback=True)
+            if self.ckpt_source == self.ckpt_file:
+                self.ckpt_digest, self.saved_step = digest, int(self.ckpt["step"])
             if int(self.ckpt["world_size"]) != self.world:
-                raise UserError(f"{self.ckpt_file} was written by {self.ckpt['world_size']} process(es); resume "
+                raise UserError(f"{self.ckpt_source} was written by {self.ckpt['world_size']} process(es); resume "
                                 f"with the same number (found {self.world})")
+            self.check_run_settings()
             saved = self.ckpt.get("corpus")
             if saved is None:
                 logger.warning("%s has no corpus fingerprint (written by an older elmo-fast): the corpus cannot be "
-                               "checked", self.ckpt_file)
+                               "checked", self.ckpt_source)
             else:
                 change = compare_corpus(saved, self.corpus)
                 if change is not None and not self.allow_changed_corpus:
-                    raise UserError(f"--train: the corpus differs from the one {self.ckpt_file} was trained on "
+                    raise UserError(f"--train: the corpus differs from the one {self.ckpt_source} was trained on "
                                     f"({change}); resume on the same files, or pass --allow-changed-corpus to "
                                     f"continue on these")
                 if change is not None:
@@ -208,9 +243,39 @@ class _Job:
             raise UserError(f"{self.out_dir} already holds a checkpoint ({CHECKPOINT_NAME}); pass --resume to "
                             f"continue it or choose another --out")
         if self.is_main:
-            _check_out_dir(self.out_dir)
             for name in RUN_FILES:
                 remove_stale_temporaries(os.path.join(self.out_dir, name))
+
+    def lock_run_folder(self) -> None:
+        """Rank 0 creates the run folder if needed and takes its exclusive lock (held until the job ends; the
+        kernel drops it if the process dies); under torchrun every rank learns whether it got it."""
+        error: Exception | None = None
+        if self.is_main:
+            try:
+                _check_out_dir(self.out_dir)
+                self.lock = run_lock(self.out_dir)
+            except Exception as e:  # noqa: BLE001 - re-raised below, after the other ranks were told
+                error = e
+        if _any_rank(error is not None, self.world, self.device):
+            if error is not None:
+                raise error
+            raise UserError(f"run folder {self.out_dir}: rank 0 could not take the run's lock (see its error)")
+
+    def check_run_settings(self) -> None:
+        """``--resume``: the run's own settings files are the ones ``train`` published (manifest), and the
+        checkpoint is of the model they describe; a checkpoint of another shape (another run's, copied in) is
+        refused, not adopted. Nothing has been written when this refuses."""
+        assert self.ckpt is not None
+        verify_folder(self.out_dir, ("config.json", "options.json"))
+        opt_file = os.path.join(self.out_dir, "options.json")
+        if not os.path.exists(opt_file):
+            return
+        run_options = load_options(opt_file)
+        ckpt_options = options_from_dict(self.ckpt["options"], source=f"{self.ckpt_source} options")
+        if _shape(run_options) != _shape(ckpt_options):
+            raise UserError(f"{self.ckpt_source}: holds a model of another shape (lstm {ckpt_options.lstm}) than the "
+                            f"run's {opt_file} (lstm {run_options.lstm}); refusing to resume it (another run's "
+                            f"checkpoint?). Put the run's own checkpoint back, or train it in another --out")
 
     def resolve_vocab(self) -> None:
         cfg, ckpt = self.config, self.ckpt
@@ -292,12 +357,51 @@ class _Job:
                 max_steps = max(1, int(cfg.n_epochs * int(options.extra["n_train_tokens"])
                                        // (cfg.batch_size * cfg.unroll_steps * self.world)))
         self.options, self.max_steps = options, max_steps
-        if self.is_main:
-            options.save(os.path.join(self.out_dir, "options.json"))
-            write_json(os.path.join(self.out_dir, "config.json"),
-                       {**cfg.to_dict(), "world_size": self.world, "train": list(self.files),
-                        "heldout": os.path.abspath(self.heldout) if self.heldout else None,
-                        "max_steps_resolved": max_steps, "corpus": self.corpus})
+
+    def settings_files(self) -> dict[str, bytes]:
+        """The contents of ``options.json`` and ``config.json`` for this invocation. A resumed run keeps its
+        saved config.json and changes only what this invocation set otherwise (a flag given, a corpus accepted
+        with --allow-changed-corpus); per-invocation fields (``max_minutes``) are not taken over."""
+        cfg = self.config
+        config = {**cfg.to_dict(), "world_size": self.world, "train": list(self.files),
+                  "heldout": os.path.abspath(self.heldout) if self.heldout else None,
+                  "max_steps_resolved": self.max_steps, "corpus": self.corpus}
+        path = os.path.join(self.out_dir, "config.json")
+        if self.resume and os.path.exists(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    saved = json.load(f)
+            except (OSError, ValueError) as e:
+                raise UserError(f"{path}: not readable JSON ({e}); expected the run's settings") from None
+            if isinstance(saved, dict):
+                same_corpus = isinstance(saved.get("corpus"), dict) and \
+                    compare_corpus(saved["corpus"], self.corpus) is None
+                for key, value in config.items():
+                    if key in _PER_INVOCATION and key in saved:
+                        continue
+                    if key == "max_steps" and value is None and key in saved:
+                        continue  # not given: the run's own
+                    if key in ("train", "corpus") and same_corpus:
+                        continue  # the same files, however they were named
+                    saved[key] = value
+                config = saved
+        return {"options.json": json_text(self.options.to_dict()).encode(), "config.json": json_text(config).encode()}
+
+    def publish_settings(self) -> None:
+        """Write options.json and config.json as one set (:func:`elmo_fast.publish.publish_files`), after every
+        compatibility check passed, and only when their content changes."""
+        if not self.is_main:
+            return
+        contents = self.settings_files()
+        current = {}
+        for name in contents:
+            try:
+                with open(os.path.join(self.out_dir, name), "rb") as f:
+                    current[name] = f.read()
+            except OSError:
+                current[name] = None
+        if current != contents:
+            publish_files(self.out_dir, contents)
 
     def build_model(self) -> None:
         cfg = self.config
@@ -350,7 +454,7 @@ class _Job:
             self.trainer.load_rank_state(rank_state)
             self.data.load_state_dict(rank_state["data"])
             self.step, self.tokens_seen = int(ckpt["step"]), int(ckpt["tokens"])
-            logger.info("resumed %s at step %d", self.ckpt_file, self.step)
+            logger.info("resumed %s at step %d", self.ckpt_source, self.step)
             self.ckpt = None  # free the loaded tensors
 
     # ---- actions
@@ -373,11 +477,13 @@ class _Job:
         if self.is_main:
             state = {"model": {k: v.detach().cpu() for k, v in on_device["model"].items()},
                      "optimizer": on_device["optimizer"]}
-            save_checkpoint_file({"step": self.step, "tokens": self.tokens_seen, **state,
-                                  "options": self.options.to_dict(), "vocab_size": len(self.vocab),
-                                  "vocab_digest": self.vocab.digest(), "world_size": self.world,
-                                  "max_steps": self.max_steps, "config": self.config.to_dict(), "ranks": gathered,
-                                  "corpus": self.corpus}, self.ckpt_file, check_finite=False)
+            self.ckpt_digest = save_checkpoint_file(
+                {"step": self.step, "tokens": self.tokens_seen, **state, "options": self.options.to_dict(),
+                 "vocab_size": len(self.vocab), "vocab_digest": self.vocab.digest(), "world_size": self.world,
+                 "max_steps": self.max_steps, "config": self.config.to_dict(), "ranks": gathered,
+                 "corpus": self.corpus}, self.ckpt_file, check_finite=False, current_digest=self.ckpt_digest,
+                kept_step=self.saved_step)
+            self.saved_step = self.step
             logger.info("checkpoint: step %d -> %s", self.step, self.ckpt_file)
 
     def evaluate(self) -> dict[str, Any] | None:
@@ -391,12 +497,17 @@ class _Job:
         return result
 
     def run(self) -> dict[str, Any]:
-        self.check_inputs()
-        self.resolve_vocab()
-        self.resolve_options()
-        self.build_model()
-        self.build_data()
-        return self.loop()
+        try:
+            self.check_inputs()
+            self.resolve_vocab()
+            self.resolve_options()
+            self.build_model()
+            self.build_data()          # the last check: the data position fits (--batch-size, corpus parts)
+            self.publish_settings()    # nothing of the run's settings was written before this point
+            return self.loop()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
     def loop(self) -> dict[str, Any]:
         cfg, world = self.config, self.world
@@ -436,7 +547,8 @@ class _Job:
             if cfg.eval_every and self.step % cfg.eval_every == 0:
                 heldout_result = self.evaluate()
         bar.close()
-        self.save_checkpoint()
+        if self.saved_step != self.step:  # not twice for one step: the previous checkpoint is the fallback
+            self.save_checkpoint()
         elapsed = time.perf_counter() - start
         if self.heldout is not None and stopped_by != "signal" and not (
                 cfg.eval_every and self.step % cfg.eval_every == 0 and heldout_result):
