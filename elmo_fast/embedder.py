@@ -11,8 +11,7 @@ import torch
 from .chars import as_token_lists, batch_to_ids
 from .embedding import (DEFAULT_CHUNK_LINES, OUTPUT_FORMATS, InputFileError, length_groups, rank_share,
                         read_sentences)
-from .embedding.distributed import distributed_env
-from . import numerics
+from . import numerics, settings
 from .errors import UserError
 from .nn.bilm import BiLM, remove_sentence_boundaries
 
@@ -32,8 +31,9 @@ def _device_for(cuda_device: Any) -> torch.device:
         raise TypeError(f"cuda_device: expected an int (-1 for CPU), found {type(cuda_device).__name__}")
     if cuda_device < 0:
         return torch.device("cpu")
-    if distributed_env()[1] > 1 and "LOCAL_RANK" in os.environ:
-        cuda_device = int(os.environ["LOCAL_RANK"])  # one GPU per rank
+    env = settings.distributed()
+    if env.is_distributed and settings.raw("LOCAL_RANK") is not None:
+        cuda_device = env.local_rank  # one GPU per rank
     if not torch.cuda.is_available():
         raise UserError(f"cuda_device={cuda_device}: CUDA is not available on this machine (use -1 for CPU)")
     if cuda_device >= torch.cuda.device_count():

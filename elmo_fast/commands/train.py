@@ -9,7 +9,7 @@ import os
 import sys
 
 from ..atomic import write_json
-from ..errors import UserError
+from ..errors import MissingFileError, UserError
 from . import add_runtime_args, apply_threads, check_device, precision_context
 
 
@@ -103,12 +103,12 @@ def _run_config(out_dir: str) -> dict:
     """The run's config.json (what --resume takes its defaults from)."""
     path = os.path.join(out_dir, "config.json")
     if not os.path.isdir(out_dir):
-        raise FileNotFoundError(f"--resume: run directory not found: {out_dir}")
+        raise MissingFileError(f"--resume: run directory not found: {out_dir}")
     try:
         with open(path, encoding="utf-8") as f:
             saved = json.load(f)
     except FileNotFoundError:
-        raise FileNotFoundError(f"--resume: {path} not found (not a run directory written by `elmo-fast train`)") \
+        raise MissingFileError(f"--resume: {path} not found (not a run directory written by `elmo-fast train`)") \
             from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid JSON ({e}); expected the run's settings") from None

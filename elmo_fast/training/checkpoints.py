@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from ..atomic import atomic_path
-from ..errors import UserError
+from ..errors import MissingFileError, UserError
 from ..options import options_from_dict
 from .model import LanguageModel
 
@@ -34,7 +34,7 @@ CHECKPOINT_VERSION = 1
 _EXPECTED = "an elmo-fast training checkpoint written by `elmo-fast train`"
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(UserError, RuntimeError):
     """A weight or optimizer state holds NaN/Inf: nothing is saved or exported (CLI exit 2, one line)."""
 
 
@@ -168,7 +168,7 @@ def load_checkpoint(path: str) -> dict[str, Any]:
             type (one line naming the file and the field).
     """
     if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint not found: {path}")
     if os.path.isdir(path):
         raise UserError(f"{path}: is a directory; expected {_EXPECTED}")
     if os.path.getsize(path) == 0:

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..atomic import write_json
 from ..data import TrainingBatches, Vocabulary, check_readable_file, expand_shards, iter_shard_sentences
-from ..errors import UserError
+from ..errors import MissingFileError, UserError
 from ..options import ElmoOptions, options_from_dict
 from ..runtime import thread_tick
 from .checkpoints import (CHECKPOINT_NAME, NonFiniteError, checkpoint_path, checkpoint_tensors, first_non_finite,
@@ -65,10 +65,12 @@ class _StopFlag:
 
 
 def _setup_distributed(device: str) -> tuple[int, int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    from .. import settings
+    env = settings.distributed()
+    world = env.world_size
     if world <= 1:
         return 0, 1, torch.device(device)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = env.local_rank
     use_cuda = device.startswith("cuda")
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
@@ -186,7 +188,7 @@ class _Job:
         self.corpus = corpus_fingerprint(self.files)
         if self.resume:
             if not os.path.isdir(self.out_dir):
-                raise FileNotFoundError(f"checkpoint not found: {self.ckpt_file} (--resume needs an existing run "
+                raise MissingFileError(f"checkpoint not found: {self.ckpt_file} (--resume needs an existing run "
                                         f"directory)")
             self.ckpt = load_checkpoint(self.ckpt_file)
             if int(self.ckpt["world_size"]) != self.world:

@@ -49,6 +49,8 @@ import threading
 
 import torch
 
+from ... import settings
+
 __all__ = ["activation_", "available", "cell_forward", "cell_backward", "char_scatter", "library", "reset",
            "softmax_available", "softmax_backward", "softmax_forward"]
 
@@ -126,8 +128,7 @@ def _build() -> ctypes.CDLL | None:
     for path in SOURCES + HEADERS:
         with open(path, "rb") as f:
             source += f.read() + b"\0"
-    cache = os.environ.get(CACHE_ENV) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "elmo-fast", "native")
+    cache = settings.native_cache()
     compiler, features = _compiler_id(cc).encode(), _cpu_features().encode()
     error = ""
     for flags in _flag_variants():
@@ -171,7 +172,7 @@ def library() -> ctypes.CDLL | None:
     if "lib" not in _state:
         with _lock:
             if "lib" not in _state:
-                on = os.environ.get(ENABLE_ENV, "1").strip() != "0"
+                on = settings.native()
                 _state["lib"] = _build() if on else None
     return _state["lib"]  # type: ignore[return-value]
 
