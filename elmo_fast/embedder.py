@@ -3,6 +3,7 @@ streaming, resumable hdf5 pipeline of :mod:`elmo_fast.embedding` (``embed_file``
 from __future__ import annotations
 
 import os
+import threading
 from typing import IO, Any, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -66,6 +67,11 @@ class ElmoEmbedder:
     result, so batches are consecutive input sentences, exactly as AllenNLP's ``elmo`` command.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) with a CUDA device, each process uses GPU ``LOCAL_RANK``.
+
+    Threads: an embedder may be shared by threads. A stateful one carries LSTM states from call to call, so
+    its calls are serialised by a lock (one batch at a time; batches of different threads then meet the
+    carried state in the order they arrive, so give each thread its own embedder for reproducible results);
+    stateless calls run concurrently.
     """
 
     def __init__(self, options_file: str | os.PathLike, weight_file: str | os.PathLike, cuda_device: int = -1,
@@ -80,6 +86,8 @@ class ElmoEmbedder:
         self._setup(module, device)
 
     def _setup(self, module: torch.nn.Module, device: torch.device) -> None:
+        # serialises calls that read and write the carried LSTM states (see the class docstring)
+        self._state_lock = threading.RLock()
         self.device = device
         self.elmo_bilm = module
         self._check_precision()
@@ -182,7 +190,8 @@ class ElmoEmbedder:
 
     def reset_states(self) -> None:
         """Forget the carried LSTM states."""
-        self.elmo_bilm.reset_states()
+        with self._state_lock:
+            self.elmo_bilm.reset_states()
 
     def empty_embedding(self) -> np.ndarray:
         """Zeros ``(3, 0, 2P)`` for an empty sentence."""
@@ -207,7 +216,12 @@ class ElmoEmbedder:
         batch = as_token_lists(batch, "batch")
         if not batch:
             raise ValueError("batch: expected at least one sentence, found an empty batch")
-        out = self.elmo_bilm(*self._inputs(batch))
+        inputs = self._inputs(batch)
+        if self.stateful:  # the carried states are read and replaced by this call: one thread at a time
+            with self._state_lock:
+                out = self.elmo_bilm(*inputs)
+        else:
+            out = self.elmo_bilm(*inputs)
         mask_bos = out["mask"]
         layers = [remove_sentence_boundaries(layer, mask_bos)[0] for layer in out["activations"]]
         _, mask = remove_sentence_boundaries(mask_bos.unsqueeze(-1), mask_bos)
