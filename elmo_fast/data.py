@@ -700,6 +700,6 @@ def check_text_file(path: str, what: str) -> int:
     check_readable_file(path, what)
     sentences = sum(1 for _ in iter_shard_sentences(path, hint=""))
     if sentences == 0:
-        raise CorpusError(f"{what} {path}: no sentences (the file is empty or blank); expected UTF-8 text, one "
+        raise CorpusError(f"{what} {path}: no sentences to score (the file is empty or blank); expected UTF-8 text, one "
                           f"tokenized sentence per line")
     return sentences

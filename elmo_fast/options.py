@@ -251,5 +251,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 def preset(name: str) -> ElmoOptions:
     """Options of a named preset (``tiny``, ``small``, ``medium``, ``original``)."""
     if name not in PRESETS:
-        raise OptionsError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+        note = f" (for the file {name!r}, write ./{name})" if os.path.exists(name) else ""
+        raise OptionsError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)} or a path to an "
+                           f"options.json{note}")
     return options_from_dict(copy.deepcopy(PRESETS[name]), source=f"preset '{name}'")
