@@ -149,10 +149,10 @@ def test_train_flags_are_checked_before_any_work(tmp_path, caplog, flags, fragme
 
 
 @pytest.mark.parametrize("content, fragment", [
-    (TEXT.encode("utf-16-le"), "held.txt:1: the file is UTF-16LE text"),
-    (b"ok line\n\xff\xfe bad\n", "held.txt:2: not valid UTF-8"),
-    (b"\n \n", "no sentences to score"),
-    (None, "held.txt: no such file"),
+    pytest.param(TEXT.encode("utf-16-le"), "held.txt:1: the file is UTF-16LE text", id="UTF-16LE"),
+    pytest.param(b"ok line\n\xff\xfe bad\n", "held.txt:2: not valid UTF-8", id="not UTF-8"),
+    pytest.param(b"\n \n", "no sentences to score", id="blank"),
+    pytest.param(None, "held.txt: no such file", id="missing"),
 ])
 def test_bad_heldout_file_fails_before_training(tmp_path, caplog, content, fragment):
     if content is not None:
