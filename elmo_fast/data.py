@@ -444,7 +444,7 @@ class SentenceStream:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if int(state["n_shards"]) != len(self.shards):
-            raise ValueError(f"data position: the checkpoint was written for {state['n_shards']} corpus sources, "
+            raise UserError(f"data position: the checkpoint was written for {state['n_shards']} corpus sources, "
                              f"this run has {len(self.shards)} (the --train files changed)")
         self.pass_index, self.shard_pos = int(state["pass_index"]), int(state["shard_pos"])
         self.sent_pos, self.sentences_this_pass = int(state["sent_pos"]), int(state["sentences_this_pass"])
@@ -517,7 +517,7 @@ class StreamBatcher:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state["rows"]) != self.rows:
-            raise ValueError(f"data position: the checkpoint has {state['rows']} rows per data part, this run "
+            raise UserError(f"data position: the checkpoint has {state['rows']} rows per data part, this run "
                              f"{self.rows} (--batch-size or the number of processes changed)")
         self.stream.load_state_dict(state["stream"])
         self._words = [list(w) if w is not None else None for w in state["words"]]
@@ -611,7 +611,7 @@ class TrainingBatches:
             raise ValueError(f"batch size and unroll steps must be positive, found {rows} x {steps}")
         part_ids = list(range(parts)) if part_ids is None else list(part_ids)
         if rows % len(part_ids):
-            raise ValueError(f"batch size {rows} is not divisible by the {len(part_ids)} data parts of this process")
+            raise UserError(f"batch size {rows} is not divisible by the {len(part_ids)} data parts of this process")
         self.vocab = vocab
         self.rows, self.steps = rows, steps
         all_parts = split_into_parts(files, parts)
@@ -641,7 +641,7 @@ class TrainingBatches:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for g, (fw, bw) in zip(self.part_ids, self.batchers):
             if str(g) not in state:
-                raise ValueError(f"data position: the checkpoint has no state for data part {g} "
+                raise UserError(f"data position: the checkpoint has no state for data part {g} "
                                  f"(it has parts {sorted(state)})")
             fw.load_state_dict(state[str(g)]["fw"])
             bw.load_state_dict(state[str(g)]["bw"])

@@ -317,7 +317,7 @@ def pos_probe(embedder: ElmoEmbedder, train: Sequence[TaggedSentence], dev: Sequ
         :class:`PosProbeResult`; keys ``"0"``, ``"1"``, ``"2"`` (one layer) and ``"mix"`` (learned scalar mix).
     """
     if not train or not test:
-        raise ValueError(f"POS probe needs training and test sentences, found {len(train)} and {len(test)}")
+        raise UserError(f"POS probe needs training and test sentences, found {len(train)} and {len(test)}")
     dev = dev or test
     tagset = sorted({t for s in train for t in s.tags})
     tag_id = {t: i for i, t in enumerate(tagset)}
@@ -442,7 +442,7 @@ def wic_probe(embedder: ElmoEmbedder, splits: dict[str, Sequence[WicPair]], thre
     parts = threshold_split.split("+")
     missing = [p for p in parts if p not in splits]
     if missing:
-        raise ValueError(f"threshold split {threshold_split!r} needs {missing}, which were not given")
+        raise UserError(f"threshold split {threshold_split!r} needs {missing}, which were not given")
     scores = {name: wic_scores(embedder, pairs, progress, desc=f"embedding {name}") for name, pairs in splits.items()}
     labels = {name: np.array([p.label for p in pairs], dtype=bool) for name, pairs in splits.items()}
     keys = list(next(iter(scores.values())).keys())

@@ -24,12 +24,19 @@ output safety (checked before the model is loaded):
   A symbolic link at OUTPUT is never followed: it is refused unless --overwrite, which replaces the link
   itself by the new file (the link's target is left untouched).
 
+disk space:
+  Before the first chunk is embedded, the space still needed (chunk files until merged, then OUTPUT: about
+  4 bytes x layers x tokens x 2P) is checked against the folder's free space and the file size limit
+  (ulimit -f). hdf5 files are written by child processes: a disk that fills up during the run ends with one
+  line naming the file and the space it needed; completed chunks stay, the same command continues.
+
 several processes:
   torchrun --nproc_per_node N -m elmo_fast.cli embed ... : each process embeds a contiguous block of chunks
   (gloo on CPU, GPU LOCAL_RANK on CUDA), rank 0 writes OUTPUT. Stateful runs start each block from zero
   state, so they differ from a one-process run at block starts.
 
-exit status: 0 done; 2 a user error (one line naming the file, line or flag); 130/143 interrupted.
+exit status: 0 done; 2 a user error (one line naming the file, line or flag); 70 an internal error (a bug:
+  a crash report to send us); 130/143 interrupted.
 """
 
 

@@ -37,7 +37,7 @@ def load_model_dir(model_dir: str, backend: str | None = None,
         ckpt = load_checkpoint(ckpt_file)
         vocab = Vocabulary.from_file(vocab_file)
         if vocab.digest() != ckpt["vocab_digest"]:
-            raise ValueError(f"{vocab_file} does not match the vocabulary {ckpt_file} was trained with")
+            raise UserError(f"{vocab_file} does not match the vocabulary {ckpt_file} was trained with")
         return model_from_checkpoint(ckpt, backend, source=ckpt_file), vocab, True
     opt_file, w_file = os.path.join(model_dir, "options.json"), os.path.join(model_dir, "weights.hdf5")
     sm_file = os.path.join(model_dir, "softmax_weights.hdf5")
