@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         ("kernel_suite_ieee", 0.5, 30, lambda t: _pytest(
             ["tests/test_kernels_launch.py"] if smoke else kernel_tests, t,
             {"ELMO_FAST_TRITON_PRECISION": "ieee"})),
-        ("lstm_cuda_graphs", 0.3, 20, lambda t: _lstm_graphs(smoke)),
+        ("lstm_cuda_graphs", 0.3, 20, lambda t: _lstm_graphs(smoke, repeats=1 if smoke else 10)),
         ("gpu_kernels", 1.0, 30, lambda t: _gpu_kernels(t, smoke)),
     ]
     for name, share, minimum, fn in plan:

@@ -11,10 +11,11 @@ op cannot run on it, :class:`BackendError` is raised; there is no silent fallbac
 from __future__ import annotations
 
 import importlib
-import os
 from typing import Callable
 
 import torch
+
+from .errors import UserError
 
 __all__ = ["BACKENDS", "BackendError", "resolve", "get_op", "register", "available"]
 
@@ -28,8 +29,8 @@ _LOADED: dict[str, bool] = {}
 _LOAD_ERRORS: dict[str, str] = {}
 
 
-class BackendError(RuntimeError):
-    """The requested backend cannot run this op (no silent fallback)."""
+class BackendError(UserError, RuntimeError):
+    """The requested backend cannot run this op (no silent fallback); a user error (the choice is the user's)."""
 
 
 def register(backend: str, op: str) -> Callable[[Callable], Callable]:
@@ -65,7 +66,8 @@ def resolve(requested: str | None, device: torch.device | str, op: str) -> str:
     Without an explicit request, CPU tensors get ``fast`` for the ops it provides and ``reference`` for the
     rest; CUDA tensors get ``triton``.
     """
-    name = requested or os.environ.get(ENV_VAR) or None
+    from . import settings
+    name = requested or settings.raw(ENV_VAR) or None
     if name is not None:
         name = name.strip().lower()
         if name not in BACKENDS:

@@ -1,7 +1,8 @@
 """Training data: vocabulary files, a streamed sharded corpus, and bilm-tf's stateful batching (ELMO_SPEC §5).
 
 Corpus format: a glob of UTF-8 text files ("shards"), one whitespace-tokenized sentence per line, without
-``<S>``/``</S>``. Blank lines are skipped. One shard is held in memory at a time, so a corpus larger than
+``<S>``/``</S>``. Blank lines are skipped. UTF-16/UTF-32 files and lines with a NUL byte are errors naming the
+file and line, a leading UTF-8 byte order mark is ignored (see :mod:`elmo_fast.textfile`). One shard is held in memory at a time, so a corpus larger than
 memory works as long as each shard fits.
 
 Batching (bilm-tf): every batch is ``B`` rows x ``T`` steps with no padding. Each row is an endless stream of
@@ -41,7 +42,8 @@ import numpy as np
 import torch
 
 from .chars import BOS_CHAR, BOW_CHAR, EOS_CHAR, EOW_CHAR, MAX_CHARS_PER_TOKEN, PAD_CHAR, byte_char_ids
-from .errors import UserError
+from .errors import MissingFileError, UserError
+from .textfile import HEAD_BYTES, describe_wide_encoding, strip_utf8_bom
 from .weights import write_vocab
 
 __all__ = ["CorpusError", "Vocabulary", "SPECIAL_TOKENS", "BOS_ID", "EOS_ID", "UNK_ID", "read_vocab_file",
@@ -81,32 +83,50 @@ def expand_shards(patterns: str | Sequence[str]) -> list[str]:
     return files
 
 
-def iter_shard_sentences(path: str, *, stride: int = 1, offset: int = 0,
-                         skip_bad_lines: bool = False) -> Iterator[list[str]]:
+#: what a corpus error adds where the command accepts ``--skip-bad-lines`` (train's corpus, not held-out files)
+SKIP_HINT = " (pass --skip-bad-lines to skip such lines)"
+
+
+def iter_shard_sentences(path: str, *, stride: int = 1, offset: int = 0, skip_bad_lines: bool = False,
+                         hint: str = SKIP_HINT) -> Iterator[list[str]]:
     """Yield the tokenized sentences of one shard (lines ``offset::stride``; blank lines skipped).
 
+    Args:
+        hint: appended to a bad line's error (the flag that skips such lines; ``""`` where there is none).
+
     Raises:
-        CorpusError: a line that is not valid UTF-8 (file, line number and byte offset), unless
-            ``skip_bad_lines``, in which case it is logged and skipped.
-        FileNotFoundError: the file disappeared.
+        CorpusError: UTF-16/UTF-32 text (always); a line that is not valid UTF-8 (file, line number and byte
+            offset) or holds a NUL byte, unless ``skip_bad_lines``, in which case it is logged and skipped.
+        MissingFileError: the file disappeared.
     """
     try:
         f = open(path, "rb")
     except FileNotFoundError:
-        raise FileNotFoundError(f"corpus file not found: {path}") from None
+        raise MissingFileError(f"corpus file not found: {path}") from None
+    except OSError as e:
+        raise CorpusError(f"{path}: cannot be read ({e.strerror}); expected a UTF-8 text file") from None
     with f:
+        wide = describe_wide_encoding(path, f.read(HEAD_BYTES))
+        if wide:
+            raise CorpusError(wide)
+        f.seek(0)
         for lineno, raw in enumerate(f, start=1):
             if (lineno - 1) % stride != offset:
                 continue
+            if lineno == 1:
+                raw = strip_utf8_bom(raw, path)
             try:
                 line = raw.decode("utf-8")
+                problem = (f"{path}:{lineno}: contains a NUL byte (at byte {raw.index(0)} of the line); expected "
+                           f"UTF-8 text, one tokenized sentence per line (a binary file?)") if 0 in raw else None
             except UnicodeDecodeError as e:
-                message = (f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start} of the line); "
+                problem = (f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start} of the line); "
                            f"expected UTF-8 text, one tokenized sentence per line")
+            if problem:
                 if skip_bad_lines:
-                    logger.warning("%s (line skipped)", message)
+                    logger.warning("%s (line skipped)", problem)
                     continue
-                raise CorpusError(message + " (pass --skip-bad-lines to skip such lines)") from None
+                raise CorpusError(problem + hint)
             tokens = line.split()
             if tokens:
                 yield tokens
@@ -120,12 +140,26 @@ def read_vocab_file(path: str | os.PathLike) -> list[str]:
     """
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"vocabulary file not found: {path}")
-    if os.path.isdir(path):
-        raise UserError(f"{path}: is a directory; expected a vocabulary file (one token per line)")
+        raise MissingFileError(f"vocabulary file not found: {path}")
+    if not os.path.isfile(path):
+        kind = "a directory" if os.path.isdir(path) else "not a regular file"
+        raise UserError(f"{path}: is {kind}; expected a vocabulary file (one token per line)")
     tokens: list[str] = []
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror}); expected a vocabulary file") from None
+    with f:
+        wide = describe_wide_encoding(path, f.read(HEAD_BYTES))
+        if wide:
+            raise UserError(wide)
+        f.seek(0)
         for lineno, raw in enumerate(f, start=1):
+            if lineno == 1:
+                raw = strip_utf8_bom(raw, path)
+            if 0 in raw:
+                raise UserError(f"{path}:{lineno}: contains a NUL byte; expected a UTF-8 vocabulary file, one token "
+                                f"per line")
             try:
                 line = raw.decode("utf-8").strip()
             except UnicodeDecodeError as e:
@@ -331,7 +365,8 @@ class SentenceStream:
     """
 
     def __init__(self, shards: Sequence[ShardSpec], vocab: Vocabulary, seed_key: Sequence[int], reverse: bool,
-                 shuffle: bool = True, loop: bool = True, skip_bad_lines: bool = False) -> None:
+                 shuffle: bool = True, loop: bool = True, skip_bad_lines: bool = False,
+                 bad_line_hint: str = SKIP_HINT) -> None:
         if not shards:
             raise CorpusError("no corpus files to read")
         self.shards = list(shards)
@@ -341,6 +376,7 @@ class SentenceStream:
         self.shuffle = shuffle
         self.loop = loop
         self.skip_bad_lines = skip_bad_lines
+        self.bad_line_hint = bad_line_hint
         self.pass_index = 0
         self.shard_pos = 0      # index into this pass's shard order
         self.sent_pos = 0       # index into the current shard's sentence order
@@ -361,7 +397,7 @@ class SentenceStream:
             return
         spec = self.shards[int(self._shard_order()[self.shard_pos])]
         self._sentences = list(iter_shard_sentences(spec.path, stride=spec.stride, offset=spec.offset,
-                                                    skip_bad_lines=self.skip_bad_lines))
+                                                    skip_bad_lines=self.skip_bad_lines, hint=self.bad_line_hint))
         if not self._sentences and spec.path not in self._warned_empty:
             self._warned_empty.add(spec.path)
             logger.warning("%s: empty shard (no sentences%s), skipped", spec.path,
@@ -408,7 +444,7 @@ class SentenceStream:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if int(state["n_shards"]) != len(self.shards):
-            raise ValueError(f"data position: the checkpoint was written for {state['n_shards']} corpus sources, "
+            raise UserError(f"data position: the checkpoint was written for {state['n_shards']} corpus sources, "
                              f"this run has {len(self.shards)} (the --train files changed)")
         self.pass_index, self.shard_pos = int(state["pass_index"]), int(state["shard_pos"])
         self.sent_pos, self.sentences_this_pass = int(state["sent_pos"]), int(state["sentences_this_pass"])
@@ -481,7 +517,7 @@ class StreamBatcher:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state["rows"]) != self.rows:
-            raise ValueError(f"data position: the checkpoint has {state['rows']} rows per data part, this run "
+            raise UserError(f"data position: the checkpoint has {state['rows']} rows per data part, this run "
                              f"{self.rows} (--batch-size or the number of processes changed)")
         self.stream.load_state_dict(state["stream"])
         self._words = [list(w) if w is not None else None for w in state["words"]]
@@ -575,7 +611,7 @@ class TrainingBatches:
             raise ValueError(f"batch size and unroll steps must be positive, found {rows} x {steps}")
         part_ids = list(range(parts)) if part_ids is None else list(part_ids)
         if rows % len(part_ids):
-            raise ValueError(f"batch size {rows} is not divisible by the {len(part_ids)} data parts of this process")
+            raise UserError(f"batch size {rows} is not divisible by the {len(part_ids)} data parts of this process")
         self.vocab = vocab
         self.rows, self.steps = rows, steps
         all_parts = split_into_parts(files, parts)
@@ -605,7 +641,7 @@ class TrainingBatches:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for g, (fw, bw) in zip(self.part_ids, self.batchers):
             if str(g) not in state:
-                raise ValueError(f"data position: the checkpoint has no state for data part {g} "
+                raise UserError(f"data position: the checkpoint has no state for data part {g} "
                                  f"(it has parts {sorted(state)})")
             fw.load_state_dict(state[str(g)]["fw"])
             bw.load_state_dict(state[str(g)]["bw"])
@@ -616,7 +652,7 @@ def count_targets(path: str | Sequence[str]) -> tuple[int, int]:
     (``w1..wn, </S>`` forward, ``wn..w1, <S>`` backward)."""
     words = sentences = 0
     for f in expand_shards(path):
-        for tokens in iter_shard_sentences(f):
+        for tokens in iter_shard_sentences(f, hint=""):
             words += len(tokens)
             sentences += 1
     return words + sentences, sentences
@@ -630,8 +666,10 @@ def heldout_batches(path: str, vocab: Vocabulary, rows: int = 256, steps: int = 
     have targets ``-1`` (to be left out of the loss), so that every token of the file is scored."""
     files = expand_shards(path)
     specs = [ShardSpec(f) for f in files]
-    fw = StreamBatcher(SentenceStream(specs, vocab, (0,), reverse=False, shuffle=False, loop=False), rows, steps)
-    bw = StreamBatcher(SentenceStream(specs, vocab, (0,), reverse=True, shuffle=False, loop=False), rows, steps)
+    fw = StreamBatcher(SentenceStream(specs, vocab, (0,), reverse=False, shuffle=False, loop=False, bad_line_hint=""),
+                       rows, steps)
+    bw = StreamBatcher(SentenceStream(specs, vocab, (0,), reverse=True, shuffle=False, loop=False, bad_line_hint=""),
+                       rows, steps)
     while True:
         try:
             f, b = fw.next_batch(pad=whole_file), bw.next_batch(pad=whole_file)
@@ -641,10 +679,27 @@ def heldout_batches(path: str, vocab: Vocabulary, rows: int = 256, steps: int = 
 
 
 def check_readable_file(path: str, what: str) -> None:
-    """A one-line error unless ``path`` is an existing, readable regular file (``what`` names the flag)."""
+    """A one-line error unless ``path`` is an existing, readable regular file (``what`` names the flag).
+
+    Only regular files: a FIFO or a device would block the reader or never end."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{what} {path}: no such file")
+        raise MissingFileError(f"{what} {path}: no such file")
     if os.path.isdir(path):
         raise UserError(f"{what} {path}: is a directory; expected a UTF-8 text file, one sentence per line")
+    if not os.path.isfile(path):
+        raise UserError(f"{what} {path}: is not a regular file (a FIFO or a device?); expected a UTF-8 text file, "
+                        f"one sentence per line")
     if not os.access(path, os.R_OK):
         raise UserError(f"{what} {path}: not readable (permission denied)")
+
+
+def check_text_file(path: str, what: str) -> int:
+    """Validate a held-out file completely before any work (``what`` names the flag): a readable regular file
+    of UTF-8 text with at least one sentence (UTF-16/32, bad UTF-8 and NUL bytes are errors naming the line).
+    Returns the number of sentences."""
+    check_readable_file(path, what)
+    sentences = sum(1 for _ in iter_shard_sentences(path, hint=""))
+    if sentences == 0:
+        raise CorpusError(f"{what} {path}: no sentences to score (the file is empty or blank); expected UTF-8 text, one "
+                          f"tokenized sentence per line")
+    return sentences

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from .atomic import write_lines
+from .errors import UserError
 
 __all__ = ["Sense", "SENSES", "AMBIGUOUS_WORDS", "LabelledSentence", "DemoCorpus", "generate",
            "check_inventory", "write_corpus", "read_labelled", "sense_cues"]
@@ -455,15 +456,15 @@ def read_labelled(path: str | os.PathLike) -> list[LabelledSentence]:
         for lineno, line in enumerate(f, start=1):
             fields = line.rstrip("\n").split("\t")
             if len(fields) != 6:
-                raise ValueError(f"{path}: line {lineno}: expected 6 tab-separated fields "
+                raise UserError(f"{path}: line {lineno}: expected 6 tab-separated fields "
                                  f"(index, word, sense, prefix, suffix, text), found {len(fields)}")
             index_s, word, sense, prefix_s, suffix_s, text = fields
             tokens = tuple(text.split())
             if not index_s.isdigit() or int(index_s) >= len(tokens) or tokens[int(index_s)] != word:
-                raise ValueError(f"{path}: line {lineno}: expected the word {word!r} at token {index_s}, "
+                raise UserError(f"{path}: line {lineno}: expected the word {word!r} at token {index_s}, "
                                  f"found {text!r}")
             if not (prefix_s.isdigit() and suffix_s.isdigit()):
-                raise ValueError(f"{path}: line {lineno}: expected integer prefix and suffix indices, found "
+                raise UserError(f"{path}: line {lineno}: expected integer prefix and suffix indices, found "
                                  f"{prefix_s!r} and {suffix_s!r}")
             out.append(LabelledSentence(tokens, int(index_s), word, sense, int(prefix_s), int(suffix_s)))
     return out

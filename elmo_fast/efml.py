@@ -207,13 +207,8 @@ class EFMLConfig:
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 ({e})") from None
+    from .textfile import read_json_file
+    return read_json_file(path, "JSON file")
 
 
 def architecture_file(model_dir: Path) -> tuple[dict[str, Any], str]:

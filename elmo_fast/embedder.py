@@ -3,6 +3,7 @@ streaming, resumable hdf5 pipeline of :mod:`elmo_fast.embedding` (``embed_file``
 from __future__ import annotations
 
 import os
+import threading
 from typing import IO, Any, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -12,7 +13,7 @@ from .chars import as_token_lists, batch_to_ids
 from .embedding import (DEFAULT_CHUNK_LINES, OUTPUT_FORMATS, InputFileError, length_groups, rank_share,
                         read_sentences)
 from .embedding.distributed import distributed_env
-from . import hub, numerics
+from . import hub, numerics, settings
 from .errors import UserError
 from .nn.bilm import BiLM, remove_sentence_boundaries
 
@@ -32,8 +33,9 @@ def _device_for(cuda_device: Any) -> torch.device:
         raise TypeError(f"cuda_device: expected an int (-1 for CPU), found {type(cuda_device).__name__}")
     if cuda_device < 0:
         return torch.device("cpu")
-    if distributed_env()[1] > 1 and "LOCAL_RANK" in os.environ:
-        cuda_device = int(os.environ["LOCAL_RANK"])  # one GPU per rank
+    env = settings.distributed()
+    if env.is_distributed and settings.raw("LOCAL_RANK") is not None:
+        cuda_device = env.local_rank  # one GPU per rank
     if not torch.cuda.is_available():
         raise UserError(f"cuda_device={cuda_device}: CUDA is not available on this machine (use -1 for CPU)")
     if cuda_device >= torch.cuda.device_count():
@@ -67,6 +69,11 @@ class ElmoEmbedder:
     result, so batches are consecutive input sentences, exactly as AllenNLP's ``elmo`` command.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) with a CUDA device, each process uses GPU ``LOCAL_RANK``.
+
+    Threads: an embedder may be shared by threads. A stateful one carries LSTM states from call to call, so
+    its calls are serialised by a lock (one batch at a time; batches of different threads then meet the
+    carried state in the order they arrive, so give each thread its own embedder for reproducible results);
+    stateless calls run concurrently.
     """
 
     def __init__(self, options_file: str | os.PathLike, weight_file: str | os.PathLike, cuda_device: int = -1,
@@ -82,6 +89,8 @@ class ElmoEmbedder:
         self._setup(module, device)
 
     def _setup(self, module: torch.nn.Module, device: torch.device) -> None:
+        # serialises calls that read and write the carried LSTM states (see the class docstring)
+        self._state_lock = threading.RLock()
         self.device = device
         self.elmo_bilm = module
         self._check_precision()
@@ -185,7 +194,8 @@ class ElmoEmbedder:
 
     def reset_states(self) -> None:
         """Forget the carried LSTM states."""
-        self.elmo_bilm.reset_states()
+        with self._state_lock:
+            self.elmo_bilm.reset_states()
 
     def empty_embedding(self) -> np.ndarray:
         """Zeros ``(3, 0, 2P)`` for an empty sentence."""
@@ -210,7 +220,12 @@ class ElmoEmbedder:
         batch = as_token_lists(batch, "batch")
         if not batch:
             raise ValueError("batch: expected at least one sentence, found an empty batch")
-        out = self.elmo_bilm(*self._inputs(batch))
+        inputs = self._inputs(batch)
+        if self.stateful:  # the carried states are read and replaced by this call: one thread at a time
+            with self._state_lock:
+                out = self.elmo_bilm(*inputs)
+        else:
+            out = self.elmo_bilm(*inputs)
         mask_bos = out["mask"]
         layers = [remove_sentence_boundaries(layer, mask_bos)[0] for layer in out["activations"]]
         _, mask = remove_sentence_boundaries(mask_bos.unsqueeze(-1), mask_bos)

@@ -1,25 +1,52 @@
 """The project's error vocabulary and the CLI's way of reporting it.
 
-Every user-facing failure is a :class:`UserError` (or one of the older ``ValueError`` subclasses:
-``OptionsError``, ``WeightFileError``, ``InputFileError``, ``CorpusError``). The ``elmo-fast`` command turns
-any of them into exit status 2 and **one** log line, with no traceback; set ``--debug`` (or the environment
-variable ``ELMO_FAST_DEBUG=1``) to get the traceback too. ``SIGTERM`` and ``SIGINT`` become
-:class:`Interrupted` (exit 143 / 130, one line), after the job's ``finally`` blocks have cleaned up.
+Two kinds of failure, never confused:
 
-A message names what was wrong and where: the file (and line), the dataset, the field or the flag, what was
-expected and what was found.
+* **User errors** -- :class:`UserError` and its subclasses only (:class:`MissingFileError`,
+  ``OptionsError``, ``WeightFileError``, ``InputFileError``, ``CorpusError``, ...). They are raised where a
+  file is opened or parsed or a flag/variable is checked, and their message names what was wrong and where:
+  the file (and line), the dataset, the field, the flag or the environment variable, what was expected and
+  what was found. The ``elmo-fast`` command turns them into exit status 2 and **one** log line.
+* **Internal errors** -- every other exception (``TypeError``, ``KeyError``, ``RuntimeError``, a bare
+  ``ValueError`` or ``OSError``, ...) is a bug of elmo-fast (or of a library under it), however its message
+  reads. The CLI writes the traceback to a crash report (:func:`write_crash_report`, under
+  ``ELMO_FAST_CRASH_DIR``), logs one line asking to report it with the report's path, and exits with
+  :data:`INTERNAL_ERROR_EXIT` (70, ``EX_SOFTWARE``); where no report can be written it prints the traceback.
+
+``--debug`` (or ``ELMO_FAST_DEBUG=1``) re-raises either kind with its traceback. ``SIGTERM`` and ``SIGINT``
+become :class:`Interrupted` (exit 143 / 130, one line), after the job's ``finally`` blocks have cleaned up.
 """
 from __future__ import annotations
 
+import datetime
+import os
+import platform
 import signal
 import sys
-from typing import Any
+import traceback
+from typing import Any, Sequence
 
-__all__ = ["UserError", "Interrupted", "install_signal_handlers", "exit_code_for", "raise_if_interrupted"]
+__all__ = ["UserError", "MissingFileError", "Interrupted", "install_signal_handlers", "exit_code_for",
+           "raise_if_interrupted", "INTERNAL_ERROR_EXIT", "USER_ERROR_EXIT", "write_crash_report"]
+
+#: exit status of a user error (one line)
+USER_ERROR_EXIT = 2
+#: exit status of an internal error (a bug: crash report or traceback); sysexits.h's EX_SOFTWARE
+INTERNAL_ERROR_EXIT = 70
 
 
 class UserError(ValueError):
-    """A problem with the user's input, files or flags (CLI exit status 2, one line, no traceback)."""
+    """A problem with the user's input, files, flags or environment (CLI exit status 2, one line, no traceback).
+
+    The message names the file (line, dataset, field), flag or variable, what was expected and what was found.
+    """
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or folder the user named does not exist (also a ``FileNotFoundError`` for library callers)."""
+
+    def __str__(self) -> str:  # OSError's str() would prefix "[Errno None]" for a one-argument OSError
+        return str(self.args[0]) if self.args else ""
 
 
 class Interrupted(BaseException):
@@ -84,11 +111,49 @@ def install_signal_handlers() -> None:
 
 
 def exit_code_for(exc: BaseException) -> int | None:
-    """The CLI exit status for an exception that is reported in one line, or None for a bug (traceback)."""
+    """The CLI exit status of an exception reported in one line, or None for an internal error (a bug).
+
+    Only the project's own :class:`UserError` classes are user errors; a ``TypeError``, ``KeyError``,
+    ``RuntimeError``, a bare ``ValueError`` or ``OSError`` is not, whatever its message says.
+    """
     if isinstance(exc, Interrupted):
         return 128 + exc.signum
     if isinstance(exc, KeyboardInterrupt):
         return 130
-    if isinstance(exc, (ValueError, TypeError, OSError, KeyError, RuntimeError)):
-        return 2
+    if isinstance(exc, UserError):
+        return USER_ERROR_EXIT
     return None
+
+
+def crash_dir() -> str:
+    """Where crash reports go: ``ELMO_FAST_CRASH_DIR``, else ``$XDG_CACHE_HOME/elmo-fast/crash-reports``."""
+    from . import settings
+    return settings.crash_dir()
+
+
+def write_crash_report(exc: BaseException, argv: Sequence[str] | None = None, folder: str | None = None) -> str:
+    """Write ``exc``'s traceback, the command line and the versions to a new file; return its path.
+
+    Raises:
+        OSError: the report could not be written (the caller prints the traceback instead).
+    """
+    folder = folder or crash_dir()
+    os.makedirs(folder, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = os.path.join(folder, f"crash-{stamp}-{os.getpid()}.txt")
+    try:
+        from . import __version__ as version
+    except ImportError:  # pragma: no cover - a broken installation
+        version = "unknown"
+    torch_version = getattr(sys.modules.get("torch"), "__version__", "not imported")
+    lines = [f"elmo-fast {version} internal error report",
+             f"time: {datetime.datetime.now().isoformat(timespec='seconds')}",
+             f"command: {' '.join(argv if argv is not None else sys.argv)}",
+             f"python: {platform.python_version()} ({sys.executable}); torch: {torch_version}; "
+             f"platform: {platform.platform()}",
+             "",
+             "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
+        f.write("\n".join(lines))
+    return path

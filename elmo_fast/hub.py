@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Literal, TypeVar, Union
 from urllib.parse import urlsplit
 
+from . import settings
 from .errors import UserError
 
 __all__ = ["DownloadError", "PublicModel", "PUBLIC_MODELS", "DEFAULT_MODELS_URL", "resolve", "resolve_files",
@@ -134,12 +135,12 @@ def public_model(value: object) -> PublicModel | None:
 
 def offline() -> bool:
     """``ELMO_FAST_OFFLINE`` is set to something true (1, true, yes, on)."""
-    return os.environ.get(ENV_OFFLINE, "").strip().lower() in ("1", "true", "yes", "on")
+    return bool(settings.get(ENV_OFFLINE))
 
 
 def cache_dir() -> Path:
     """``ELMO_FAST_CACHE``, else the user's cache folder for elmo-fast (created when a file is downloaded)."""
-    env = os.environ.get(ENV_CACHE, "").strip()
+    env = settings.get(ENV_CACHE)
     if env:
         return Path(env).expanduser()
     import pooch
@@ -148,7 +149,7 @@ def cache_dir() -> Path:
 
 def models_url() -> str:
     """The base URL of the public models (``ELMO_FAST_MODELS_URL`` or :data:`DEFAULT_MODELS_URL`), no final /."""
-    return (os.environ.get(ENV_MODELS_URL, "").strip() or DEFAULT_MODELS_URL).rstrip("/")
+    return (settings.get(ENV_MODELS_URL) or DEFAULT_MODELS_URL).rstrip("/")
 
 
 def model_urls(model: PublicModel | str) -> dict[str, str]:

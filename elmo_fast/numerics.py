@@ -22,7 +22,6 @@ each op with :func:`use`; code that calls the fast ops directly can do the same.
 """
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
@@ -49,7 +48,11 @@ class Numerics:
 
 
 def _process_default() -> Numerics:
-    onednn = os.environ.get("ELMO_FAST_ONEDNN", "1").strip() != "0"
+    from . import settings
+    try:
+        onednn = settings.onednn()
+    except settings.SettingsError:  # reported by the CLI's settings.check_all() before any work; not at import
+        onednn = True
     return Numerics(order="fast" if onednn else "allennlp")
 
 

@@ -6,13 +6,13 @@ Unknown keys are kept in ``extra`` so that a load/save round trip loses nothing.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from .atomic import write_json
+from .errors import UserError
 
 __all__ = ["CharCNNOptions", "LSTMOptions", "ElmoOptions", "OptionsError", "load_options", "PRESETS", "preset",
            "LIMITS", "MAX_PARAMETERS"]
@@ -27,7 +27,7 @@ LIMITS: dict[str, int] = {
 MAX_PARAMETERS = 1 << 31
 
 
-class OptionsError(ValueError):
+class OptionsError(UserError):
     """An options.json is missing a field or has a value of the wrong type or range."""
 
 
@@ -214,16 +214,11 @@ def options_from_dict(d: dict[str, Any], source: str = "<options>") -> ElmoOptio
 
 
 def load_options(path: str | os.PathLike) -> ElmoOptions:
-    """Read and validate an options.json file (errors name the file and the field)."""
+    """Read and validate an options.json file (errors name the file and the field; encodings, invalid JSON and
+    deep nesting as :func:`elmo_fast.textfile.read_json_file`)."""
+    from .textfile import read_json_file
     path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"options file not found: {path}") from None
-    except json.JSONDecodeError as e:
-        raise OptionsError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
-    return options_from_dict(d, source=path)
+    return options_from_dict(read_json_file(path, "options file", OptionsError), source=path)
 
 
 _PUBLIC_FILTERS = [[1, 32], [2, 32], [3, 64], [4, 128], [5, 256], [6, 512], [7, 1024]]
@@ -256,5 +251,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 def preset(name: str) -> ElmoOptions:
     """Options of a named preset (``tiny``, ``small``, ``medium``, ``original``)."""
     if name not in PRESETS:
-        raise OptionsError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+        note = f" (for the file {name!r}, write ./{name})" if os.path.exists(name) else ""
+        raise OptionsError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)} or a path to an "
+                           f"options.json{note}")
     return options_from_dict(copy.deepcopy(PRESETS[name]), source=f"preset '{name}'")

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .embedder import ElmoEmbedder
+from .errors import MissingFileError, UserError
 from .nn.scalar_mix import ScalarMix
 
 __all__ = ["ConlluError", "WicError", "TaggedSentence", "WicPair", "read_conllu", "read_wic", "find_shared_data",
@@ -37,11 +38,11 @@ __all__ = ["ConlluError", "WicError", "TaggedSentence", "WicPair", "read_conllu"
 logger = logging.getLogger(__name__)
 
 
-class ConlluError(ValueError):
+class ConlluError(UserError):
     """A CoNLL-U file is malformed (the message names the file and the 1-based line)."""
 
 
-class WicError(ValueError):
+class WicError(UserError):
     """A WiC data or gold file is malformed (the message names the file and the 1-based line)."""
 
 
@@ -58,10 +59,11 @@ def find_shared_data(name: str, explicit: str | os.PathLike | None = None) -> Pa
     if explicit is not None:
         path = Path(explicit)
         if not path.is_dir():
-            raise FileNotFoundError(f"data directory not found: {path}")
+            raise MissingFileError(f"data directory not found: {path}")
         return path
     tried = []
-    env = os.environ.get("ELMO_FAST_SHARED")
+    from . import settings
+    env = settings.shared_dir()
     if env:
         tried.append(Path(env) / "data" / name)
     repo = Path(__file__).resolve().parents[1]
@@ -70,7 +72,7 @@ def find_shared_data(name: str, explicit: str | os.PathLike | None = None) -> Pa
     for path in tried:
         if path.is_dir():
             return path
-    raise FileNotFoundError(f"could not find the '{name}' data; tried {', '.join(str(p) for p in tried)} "
+    raise MissingFileError(f"could not find the '{name}' data; tried {', '.join(str(p) for p in tried)} "
                             f"(give the files or directory with a flag, or set ELMO_FAST_SHARED)")
 
 
@@ -96,7 +98,7 @@ def read_conllu(path: str | os.PathLike) -> list[TaggedSentence]:
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"CoNLL-U file not found: {path}")
+        raise MissingFileError(f"CoNLL-U file not found: {path}")
     sentences: list[TaggedSentence] = []
     forms: list[str] = []
     tags: list[str] = []
@@ -166,7 +168,7 @@ def read_wic(data_path: str | os.PathLike, gold_path: str | os.PathLike) -> list
     data_path, gold_path = os.fspath(data_path), os.fspath(gold_path)
     for p in (data_path, gold_path):
         if not os.path.isfile(p):
-            raise FileNotFoundError(f"WiC file not found: {p}")
+            raise MissingFileError(f"WiC file not found: {p}")
     with open(data_path, encoding="utf-8") as f:
         data_lines = f.read().splitlines()
     with open(gold_path, encoding="utf-8") as f:
@@ -207,7 +209,7 @@ def load_embedder(model_dir: str | os.PathLike, device: str = "cpu", backend: st
     options, weights = model_dir / "options.json", model_dir / "weights.hdf5"
     for p in (options, weights):
         if not p.is_file():
-            raise FileNotFoundError(f"model directory {model_dir}: expected {p.name} (options.json + weights.hdf5 "
+            raise MissingFileError(f"model directory {model_dir}: expected {p.name} (options.json + weights.hdf5 "
                                     f"as written by `elmo-fast export`), not found")
     cuda = -1 if device == "cpu" else int(device.split(":")[1]) if ":" in device else 0
     return ElmoEmbedder(options, weights, cuda_device=cuda, stateful=False, batch_size=batch_size, backend=backend)
@@ -317,7 +319,7 @@ def pos_probe(embedder: ElmoEmbedder, train: Sequence[TaggedSentence], dev: Sequ
         :class:`PosProbeResult`; keys ``"0"``, ``"1"``, ``"2"`` (one layer) and ``"mix"`` (learned scalar mix).
     """
     if not train or not test:
-        raise ValueError(f"POS probe needs training and test sentences, found {len(train)} and {len(test)}")
+        raise UserError(f"POS probe needs training and test sentences, found {len(train)} and {len(test)}")
     dev = dev or test
     tagset = sorted({t for s in train for t in s.tags})
     tag_id = {t: i for i, t in enumerate(tagset)}
@@ -442,7 +444,7 @@ def wic_probe(embedder: ElmoEmbedder, splits: dict[str, Sequence[WicPair]], thre
     parts = threshold_split.split("+")
     missing = [p for p in parts if p not in splits]
     if missing:
-        raise ValueError(f"threshold split {threshold_split!r} needs {missing}, which were not given")
+        raise UserError(f"threshold split {threshold_split!r} needs {missing}, which were not given")
     scores = {name: wic_scores(embedder, pairs, progress, desc=f"embedding {name}") for name, pairs in splits.items()}
     labels = {name: np.array([p.label for p in pairs], dtype=bool) for name, pairs in splits.items()}
     keys = list(next(iter(scores.values())).keys())

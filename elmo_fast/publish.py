@@ -303,6 +303,10 @@ def publish_folder(out_dir: str | os.PathLike, files: Mapping[str, Callable[[str
     if os.path.islink(out) and os.path.isdir(out):
         out = os.path.realpath(out)
     parent = os.path.dirname(out)
+    try:  # like mkdir -p: a new output may name folders that do not exist yet
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise PublishError(f"{what} {out}: cannot create {parent}: {os_error_text(e)}") from None
     recover_folder(out)
     existed = os.path.isdir(out)
     kept = f"{out} keeps its previous files" if existed else f"{out} was not created"

@@ -55,7 +55,8 @@ def retain_freed_memory() -> bool:
     if _applied is not None:
         return _applied
     _applied = False
-    if os.environ.get("ELMO_FAST_RETAIN_MEMORY", "1").strip().lower() in ("0", "false", "no", "off"):
+    from . import settings
+    if not settings.retain_memory():
         logger.debug("ELMO_FAST_RETAIN_MEMORY=0: allocator left as it is")
         return False
     try:
@@ -216,16 +217,17 @@ _governor: ThreadGovernor | None = None
 def configure_threads(requested: int | None = None, interval: float = 2.0) -> ThreadGovernor:
     """Set up the process's thread policy: a fixed count, or automatic (the default; see the module docstring).
 
-    Environment: ``ELMO_FAST_THREADS=N`` fixes the count when ``requested`` is None.
+    Environment: ``ELMO_FAST_THREADS=N`` fixes the count when ``requested`` is None. Either is refused above
+    :func:`elmo_fast.settings.thread_limit` (a :class:`~elmo_fast.settings.SettingsError` naming the source).
     """
+    from . import settings
     global _governor
     if requested is None:
-        env = os.environ.get("ELMO_FAST_THREADS", "").strip()
-        if env and env.lower() != "auto":
-            try:
-                requested = int(env)
-            except ValueError:
-                raise ValueError(f"ELMO_FAST_THREADS: expected a positive integer or 'auto', found {env!r}") from None
+        requested = settings.threads()
+        if requested is not None:
+            settings.check_thread_count(requested, "ELMO_FAST_THREADS")
+    elif isinstance(requested, int) and not isinstance(requested, bool) and requested > settings.thread_limit():
+        settings.check_thread_count(requested, "threads")
     _governor = ThreadGovernor(requested, interval)
     _governor.start()
     return _governor

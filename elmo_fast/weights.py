@@ -7,6 +7,7 @@ written atomically (temporary file + rename).
 from __future__ import annotations
 
 import os
+import stat
 from typing import IO, Iterable, Mapping
 
 import h5py
@@ -14,13 +15,15 @@ import numpy as np
 
 from .atomic import atomic_path, write_lines
 from .chars import NUM_SYMBOLS
+from .errors import MissingFileError, UserError
 from .options import ElmoOptions
 
 __all__ = ["WeightFileError", "expected_shapes", "read_weights", "write_weights", "lstm_prefix", "create_h5",
-           "h5_size_estimate", "read_softmax_weights", "write_softmax_weights", "read_vocab", "write_vocab", "check_finite"]
+           "h5_size_estimate", "read_softmax_weights", "write_softmax_weights", "read_vocab", "write_vocab", "check_finite",
+           "open_hdf5", "get_dataset", "read_dataset"]
 
 
-class WeightFileError(ValueError):
+class WeightFileError(UserError):
     """A weight file is missing a dataset or a dataset has the wrong shape."""
 
 
@@ -57,6 +60,65 @@ def expected_shapes(options: ElmoOptions) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+#: what h5py raises for a damaged file, a broken (external) link or an unreadable object
+_H5_ERRORS = (OSError, KeyError, RuntimeError, ValueError, TypeError)
+
+
+def open_hdf5(path: str | os.PathLike, what: str = "weight file") -> h5py.File:
+    """Open an hdf5 file for reading; every failure is a one-line error naming the file.
+
+    Raises:
+        MissingFileError: no such file. WeightFileError: not a regular file, or not readable as hdf5.
+    """
+    path = os.fspath(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise MissingFileError(f"{what} not found: {path}") from None
+    except OSError as e:
+        raise WeightFileError(f"{path}: cannot be read ({e.strerror}); expected an hdf5 {what}") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise WeightFileError(f"{path}: is {kind}; expected an hdf5 {what}")
+    try:
+        return h5py.File(path, "r")
+    except _H5_ERRORS as e:
+        raise WeightFileError(f"{path}: not a readable hdf5 file ({e})") from None
+
+
+def get_dataset(f: h5py.File, path: str, name: str) -> h5py.Dataset | None:
+    """Dataset ``name`` of the open file ``f`` (``path`` names it in messages), or None when there is no such
+    link. A link that cannot be followed (an external link to a missing or non-hdf5 file, a damaged object
+    header) or a group is a :class:`WeightFileError` naming the file and the dataset."""
+    try:
+        link = f.get(name, getlink=True)
+    except _H5_ERRORS as e:
+        raise WeightFileError(f"{path}: dataset '{name}' cannot be looked up ({e}); the file may be damaged") from None
+    if link is None:
+        return None
+    try:
+        obj = f[name]
+    except _H5_ERRORS as e:
+        raise WeightFileError(f"{path}: dataset '{name}' cannot be opened ({e}); the file may be damaged or link "
+                              f"to a missing file") from None
+    if not isinstance(obj, h5py.Dataset):
+        raise WeightFileError(f"{path}: '{name}' is a group; expected a dataset")
+    return obj
+
+
+def read_dataset(f: h5py.File, path: str, name: str) -> np.ndarray | None:
+    """Dataset ``name`` as a float32 array (None when absent); errors name the file and the dataset."""
+    ds = get_dataset(f, path, name)
+    if ds is None:
+        return None
+    if not np.issubdtype(ds.dtype, np.floating):
+        raise WeightFileError(f"{path}: dataset '{name}' expected floating point data, found {ds.dtype}")
+    try:
+        return np.asarray(ds[...], dtype=np.float32)
+    except _H5_ERRORS as e:
+        raise WeightFileError(f"{path}: dataset '{name}' cannot be read ({e}); the file may be damaged") from None
+
+
 def _optional(options: ElmoOptions) -> set[str]:
     c = options.char_cnn
     assert c is not None
@@ -74,32 +136,21 @@ def read_weights(path: str | os.PathLike, options: ElmoOptions) -> dict[str, np.
         FileNotFoundError, WeightFileError: naming the file, the dataset, the expected and found shape.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"weight file not found: {path}")
     shapes = expected_shapes(options)
     optional = _optional(options)
     out: dict[str, np.ndarray] = {}
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise WeightFileError(f"{path}: not a readable hdf5 file ({e})") from None
-    with f:
-        if optional and any(name in f for name in optional):
+    with open_hdf5(path) as f:
+        if optional and any(get_dataset(f, path, name) is not None for name in optional):
             optional = set()  # present at all -> must be complete and well-shaped
         for name, shape in shapes.items():
-            if name in optional and name not in f:
-                continue
-            if name not in f or not isinstance(f[name], h5py.Dataset):
+            ds = get_dataset(f, path, name)
+            if ds is None:
+                if name in optional:
+                    continue
                 raise WeightFileError(f"{path}: dataset '{name}' is missing (expected shape {shape})")
-            ds = f[name]
             if tuple(ds.shape) != shape:
                 raise WeightFileError(f"{path}: dataset '{name}' expected shape {shape}, found {tuple(ds.shape)}")
-            if not np.issubdtype(ds.dtype, np.floating):
-                raise WeightFileError(f"{path}: dataset '{name}' expected floating point data, found {ds.dtype}")
-            try:
-                out[name] = np.asarray(ds[...], dtype=np.float32)
-            except OSError as e:
-                raise WeightFileError(f"{path}: dataset '{name}' cannot be read ({e}); the file may be damaged") from None
+            out[name] = read_dataset(f, path, name)  # type: ignore[assignment]
             check_finite(out[name], f"{path}: dataset '{name}'")
     return out
 
@@ -150,20 +201,14 @@ def write_weights(path: str | os.PathLike, weights: Mapping[str, np.ndarray]) ->
 def read_softmax_weights(path: str | os.PathLike, projection_dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read ``softmax/W`` (V, P) and ``softmax/b`` (V,) from a softmax weight file."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"softmax weight file not found: {path}")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise WeightFileError(f"{path}: not a readable hdf5 file ({e})") from None
-    with f:
+    with open_hdf5(path, "softmax weight file") as f:
+        arrays = []
         for name in ("softmax/W", "softmax/b"):
-            if name not in f or not isinstance(f[name], h5py.Dataset):
+            array = read_dataset(f, path, name)
+            if array is None:
                 raise WeightFileError(f"{path}: dataset '{name}' is missing")
-        try:
-            W, b = np.asarray(f["softmax/W"][...], np.float32), np.asarray(f["softmax/b"][...], np.float32)
-        except OSError as e:
-            raise WeightFileError(f"{path}: softmax datasets cannot be read ({e}); the file may be damaged") from None
+            arrays.append(array)
+        W, b = arrays
     if W.ndim != 2 or (projection_dim is not None and W.shape[1] != projection_dim):
         raise WeightFileError(f"{path}: dataset 'softmax/W' expected shape (V, {projection_dim}), found {W.shape}")
     if b.shape != (W.shape[0],):

@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import torch
 torch.set_num_threads(int(os.environ.get("ELMO_FAST_TEST_THREADS", "1")))
 # commands run in-process (cli.main) and in subprocesses keep that count instead of choosing automatically
 os.environ.setdefault("ELMO_FAST_THREADS", os.environ.get("ELMO_FAST_TEST_THREADS", "1"))
+# crash reports of internal errors provoked by tests go to a temporary folder, not the user's cache
+os.environ.setdefault("ELMO_FAST_CRASH_DIR", tempfile.mkdtemp(prefix="elmo-fast-test-crashes-"))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

@@ -11,7 +11,7 @@ import pytest
 
 from elmo_fast import __version__
 from elmo_fast.cli import main
-from elmo_fast.errors import Interrupted, UserError, exit_code_for
+from elmo_fast.errors import Interrupted, MissingFileError, UserError, exit_code_for
 
 
 def test_version_flag(capsys):
@@ -43,10 +43,11 @@ def test_debug_flag_and_env_variable_reraise(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("exc,code", [
-    (UserError("x"), 2), (ValueError("x"), 2), (TypeError("x"), 2), (PermissionError("x"), 2),
-    (IsADirectoryError("x"), 2), (KeyError("x"), 2), (KeyboardInterrupt(), 130),
+    (UserError("x"), 2), (MissingFileError("x"), 2), (KeyboardInterrupt(), 130),
     (Interrupted(signal.SIGTERM), 143), (Interrupted(signal.SIGINT), 130),
-    (ZeroDivisionError("bug"), None), (AssertionError("bug"), None),
+    # only the project's own user-error classes are one-line errors: everything else is a bug
+    (ValueError("x"), None), (TypeError("x"), None), (PermissionError("x"), None), (IsADirectoryError("x"), None),
+    (KeyError("x"), None), (RuntimeError("x"), None), (ZeroDivisionError("bug"), None), (AssertionError("bug"), None),
 ])
 def test_exit_codes(exc, code):
     assert exit_code_for(exc) == code

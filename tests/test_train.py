@@ -266,6 +266,12 @@ def test_cli_bad_input_is_reported(tmp_path, caplog):
     caplog.clear()
     with caplog.at_level(logging.ERROR):
         rc = cli_main(["evaluate", str(tmp_path), "--heldout", str(bad), "--quiet"])
+    assert rc == 2 and "bad.txt:2" in caplog.text  # the held-out file is read whole before any model is loaded
+    good = tmp_path / "good.txt"
+    good.write_text("w1 w2\n")
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        rc = cli_main(["evaluate", str(tmp_path), "--heldout", str(good), "--quiet"])
     assert rc == 2 and "options.json is missing" in caplog.text
 
 

@@ -97,12 +97,13 @@ def check_device(device: str | None) -> None:
 def apply_threads(args: argparse.Namespace) -> None:
     """Set torch's thread count: ``--threads N`` fixes it, otherwise the automatic governor picks it
     (:func:`elmo_fast.runtime.configure_threads`, process-wide); then check ``--device`` if the command has one
-    (see :func:`check_device`)."""
-    from ..errors import UserError
+    (see :func:`check_device`). ``--threads`` above :func:`elmo_fast.settings.thread_limit` is refused (torch
+    crashes creating 100,000 threads), above the CPU count warned about."""
+    from .. import settings
     from ..runtime import configure_threads
     threads = getattr(args, "threads", None)
-    if threads is not None and threads < 1:
-        raise UserError(f"--threads: expected a positive integer, found {threads}")
+    if threads is not None:
+        settings.check_thread_count(threads, "--threads")
     configure_threads(threads)  # the one place the count is set: fixed, or automatic (elmo_fast.runtime)
     check_device(getattr(args, "device", None))
 

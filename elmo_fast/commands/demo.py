@@ -200,14 +200,15 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
 
     from ..demo_corpus import AMBIGUOUS_WORDS, SENSES, generate, write_corpus
+    from ..errors import UserError
     from ..probe import nearest_neighbour_senses
 
     if args.minutes is not None and args.minutes <= 0:
-        raise ValueError(f"--minutes: expected a positive number, found {args.minutes}")
+        raise UserError(f"--minutes: expected a positive number, found {args.minutes}")
     if args.minutes is None and args.steps is None:
         args.steps = DEFAULT_STEPS
     if args.steps is not None and args.steps < 1:
-        raise ValueError(f"--steps: expected a positive integer, found {args.steps}")
+        raise UserError(f"--steps: expected a positive integer, found {args.steps}")
     apply_threads(args)
     start = time.perf_counter()
     out = args.out

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 
-from ..errors import UserError
+from ..errors import MissingFileError, UserError
 from . import add_runtime_args, add_threads_arg, apply_threads, check_precision
 
 _EPILOG = """\
@@ -23,12 +24,19 @@ output safety (checked before the model is loaded):
   A symbolic link at OUTPUT is never followed: it is refused unless --overwrite, which replaces the link
   itself by the new file (the link's target is left untouched).
 
+disk space:
+  Before the first chunk is embedded, the space still needed (chunk files until merged, then OUTPUT: about
+  4 bytes x layers x tokens x 2P) is checked against the folder's free space and the file size limit
+  (ulimit -f). hdf5 files are written by child processes: a disk that fills up during the run ends with one
+  line naming the file and the space it needed; completed chunks stay, the same command continues.
+
 several processes:
   torchrun --nproc_per_node N -m elmo_fast.cli embed ... : each process embeds a contiguous block of chunks
   (gloo on CPU, GPU LOCAL_RANK on CUDA), rank 0 writes OUTPUT. Stateful runs start each block from zero
   state, so they differ from a one-process run at block starts.
 
-exit status: 0 done; 2 a user error (one line naming the file, line or flag); 130/143 interrupted.
+exit status: 0 done; 2 a user error (one line naming the file, line or flag); 70 an internal error (a bug:
+  a crash report to send us); 130/143 interrupted.
 """
 
 
@@ -112,15 +120,33 @@ def _model_files(args: argparse.Namespace) -> list[str]:
         files = []
         for root, _dirs, names in sorted(os.walk(args.model_dir)):
             files += [os.path.join(root, n) for n in sorted(names)]
+        for path in files:  # every file is read (hashed): a FIFO would block forever, a device never end
+            _check_regular(path, "--model-dir")
         return files
     missing = [flag for flag, value in (("--options-file", args.options_file), ("--weight-file", args.weight_file))
                if not value]
     if missing:
         raise UserError(f"{' and '.join(missing)}: required (or give --model-dir)")
     for flag, path in (("--options-file", args.options_file), ("--weight-file", args.weight_file)):
-        if not os.path.isfile(path):
-            raise UserError(f"{flag} {path}: " + ("is a directory" if os.path.isdir(path) else "no such file"))
+        if not os.path.exists(path):
+            raise MissingFileError(f"{flag} {path}: no such file")
+        _check_regular(path, flag)
     return [args.options_file, args.weight_file]
+
+
+def _check_regular(path: str, flag: str) -> None:
+    """Model files are read whole: only regular files (a FIFO blocks the reader, a device never ends)."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise UserError(f"{flag}: {path}: cannot be read ({e.strerror})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise UserError(f"{flag} {path}: is a directory; expected a file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "a device"
+                if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket"
+                if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        raise UserError(f"{flag}: {path} is {kind}; model files must be regular files (remove it from the folder)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import check_readable_file
+    from ..data import check_text_file
     from ..errors import UserError
     from ..training import evaluate_perplexity, load_model_dir
     from ..training.evaluation import describe_coverage
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--max-batches: expected a positive integer, found {args.max_batches}")
     if args.softmax_chunk < 1:
         raise UserError(f"--softmax-chunk: expected a positive integer, found {args.softmax_chunk}")
-    check_readable_file(args.heldout, "--heldout")
+    check_text_file(args.heldout, "--heldout")  # the whole file, before the model is loaded
     from ..hub import resolve
     # a folder URL: an export's four files (public models publish no softmax weights, so a name fails there)
     model_dir = resolve(args.model_dir, "model_dir",

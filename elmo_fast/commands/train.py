@@ -4,12 +4,14 @@ from __future__ import annotations
 import argparse
 
 import dataclasses
-import json
+import math
 import os
 import sys
+from typing import Any
 
 from ..atomic import write_json
-from ..errors import UserError
+from .. import settings
+from ..errors import MissingFileError, UserError
 from . import add_runtime_args, apply_threads, check_device, precision_context
 
 
@@ -100,23 +102,100 @@ _FLAG_FIELDS = ("batch_size", "unroll_steps", "n_negative_samples", "dropout", "
 #: fields of a run's config.json that --resume does not take over (they belong to this invocation/machine)
 _PER_INVOCATION = ("max_minutes",)
 
+#: TrainConfig field -> (kind, lower bound, whether the bound itself is allowed); upper bound 1 for dropout
+_RANGES: dict[str, tuple[str, float, bool]] = {
+    "batch_size": ("int", 1, True), "unroll_steps": ("int", 1, True), "n_negative_samples": ("int", 1, True),
+    "checkpoint_every": ("int", 1, True), "eval_every": ("int", 1, True), "eval_batch_size": ("int", 1, True),
+    "softmax_chunk": ("int", 1, True), "data_parts": ("int", 1, True), "min_count": ("int", 1, True),
+    "max_vocab": ("int", 4, True), "max_steps": ("int", 0, True), "seed": ("int", 0, True),
+    "learning_rate": ("float", 0.0, False), "clip_norm": ("float", 0.0, False), "n_epochs": ("float", 0.0, False),
+    "max_minutes": ("float", 0.0, False), "initial_accumulator": ("float", 0.0, False),
+    "dropout": ("float", 0.0, True),
+}
+
+
+def _check_range(field: str, value: Any, where: str) -> None:
+    """Refuse a value out of the field's range, or a non-finite number; ``where`` names the flag
+    (``"--seed:"``) or the file and field (``"RUN/config.json: field 'seed'"``)."""
+    if value is None or field not in _RANGES:
+        return
+    kind, low, inclusive = _RANGES[field]
+    if kind == "float" and not math.isfinite(value):
+        raise UserError(f"{where} expected a finite number, found {value}")
+    if field == "dropout" and not 0.0 <= value < 1.0:
+        raise UserError(f"{where} expected a probability 0 <= p < 1, found {value}")
+    if value < low or (value == low and not inclusive):
+        if kind == "int":
+            expected = "a positive integer" if low == 1 else f"an integer >= {low:g}"
+        else:
+            expected = f"a number > {low:g}" if not inclusive else f"a number >= {low:g}"
+        raise UserError(f"{where} expected {expected}, found {value}")
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Every numeric flag in range and finite (``--max-minutes nan``, ``--learning-rate inf`` are refused),
+    naming the flag, before anything is read or trained."""
+    for field in _RANGES:
+        value = getattr(args, field, None)
+        if value is not None:
+            _check_range(field, value, _flag(field) + ":")
+
+
+def _field_types(annotation: str) -> tuple[set[str], bool]:
+    """``"int | None"`` -> ({"int"}, True)."""
+    names = {part.strip() for part in str(annotation).split("|")}
+    return names - {"None"}, "None" in names
+
+
+def _type_ok(value: Any, kinds: set[str]) -> bool:
+    if "bool" in kinds and isinstance(value, bool):
+        return True
+    if isinstance(value, bool):
+        return False
+    if "int" in kinds and isinstance(value, int):
+        return True
+    if "float" in kinds and isinstance(value, (int, float)):
+        return True
+    return "str" in kinds and isinstance(value, str)
+
+
+def check_saved_config(saved: dict, path: str) -> dict:
+    """The TrainConfig fields of a run's config.json, each checked for type and range (errors name the file
+    and the field: a hand-edited ``"batch_size": "64"`` is refused here, not deep inside the training)."""
+    from ..training import TrainConfig
+    out = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in saved or f.name in _PER_INVOCATION:
+            continue
+        value = saved[f.name]
+        kinds, nullable = _field_types(f.type)
+        if value is None and nullable:
+            out[f.name] = None
+            continue
+        if not _type_ok(value, kinds):
+            expected = " or ".join(sorted(kinds)) + (" or null" if nullable else "")
+            raise UserError(f"{path}: field '{f.name}' expected {expected}, found {type(value).__name__} {value!r}")
+        _check_range(f.name, value, f"{path}: field '{f.name}'")
+        out[f.name] = value
+    return out
+
 
 def _run_config(out_dir: str) -> dict:
     """The run's config.json (what --resume takes its defaults from)."""
+    from ..textfile import read_json_file
     path = os.path.join(out_dir, "config.json")
     if not os.path.isdir(out_dir):
-        raise FileNotFoundError(f"--resume: run directory not found: {out_dir}")
+        raise MissingFileError(f"--resume: run directory not found: {out_dir}")
     from ..publish import recover_files
     recover_files(out_dir)  # a settings update a killed run committed is completed before it is read
-    try:
-        with open(path, encoding="utf-8") as f:
-            saved = json.load(f)
-    except FileNotFoundError:
+    if not os.path.exists(path):
         _refuse_if_running(out_dir)  # a train that has not written its settings yet holds the folder
-        raise FileNotFoundError(f"--resume: {path} not found (not a run directory written by `elmo-fast train`)") \
-            from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e}); expected the run's settings") from None
+        raise MissingFileError(f"--resume: {path} not found (not a run directory written by `elmo-fast train`)")
+    saved = read_json_file(path, "run settings file (config.json)")
     if not isinstance(saved, dict):
         raise UserError(f"{path}: expected a JSON object with the run's settings")
     return saved
@@ -141,29 +220,35 @@ def build_config(args: argparse.Namespace):
     if given["skip_bad_lines"] is None:
         del given["skip_bad_lines"]
     train, heldout = args.train, args.heldout
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
     if args.resume:
         saved = _run_config(args.out)
-        base = {k: v for k, v in saved.items() if k in fields and k not in _PER_INVOCATION}
-        try:
-            config = TrainConfig(**base)
-        except TypeError as e:
-            raise UserError(f"{os.path.join(args.out, 'config.json')}: {e}") from None
+        config_path = os.path.join(args.out, "config.json")
+        config = TrainConfig(**check_saved_config(saved, config_path))
         if train is None:  # the files themselves (absolute paths, data order), else the globs as given
             corpus = saved.get("corpus")
             train = ([p for p, _ in corpus["files"]] if isinstance(corpus, dict) and corpus.get("files")
                      else saved.get("train"))
-            if not train or not isinstance(train, list):
-                raise UserError(f"{os.path.join(args.out, 'config.json')}: no 'train' file list; pass --train")
+            if not train or not isinstance(train, list) or not all(isinstance(p, str) for p in train):
+                raise UserError(f"{config_path}: no 'train' file list; pass --train")
         if heldout is None:
             heldout = saved.get("heldout")
+            if heldout is not None and not isinstance(heldout, str):
+                raise UserError(f"{config_path}: field 'heldout' expected a path or null, found "
+                                f"{type(heldout).__name__} {heldout!r}")
         config = dataclasses.replace(config, max_steps=None) if "max_steps" not in given else config
     else:
         if train is None:
             raise UserError("--train: required (unless --resume, which reads the run's corpus)")
         config = TrainConfig()
         if options is not None:
-            config = config.apply_options(options, overridden=given)
+            try:
+                config = config.apply_options(options, overridden=given)
+            except (TypeError, ValueError) as e:
+                raise UserError(f"--options {args.options}: a training key has a value of the wrong type ({e})") \
+                    from None
+            for key, field in TrainConfig.OPTION_KEYS.items():
+                if key in options.extra and field not in given:
+                    _check_range(field, getattr(config, field), f"--options {args.options}: field '{key}'")
     runtime = {k: getattr(args, k) for k in ("device", "backend", "precision") if getattr(args, k, None) is not None}
     config = dataclasses.replace(config, **given, max_minutes=args.max_minutes, **runtime)
     check_device(config.device)
@@ -171,12 +256,17 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..data import check_text_file
     from ..training import run_training
 
+    check_flags(args)
     apply_threads(args)
     if args.options is None and not args.resume and not args.init_from:
         raise UserError("--options: required unless --resume (the run's options) or --init-from (that model's)")
     config, options, train, heldout = build_config(args)
+    if heldout is not None:  # the whole file, now: a bad held-out file must not wait for the end of training
+        check_text_file(heldout, "--heldout" if args.heldout else f"{os.path.join(args.out, 'config.json')} "
+                                                                  f"field 'heldout'")
     args.precision = config.precision  # a resumed run keeps the precision it started with unless --precision says
     # models built with precision None inherit --precision (forward, hand-written backward, evaluation);
     # Adagrad state and master weights stay float32
@@ -184,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
         summary = run_training(train, args.out, options, config, heldout=heldout, vocab_path=args.vocab,
                                resume=args.resume, init_from=args.init_from, progress=not args.quiet,
                                allow_changed_corpus=args.allow_changed_corpus)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if settings.distributed().is_main:  # a RANK left over in a one-process run is rank 0 (elmo_fast.settings)
         if args.json:
             write_json(args.json, summary)
         h = summary.get("heldout")

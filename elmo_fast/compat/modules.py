@@ -14,7 +14,6 @@ import logging
 import os
 from typing import Any, Iterator
 
-import h5py
 import numpy as np
 import torch
 from torch import nn
@@ -22,12 +21,13 @@ from torch import nn
 from .. import backend as backends
 from .. import hub, numerics
 from ..chars import BOS_IDS, EOS_IDS
+from ..errors import MissingFileError
 from ..modes import normal_tensors
 from ..nn.bilm import BiLM, add_sentence_boundaries, token_mask
 from ..nn.lstm import BiLSTM, StateSlots
 from ..nn.token_encoder import CharCNNTokenEncoder
 from ..options import LSTMOptions, load_options
-from ..weights import check_finite, lstm_prefix, read_weights
+from ..weights import WeightFileError, check_finite, lstm_prefix, open_hdf5, read_dataset, read_weights
 
 __all__ = ["COMPAT_ORDER", "_ElmoBiLm", "_ElmoCharacterEncoder", "ElmoLstm"]
 
@@ -280,20 +280,21 @@ class ElmoLstm(_NumericsSetting, nn.Module):
         (a path, URL or public model name: :mod:`elmo_fast.hub`)."""
         path = os.fspath(hub.resolve(weight_file, "weights"))
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"weight file not found: {path}")
+            raise MissingFileError(f"weight file not found: {path}")
         lstm = self._bilstm()
-        with h5py.File(path, "r") as f, torch.no_grad():
+        with open_hdf5(path) as f, torch.no_grad():
             for d in (0, 1):
                 for layer, cell in enumerate(lstm.cells[d]):
                     for name in ("W_0", "B", "W_P_0"):
                         key = f"{lstm_prefix(d, layer)}/{name}"
                         param = getattr(cell, name)
-                        if key not in f:
-                            raise KeyError(f"{path}: dataset '{key}' is missing (expected shape {tuple(param.shape)})")
-                        value = np.asarray(f[key][...], dtype=np.float32)
+                        value = read_dataset(f, path, key)
+                        if value is None:
+                            raise WeightFileError(f"{path}: dataset '{key}' is missing (expected shape "
+                                                  f"{tuple(param.shape)})")
                         if tuple(value.shape) != tuple(param.shape):
-                            raise ValueError(f"{path}: dataset '{key}' expected shape {tuple(param.shape)}, "
-                                             f"found {tuple(value.shape)}")
+                            raise WeightFileError(f"{path}: dataset '{key}' expected shape {tuple(param.shape)}, "
+                                                  f"found {tuple(value.shape)}")
                         check_finite(value, f"{path}: dataset '{key}'")
                         param.copy_(torch.from_numpy(value))
         lstm.requires_grad_(self.requires_grad)

@@ -12,7 +12,6 @@ block start, so a rerun with another world size never reuses such chunks.
 """
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -27,14 +26,11 @@ def rank_share(n: int, rank: int, world: int) -> tuple[int, int]:
 
 
 def distributed_env() -> tuple[int, int]:
-    """(rank, world size) from torchrun's environment variables; (0, 1) outside torchrun."""
-    try:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-    except ValueError:
-        raise ValueError(f"WORLD_SIZE/RANK: expected integers, found {os.environ.get('WORLD_SIZE')!r}/"
-                         f"{os.environ.get('RANK')!r}") from None
-    return (rank, world) if world > 1 else (0, 1)
+    """(rank, world size) from torchrun's environment variables; (0, 1) outside torchrun (validated by
+    :func:`elmo_fast.settings.distributed`: a bad value is a one-line error naming the variable)."""
+    from .. import settings
+    env = settings.distributed()
+    return env.rank, env.world_size
 
 
 @contextmanager

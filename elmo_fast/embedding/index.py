@@ -22,9 +22,12 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from contextlib import contextmanager
 from typing import Callable, Iterator
 
 import h5py
+
+from ..errors import UserError
 
 __all__ = ["SentenceStore", "write_sentence_index", "INDEX_IN_MEMORY_MAX"]
 
@@ -33,12 +36,43 @@ INDEX_IN_MEMORY_MAX = 4 << 20
 
 
 class SentenceStore:
-    """An on-disk table of (0-based line, stripped text), filled during the input scan."""
+    """An on-disk table of (0-based line, stripped text), filled during the input scan.
+
+    A full disk (or the file size limit) while it is written or sorted is a one-line
+    :class:`~elmo_fast.embedding.isolated.WriteFailed` naming the database file, not an SQLite traceback.
+    """
 
     def __init__(self, path: str) -> None:
         if os.path.exists(path):
             os.remove(path)
         self.path = path
+        self._bytes = 0
+        with self._errors():
+            self._connect()
+            self.db.execute("CREATE TABLE lines(line INTEGER PRIMARY KEY, text TEXT NOT NULL)")
+        self._pending: list[tuple[int, str]] = []
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """SQLite's "database or disk is full" (and any other failure of the store) as a one-line error."""
+        try:
+            yield
+        except sqlite3.Error as e:
+            from .isolated import write_failed
+            # SQLITE_FULL ("database or disk is full") on ENOSPC; SQLITE_IOERR ("disk I/O error") on EFBIG/EDQUOT
+            full = isinstance(e, sqlite3.OperationalError) and any(
+                s in str(e) for s in ("full", "too large", "I/O error"))
+            if full or getattr(e, "sqlite_errorcode", None) == 13:
+                raise write_failed(self.path, self._bytes, f"SQLite: {e}") from None
+            raise UserError(f"{self.path}: the sentence store failed (SQLite: {e})") from None
+
+    def reopen(self) -> None:
+        """A fresh connection to the same database (a forked child must not use its parent's)."""
+        with self._errors():
+            self._connect()
+
+    def _connect(self) -> None:
+        path = self.path
         self.db = sqlite3.connect(path)
         folder = os.path.dirname(os.path.abspath(path))
         self.db.execute("PRAGMA journal_mode=OFF")
@@ -49,40 +83,42 @@ class SentenceStore:
             self.db.execute(f"PRAGMA temp_store_directory='{folder}'" if "'" not in folder else "SELECT 1")
         except sqlite3.DatabaseError:
             pass
-        self.db.execute("CREATE TABLE lines(line INTEGER PRIMARY KEY, text TEXT NOT NULL)")
-        self._pending: list[tuple[int, str]] = []
 
     def add(self, line: int, text: str) -> None:
         """Record 0-based ``line`` with its stripped ``text`` (buffered, 10k rows at a time)."""
         self._pending.append((line, text))
+        self._bytes += len(text) + 16
         if len(self._pending) >= 10000:
             self.flush()
 
     def flush(self) -> None:
-        if self._pending:
-            self.db.executemany("INSERT INTO lines VALUES (?, ?)", self._pending)
-            self._pending = []
-        self.db.commit()
+        with self._errors():
+            if self._pending:
+                self.db.executemany("INSERT INTO lines VALUES (?, ?)", self._pending)
+                self._pending = []
+            self.db.commit()
 
     def duplicates(self, limit: int = 20) -> tuple[list[tuple[int, int]], int]:
         """The first ``limit`` repeated lines as (1-based line, 1-based earlier line), and their total count."""
         self.flush()
-        rows = self.db.execute(
-            "SELECT line + 1, first + 1 FROM (SELECT line, first_value(line) OVER (PARTITION BY text ORDER BY line) "
-            "AS first FROM lines) WHERE line != first ORDER BY line LIMIT ?", (limit,)).fetchall()
-        if not rows:
-            return [], 0
-        total = self.db.execute("SELECT count(*) - count(DISTINCT text) FROM lines").fetchone()[0]
+        with self._errors():
+            rows = self.db.execute(
+                "SELECT line + 1, first + 1 FROM (SELECT line, first_value(line) OVER (PARTITION BY text ORDER BY "
+                "line) AS first FROM lines) WHERE line != first ORDER BY line LIMIT ?", (limit,)).fetchall()
+            if not rows:
+                return [], 0
+            total = self.db.execute("SELECT count(*) - count(DISTINCT text) FROM lines").fetchone()[0]
         return [(int(a), int(b)) for a, b in rows], int(total)
 
     def index_entries(self, lo: int = 0, hi: int | None = None) -> Iterator[tuple[str, int]]:
         """``(sentence, last 0-based line)`` for the lines in ``[lo, hi)``, in order of first occurrence."""
         self.flush()
         hi = 2 ** 62 if hi is None else hi
-        cur = self.db.execute("SELECT text, max(line) FROM lines WHERE line >= ? AND line < ? GROUP BY text "
-                              "ORDER BY min(line)", (lo, hi))
-        for text, last in cur:
-            yield text, int(last)
+        with self._errors():  # the GROUP BY sorts on disk beside the database
+            cur = self.db.execute("SELECT text, max(line) FROM lines WHERE line >= ? AND line < ? GROUP BY text "
+                                  "ORDER BY min(line)", (lo, hi))
+            for text, last in cur:
+                yield text, int(last)
 
     def close(self, remove: bool = False) -> None:
         self.db.close()

@@ -15,6 +15,13 @@ Steps (:func:`embed_to_hdf5`):
    to its own chunk file. Memory: one chunk of text plus one batch of activations.
 5. **Merge** (rank 0): chunk files -> OUTPUT (or shards) with ``sentence_to_index``; then the work folder goes.
 
+Disk space: before the first chunk is embedded, the bytes still to be written (chunk files until merged, then
+the output: 4 bytes x layers x tokens x 2P plus ~512 bytes per line, and the sentence index) are compared with
+the free space of OUTPUT's folder and the file size limit (``ulimit -f``): too little is a one-line error
+naming both (:func:`check_space`). Every hdf5 write runs in a child process (:mod:`.isolated`), because HDF5
+crashes the process when a write fails: a full disk during the run is a one-line error naming the file and
+the space it needed, the completed chunks stay, and a rerun with space continues.
+
 SIGINT/SIGTERM (:class:`elmo_fast.errors.Interrupted`) or any error leaves the completed chunks and removes
 the temporary file being written: rerunning the same command continues.
 """
@@ -37,6 +44,7 @@ from .batching import chunk_batches
 from .checkpoint import chunk_components, fingerprint_of, model_fingerprint, why_stale
 from .distributed import broadcast_from_zero, distributed_env, gather_ok, process_group, rank_share
 from .index import SentenceStore
+from .isolated import DISK_ERRNOS, ChunkWriterProcess, describe_bytes, free_bytes, run_isolated, write_failed
 from .paths import check_input, check_outputs, remove_dead_temps, shard_paths, work_dir_for
 from .reader import InputFileError, InputPlan, line_list, read_chunk, scan_input
 from .writer import OUTPUT_FORMATS, ChunkFile, chunk_path, format_payload, merge_chunks, read_chunk_record
@@ -73,12 +81,49 @@ def _positive_int(name: str, value: Any) -> int:
 
 def _spool(stream: IO, path: str) -> None:
     """Copy a file object's text or bytes to ``path`` (constant memory)."""
-    with open(path, "wb") as out:
-        while True:
-            block = stream.read(1 << 20)
-            if not block:
-                break
-            out.write(block.encode("utf-8") if isinstance(block, str) else block)
+    try:
+        with open(path, "wb") as out:
+            while True:
+                block = stream.read(1 << 20)
+                if not block:
+                    break
+                out.write(block.encode("utf-8") if isinstance(block, str) else block)
+    except OSError as e:
+        if e.errno in DISK_ERRNOS:
+            raise write_failed(path, None, e.strerror or str(e)) from None
+        raise UserError(f"{path}: cannot write the copy of the input ({e.strerror})") from None
+
+
+#: bytes per stored dataset beyond its float32 payload (HDF5 object header and link; measured ~330)
+DATASET_OVERHEAD = 512
+#: bytes per hdf5 file beyond its datasets (superblock, root group, heaps)
+FILE_OVERHEAD = 64 << 10
+
+
+def output_bytes(n_tokens: int, n_lines: int, layers: int, width: int) -> int:
+    """Bytes of embeddings for ``n_tokens`` tokens on ``n_lines`` lines: ``4 x layers x tokens x width``
+    (width = 2P) plus :data:`DATASET_OVERHEAD` per line."""
+    return 4 * layers * n_tokens * width + DATASET_OVERHEAD * n_lines
+
+
+def check_space(folder: str, output: str, *, chunks_bytes: int, largest_chunk: int, output_bytes: int,
+                largest_output: int) -> None:
+    """Refuse to start when ``folder`` lacks the space for the chunk files and the output, or a single file
+    would exceed the file size limit (``ulimit -f``); the message names the folder and the bytes needed."""
+    import resource
+    needed = chunks_bytes + output_bytes
+    free = free_bytes(folder)
+    if free is not None and needed > free:
+        raise UserError(f"OUTPUT {output}: not enough free space in {folder}: the embeddings need about "
+                        f"{describe_bytes(needed)} ({describe_bytes(chunks_bytes)} of chunk files until they are "
+                        f"merged, {describe_bytes(output_bytes)} of output), {describe_bytes(free)} are free")
+    soft, _hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    largest = max(largest_chunk, largest_output)
+    if soft != resource.RLIM_INFINITY and largest > soft:
+        what = "a chunk file" if largest_chunk >= largest_output else "OUTPUT"
+        raise UserError(f"OUTPUT {output}: {what} would need about {describe_bytes(largest)} but the file size "
+                        f"limit (ulimit -f) is {describe_bytes(soft)}; raise the limit or write shards "
+                        f"(--shards) and smaller chunks (--chunk-lines)")
 
 
 def embed_to_hdf5(model: Any, input_file: str | os.PathLike | IO, output: str | os.PathLike, *,
@@ -149,6 +194,7 @@ def embed_to_hdf5(model: Any, input_file: str | os.PathLike | IO, output: str | 
     lock = FileLock(os.path.join(work, f"lock-{rank}"), f"OUTPUT {output}",
                     "another embed process is writing it now")
     store: SentenceStore | None = None
+    writer = ChunkWriterProcess()
     done_ok = False
     try:
         if rank == 0:
@@ -197,12 +243,16 @@ def embed_to_hdf5(model: Any, input_file: str | os.PathLike | IO, output: str | 
                 model_hash = model_fingerprint(model_files, getattr(embedder, "elmo_bilm", embedder)
                                                if not model_files else None)
                 backend = _backend_label(embedder)
-                # 4. embed this rank's block
                 lo, hi = rank_share(len(plan.chunks), rank, world)
+                if rank == 0:
+                    _check_space_for(plan, embedder, output_format, outputs, work, folder, use_sentence_keys,
+                                     forget_sentences)
+                # 4. embed this rank's block
                 reused, embedded, tokens_done = _embed_block(
                     embedder, plan, lo, hi, work, model_hash=model_hash, backend=backend,
                     output_format=output_format, batch_size=batch_size, stateful=bool(stateful),
-                    use_sentence_keys=use_sentence_keys, progress=progress and rank == 0, input_path=input_path)
+                    use_sentence_keys=use_sentence_keys, progress=progress and rank == 0, input_path=input_path,
+                    writer=writer)
             except Interrupted:
                 raise
             except Exception as e:
@@ -228,7 +278,8 @@ def embed_to_hdf5(model: Any, input_file: str | os.PathLike | IO, output: str | 
                     last = plan.chunks[hi_c - 1].first_line + plan.chunks[hi_c - 1].n_lines if hi_c > lo_c else 0
                     return lambda: ((text, str(line)) for text, line in store.index_entries(first, last))
                 try:
-                    merge_chunks(outputs, files, groups, index_for, progress=progress)
+                    writer.shutdown()  # no chunk is written any more
+                    _merge_isolated(outputs, files, groups, index_for, progress, store)
                 except Exception as e:
                     gather_ok(f"rank 0 (merging): {e}", world)
                     raise
@@ -249,7 +300,12 @@ def embed_to_hdf5(model: Any, input_file: str | os.PathLike | IO, output: str | 
             e.args = (f"{e or 'interrupted'}; completed chunks are kept in {work}: run the same command again "
                       f"to continue",)
         raise
+    except OSError as e:  # a write beside the chunk files and the output (those are checked where written)
+        if e.errno in DISK_ERRNOS:
+            raise write_failed(e.filename or work, None, e.strerror or str(e)) from None
+        raise
     finally:
+        writer.shutdown()
         if store is not None:
             store.close()
         lock.release()
@@ -298,9 +354,50 @@ def _remove_foreign_chunks(work: str, n_chunks: int, rank: int) -> None:
                 logger.info("removed %s: not part of this run (the input now has %d chunks)", name, n_chunks)
 
 
+def _check_space_for(plan: InputPlan, embedder: Any, output_format: str, outputs: Sequence[str], work: str,
+                     folder: str, use_sentence_keys: bool, forget_sentences: bool) -> None:
+    """:func:`check_space` with this run's sizes: chunk files not yet complete, every output (the sentence
+    index about the input's size again). Skipped for a model whose output width is unknown."""
+    width = getattr(embedder, "output_dim", None)
+    if not isinstance(width, int):
+        return
+    layers = int(getattr(embedder, "num_layers", 3)) if output_format == "all" else 1
+    per_chunk = [output_bytes(c.n_tokens, c.n_lines, layers, width) + FILE_OVERHEAD for c in plan.chunks]
+    todo = [b for c, b in zip(plan.chunks, per_chunk) if not os.path.exists(chunk_path(work, c.index))]
+    index = 0 if (forget_sentences or use_sentence_keys) else int(plan.size * 1.5) + 16 * plan.n_lines
+    groups = [rank_share(len(plan.chunks), i, len(outputs)) for i in range(len(outputs))]
+    out_sizes = [sum(per_chunk[lo:hi]) + index * (hi - lo) // max(1, len(plan.chunks)) for lo, hi in groups]
+    check_space(folder, outputs[0], chunks_bytes=sum(todo), largest_chunk=max(per_chunk, default=0),
+                output_bytes=sum(out_sizes), largest_output=max(out_sizes, default=0))
+
+
+def _merge_isolated(outputs: Sequence[str], files: Sequence[str], groups: Sequence[tuple[int, int]],
+                    index_for: Callable[[int], Any], progress: bool, store: SentenceStore | None) -> None:
+    """:func:`merge_chunks` in a child process (HDF5 crashes its process when a write fails): a failure is a
+    :class:`WriteFailed` naming the output; the chunk files stay for a rerun."""
+    if store is not None:
+        store.flush()
+    needed = sum(os.path.getsize(f) for f in files if os.path.exists(f))
+
+    def merge() -> None:
+        if store is not None:
+            store.reopen()  # SQLite connections must not cross fork
+        merge_chunks(outputs, files, groups, index_for, progress=progress)
+
+    def cleanup(pid: int) -> None:
+        for out in outputs:
+            try:
+                os.remove(f"{out}.tmp-{pid}")
+            except OSError:
+                pass
+
+    run_isolated(merge, path=outputs[0] if len(outputs) == 1 else os.path.dirname(outputs[0]), needed=needed,
+                 cleanup=cleanup)
+
+
 def _embed_block(embedder: Any, plan: InputPlan, lo: int, hi: int, work: str, *, model_hash: str, backend: str,
                  output_format: str, batch_size: int, stateful: bool, use_sentence_keys: bool, progress: bool,
-                 input_path: str) -> tuple[int, int, int]:
+                 input_path: str, writer: ChunkWriterProcess | None = None) -> tuple[int, int, int]:
     """Embed chunks ``[lo, hi)`` (reusing matching chunk files); (reused, embedded, tokens embedded)."""
     from tqdm import tqdm
     chunks = plan.chunks[lo:hi]
@@ -354,7 +451,7 @@ def _embed_block(embedder: Any, plan: InputPlan, lo: int, hi: int, work: str, *,
         lines = read_chunk(input_path, c)
         split = [s.split() for s in lines]
         keys = lines if use_sentence_keys else [str(c.first_line + j) for j in range(len(lines))]
-        with ChunkFile(chunk_path(work, c.index), comp) as out:
+        with ChunkFile(chunk_path(work, c.index), comp, writer=writer) as out:
             for rows in chunk_batches([len(s) for s in split], batch_size, stateful):
                 results = embedder.embed_batch([split[j] for j in rows])
                 raise_if_interrupted()  # a SIGTERM/SIGINT whose exception Python swallowed stops here

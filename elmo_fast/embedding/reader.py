@@ -1,4 +1,4 @@
-"""Lazy, validating reader of embed inputs: one sentence per line, UTF-8, no blank lines.
+"""Lazy, validating reader of embed inputs: one sentence per line, UTF-8, no blank lines, no NUL bytes.
 
 The input is read twice, line by line, never whole:
 
@@ -9,6 +9,10 @@ The input is read twice, line by line, never whole:
    ``sentence_to_index`` and the duplicate-key check).
 2. :func:`read_chunk` reads one chunk by its byte offset when it is embedded and checks that its bytes still
    hash to the scanned value (an input edited during the run is an error, not silently mixed output).
+
+Encodings (:mod:`elmo_fast.textfile`): UTF-16/UTF-32 text (byte order mark or NUL pattern) is refused at line 1,
+a NUL byte anywhere is refused with its line, and a UTF-8 byte order mark at the start is ignored (with a note),
+not glued to the first token.
 
 Line splitting follows Python's universal newlines (``\\n``, ``\\r\\n`` and ``\\r`` end a line, as AllenNLP's
 text-mode reading) and every line is ``str.strip()``-ed, so results match AllenNLP's ``elmo`` command.
@@ -22,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import IO, Callable, Iterator, Sequence
 
 from ..errors import UserError
+from ..textfile import HEAD_BYTES, describe_wide_encoding, strip_utf8_bom
 
 __all__ = ["InputFileError", "Chunk", "InputPlan", "scan_input", "read_chunk", "iter_lines", "read_sentences",
            "line_list"]
@@ -111,7 +116,7 @@ class _Problems:
         texts = {
             "utf8": "not valid UTF-8 (expected UTF-8 text, one sentence per line)",
             "blank": "blank (expected one sentence per line; remove the blank lines)",
-            "nul": "contain a NUL byte, which cannot be part of an hdf5 key (run without --use-sentence-keys)",
+            "nul": "contain a NUL byte (not UTF-8 text: a binary file, or UTF-16/UTF-32 text?)",
             "slash": "contain '/' or are a lone '.', which cannot be an hdf5 key (run without --use-sentence-keys)",
         }
         parts = []
@@ -136,11 +141,12 @@ def scan_input(path: str, chunk_lines: int, *, sentence_keys: bool = False,
     Args:
         path: the input text file (a regular file: it is read again by :func:`read_chunk`).
         chunk_lines: lines per chunk (the last chunk may be shorter).
-        sentence_keys: also refuse lines that cannot be hdf5 keys (NUL byte, ``/``, a lone ``.``).
+        sentence_keys: also refuse lines that cannot be hdf5 keys (``/``, a lone ``.``).
         on_line: called as ``on_line(line_index, stripped_text)`` for every valid line (e.g. to store it).
 
     Raises:
-        InputFileError: listing the (first 20) 1-based line numbers of each kind of fault.
+        InputFileError: UTF-16/UTF-32 text (at once), or listing the (first 20) 1-based line numbers of each
+            kind of fault (not UTF-8, blank, NUL byte, not a key).
     """
     if chunk_lines < 1:
         raise ValueError(f"chunk_lines: expected a positive integer, found {chunk_lines}")
@@ -149,6 +155,7 @@ def scan_input(path: str, chunk_lines: int, *, sentence_keys: bool = False,
     from tqdm import tqdm
     bar = tqdm(total=plan.size, unit="B", unit_scale=True, disable=not progress, desc="checking input")
     with open(path, "rb") as f:
+        _check_head(f, path)
         lineno = 0
         chunk_start, chunk_first, chunk_tokens = 0, 0, 0
         hasher = hashlib.sha256()
@@ -157,16 +164,10 @@ def scan_input(path: str, chunk_lines: int, *, sentence_keys: bool = False,
             hasher.update(content)
             hasher.update(b"\n")  # the terminator kind does not matter, the line content does
             lineno += 1
-            try:
-                text = content.decode("utf-8").strip()
-            except UnicodeDecodeError:
-                problems.add("utf8", lineno)
-                text = None
+            text = _decode(content if start else strip_utf8_bom(content, path), lineno, problems)
             if text is not None:
                 if not text:
                     problems.add("blank", lineno)
-                elif sentence_keys and ("\x00" in text):
-                    problems.add("nul", lineno)
                 elif sentence_keys and ("/" in text or text == "."):
                     problems.add("slash", lineno)
                 elif not problems.counts:
@@ -193,16 +194,38 @@ def scan_input(path: str, chunk_lines: int, *, sentence_keys: bool = False,
     return plan
 
 
+def _check_head(f: IO[bytes], path: str) -> None:
+    """Refuse UTF-16/UTF-32 text from the file's first bytes; leaves ``f`` at its start."""
+    message = describe_wide_encoding(path, f.read(HEAD_BYTES))
+    f.seek(0)
+    if message:
+        raise InputFileError(message)
+
+
+def _decode(content: bytes, lineno: int, problems: _Problems) -> str | None:
+    """A line's stripped text, or None after recording why it is refused (not UTF-8, a NUL byte)."""
+    try:
+        text = content.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        problems.add("utf8", lineno)
+        return None
+    if "\x00" in text:
+        problems.add("nul", lineno)
+        return None
+    return text
+
+
 def read_chunk(path: str, chunk: Chunk) -> list[str]:
     """The stripped lines of ``chunk`` (read at its byte offset; their hash is checked against the scan)."""
     hasher = hashlib.sha256()
     lines: list[str] = []
     with open(path, "rb") as f:
         f.seek(chunk.start)
-        for _start, _end, content in iter_lines(f, chunk.start):
+        for start, _end, content in iter_lines(f, chunk.start):
             hasher.update(content)
             hasher.update(b"\n")
-            lines.append(content.decode("utf-8", "replace").strip())
+            text = content if start else strip_utf8_bom(content, path, note=False)
+            lines.append(text.decode("utf-8", "replace").strip())
             if len(lines) == chunk.n_lines:
                 break
     if len(lines) != chunk.n_lines or hasher.hexdigest() != chunk.sha256:
@@ -215,7 +238,8 @@ def read_sentences(source: str | os.PathLike | IO) -> list[str]:
     """All lines of a (small) input, stripped, validated like :func:`scan_input` (kept for API users).
 
     Raises:
-        InputFileError: undecodable (non-UTF-8) lines or blank lines, listing their 1-based line numbers.
+        InputFileError: UTF-16/UTF-32 text, or undecodable (non-UTF-8) lines, lines with a NUL byte or blank
+            lines, listing their 1-based line numbers.
     """
     name = getattr(source, "name", None) or os.fspath(source)  # type: ignore[arg-type]
     if isinstance(source, (str, os.PathLike)):
@@ -226,11 +250,10 @@ def read_sentences(source: str | os.PathLike | IO) -> list[str]:
     problems = _Problems()
     lines: list[str] = []
     with f:
-        for lineno, (_s, _e, content) in enumerate(iter_lines(f), start=1):
-            try:
-                text = content.decode("utf-8").strip()
-            except UnicodeDecodeError:
-                problems.add("utf8", lineno)
+        _check_head(f, str(name))
+        for lineno, (start, _e, content) in enumerate(iter_lines(f), start=1):
+            text = _decode(content if start else strip_utf8_bom(content, str(name)), lineno, problems)
+            if text is None:
                 continue
             if not text:
                 problems.add("blank", lineno)

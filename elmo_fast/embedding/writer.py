@@ -3,7 +3,8 @@
 A chunk file holds group ``data`` (one float32 dataset per line, named by its final key), group ``state``
 (stateful runs: the carried LSTM state after the chunk, datasets ``h`` and ``c``) and the attribute
 ``fingerprint`` (:mod:`elmo_fast.embedding.checkpoint`). It is written under ``chunk-NNNNNN.h5.tmp-PID`` and
-renamed when complete, so a chunk file that exists is complete.
+renamed when complete, so a chunk file that exists is complete. The embed job writes chunk files and runs the
+merge in child processes (:mod:`elmo_fast.embedding.isolated`): HDF5 crashes the process on a failed write.
 
 The merge copies every chunk's datasets (read and written again: HDF5's object copy kept ~13 MB more memory) into ``OUTPUT.tmp-PID`` (or one file
 per shard; :class:`ReopeningWriter`), adds ``sentence_to_index`` (:mod:`elmo_fast.embedding.index`) and renames. Chunk files are kept
@@ -87,44 +88,71 @@ def chunk_path(work: str, index: int) -> str:
 
 
 class ChunkFile:
-    """Context manager writing one chunk file atomically (see the module docstring)."""
+    """Context manager writing one chunk file atomically (see the module docstring).
 
-    def __init__(self, path: str, components: dict[str, Any]) -> None:
+    Args:
+        path: the chunk file's final name.
+        components: its fingerprint components (stored as the ``fingerprint`` attribute).
+        writer: a :class:`~elmo_fast.embedding.isolated.ChunkWriterProcess` that writes the file in a child
+            process (a failed write is then a :class:`~elmo_fast.embedding.isolated.WriteFailed`, not a crash);
+            None writes in this process.
+    """
+
+    def __init__(self, path: str, components: dict[str, Any], writer: Any = None) -> None:
         self.path = path
         self.components = components
+        self.writer = writer
         self._ctx = atomic_path(path)
         self.file: h5py.File | None = None
 
     def __enter__(self) -> "ChunkFile":
         tmp = self._ctx.__enter__()
         try:
-            self.file = h5py.File(tmp, "w")
-            self.data = self.file.create_group("data")
+            if self.writer is not None:
+                self.writer.open(tmp, self.path)
+            else:
+                self.file = h5py.File(tmp, "w")
+                self.data = self.file.create_group("data")
         except BaseException:
             self._ctx.__exit__(None, None, None)
             raise
         return self
 
     def write(self, key: str, payload: np.ndarray) -> None:
-        write_float32(self.data, key, payload)
+        """Dataset ``key``: ``payload`` as float32."""
+        if self.writer is not None:
+            self.writer.write(key, np.ascontiguousarray(payload, dtype=np.float32))
+        else:
+            write_float32(self.data, key, payload)
 
     def write_state(self, state: tuple[np.ndarray, np.ndarray] | None) -> None:
-        if state is not None:
+        """The carried LSTM state ``(h, c)`` after the chunk (stateful runs)."""
+        if self.writer is not None:
+            self.writer.write_state(state)
+        elif state is not None:
             g = self.file.create_group("state")  # type: ignore[union-attr]
             g.create_dataset("h", data=state[0])
             g.create_dataset("c", data=state[1])
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        fingerprint = json.dumps(self.components, sort_keys=True)
         try:
-            if self.file is not None:
+            if self.writer is not None:
                 if exc_type is None:
-                    self.file.attrs["fingerprint"] = json.dumps(self.components, sort_keys=True)
+                    self.writer.close(fingerprint)
+                else:
+                    self.writer.abort()
+            elif self.file is not None:
+                if exc_type is None:
+                    self.file.attrs["fingerprint"] = fingerprint
                 self.file.close()
-        finally:
-            if exc_type is None:
-                self._ctx.__exit__(None, None, None)
-            else:
-                self._ctx.__exit__(exc_type, exc, tb)
+        except BaseException as e:
+            self._ctx.__exit__(type(e), e, e.__traceback__)  # the temporary file goes
+            raise
+        if exc_type is None:
+            self._ctx.__exit__(None, None, None)
+        else:
+            self._ctx.__exit__(exc_type, exc, tb)
         return False
 
 

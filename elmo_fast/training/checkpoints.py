@@ -28,7 +28,7 @@ from typing import IO, Any, Iterable, Mapping
 import torch
 
 from ..atomic import fsync_dir, json_text, os_error_text, pid_alive
-from ..errors import UserError
+from ..errors import MissingFileError, UserError
 from ..options import options_from_dict
 from .model import LanguageModel
 
@@ -52,7 +52,7 @@ _DIGESTS_KEPT = 4
 _EXPECTED = "an elmo-fast training checkpoint written by `elmo-fast train`"
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(UserError, RuntimeError):
     """A weight or optimizer state holds NaN/Inf: nothing is saved or exported (CLI exit 2, one line)."""
 
 
@@ -311,7 +311,7 @@ def _read_verified(path: str, verify: bool) -> tuple[dict[str, Any], str | None]
     checkpoint at all is named as such rather than as a checksum mismatch.
     """
     if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint not found: {path}")
     if os.path.isdir(path):
         raise UserError(f"{path}: is a directory; expected {_EXPECTED}")
     if os.path.getsize(path) == 0:

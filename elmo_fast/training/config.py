@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from ..errors import UserError
 from ..options import ElmoOptions, load_options, preset
 
 __all__ = ["TrainConfig", "resolve_options"]
@@ -58,21 +59,23 @@ class TrainConfig:
         for name in ("batch_size", "unroll_steps", "n_negative_samples", "checkpoint_every", "eval_batch_size",
                      "softmax_chunk", "min_count"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name}: expected a positive integer, found {getattr(self, name)}")
+                raise UserError(f"{name}: expected a positive integer, found {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout: expected 0 <= p < 1, found {self.dropout}")
+            raise UserError(f"dropout: expected 0 <= p < 1, found {self.dropout}")
         if self.learning_rate <= 0 or self.clip_norm <= 0:
-            raise ValueError("learning_rate and clip_norm must be positive")
+            raise UserError("learning_rate and clip_norm must be positive")
         if self.max_steps is not None and self.max_steps < 0:
-            raise ValueError(f"max_steps: expected >= 0, found {self.max_steps}")
+            raise UserError(f"max_steps: expected >= 0, found {self.max_steps}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 def resolve_options(spec: str) -> ElmoOptions:
-    """``tiny|small|medium|original`` or a path to an options.json."""
-    if os.path.exists(spec) or spec.endswith(".json"):
+    """``tiny|small|medium|original`` or a path to an options.json: a spec is a path only when it contains a
+    path separator or ends in ``.json`` (``tiny`` is the preset even where the current folder has an entry
+    named ``tiny``; write ``./tiny`` for that file)."""
+    if os.sep in spec or (os.altsep and os.altsep in spec) or spec.endswith(".json"):
         return load_options(spec)
     return preset(spec)
 

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ..data import CorpusError, Vocabulary, count_targets, heldout_batches
+from ..errors import UserError
 from .model import LanguageModel
 
 __all__ = ["evaluate_perplexity", "describe_coverage"]
@@ -36,7 +37,8 @@ def evaluate_perplexity(model: LanguageModel, vocab: Vocabulary, heldout: str, b
         file per direction), "fraction", "heldout"}``.
     """
     if len(vocab) != model.vocab_size:
-        raise ValueError(f"vocabulary has {len(vocab)} tokens, the model's softmax {model.vocab_size} rows")
+        raise UserError(f"{vocab.source}: the vocabulary has {len(vocab)} tokens, the model's softmax "
+                        f"{model.vocab_size} rows")
     vocab.require_specials()
     if max_batches is not None and max_batches < 1:
         raise ValueError(f"max_batches: expected a positive integer, found {max_batches}")

@@ -11,7 +11,7 @@ import torch
 from ..data import Vocabulary
 from ..options import load_options
 from ..atomic import json_text, write_text
-from ..errors import UserError
+from ..errors import MissingFileError, UserError
 from ..publish import MODEL_FILES, publish_folder, recover_folder, verify_folder
 from ..weights import h5_size_estimate, read_weights, write_softmax_weights, write_weights
 from .checkpoints import (CHECKPOINT_NAME, NonFiniteError, checkpoint_path, checkpoint_tensors, first_non_finite,
@@ -29,7 +29,7 @@ def load_model_dir(model_dir: str, backend: str | None = None,
     With ``need_softmax=False`` an export without softmax weights/vocab loads too (softmax left
     uninitialised, vocabulary None)."""
     if not os.path.exists(model_dir):
-        raise FileNotFoundError(f"model directory not found: {model_dir}")
+        raise MissingFileError(f"model directory not found: {model_dir}")
     if not os.path.isdir(model_dir):
         raise UserError(f"{model_dir}: not a directory; expected a run directory ({CHECKPOINT_NAME}, vocab.txt) or "
                         f"ELMo files (options.json, weights.hdf5, softmax_weights.hdf5, vocab.txt)")
@@ -39,20 +39,20 @@ def load_model_dir(model_dir: str, backend: str | None = None,
         ckpt = load_checkpoint(ckpt_file)
         vocab = Vocabulary.from_file(vocab_file)
         if vocab.digest() != ckpt["vocab_digest"]:
-            raise ValueError(f"{vocab_file} does not match the vocabulary {ckpt_file} was trained with")
+            raise UserError(f"{vocab_file} does not match the vocabulary {ckpt_file} was trained with")
         return model_from_checkpoint(ckpt, backend, source=ckpt_file), vocab, True
     opt_file, w_file = os.path.join(model_dir, "options.json"), os.path.join(model_dir, "weights.hdf5")
     sm_file = os.path.join(model_dir, "softmax_weights.hdf5")
     for f in (opt_file, w_file):
         if not os.path.exists(f):
-            raise FileNotFoundError(f"{model_dir}: neither a run directory ({CHECKPOINT_NAME}) nor ELMo files "
+            raise MissingFileError(f"{model_dir}: neither a run directory ({CHECKPOINT_NAME}) nor ELMo files "
                                     f"({os.path.basename(f)} is missing)")
     has_softmax = os.path.exists(sm_file) and os.path.exists(vocab_file)
     # a published folder is checked against its manifest (the files read here: a mix of two exports is refused)
     verify_folder(model_dir, MODEL_FILES if has_softmax else ("options.json", "weights.hdf5"))
     if need_softmax and not has_softmax:
         missing = [os.path.basename(f) for f in (sm_file, vocab_file) if not os.path.exists(f)]
-        raise FileNotFoundError(f"{model_dir}: {', '.join(missing)} missing (perplexity needs the softmax weights "
+        raise MissingFileError(f"{model_dir}: {', '.join(missing)} missing (perplexity needs the softmax weights "
                                 f"and the vocabulary)")
     options = load_options(opt_file)
     weights = read_weights(w_file, options)

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..atomic import FileLock, json_text
 from ..data import TrainingBatches, Vocabulary, check_readable_file, expand_shards, iter_shard_sentences
-from ..errors import UserError
+from ..errors import MissingFileError, UserError
 from ..options import ElmoOptions, load_options, options_from_dict
 from ..publish import publish_files, recover_files, verify_folder
 from ..runtime import thread_tick
@@ -72,10 +72,12 @@ class _StopFlag:
 
 
 def _setup_distributed(device: str) -> tuple[int, int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    from .. import settings
+    env = settings.distributed()
+    world = env.world_size
     if world <= 1:
         return 0, 1, torch.device(device)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = env.local_rank
     use_cuda = device.startswith("cuda")
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
@@ -210,7 +212,7 @@ class _Job:
                            "Pretraining)", len(self.files))
         self.corpus = corpus_fingerprint(self.files)
         if self.resume and not os.path.isdir(self.out_dir):
-            raise FileNotFoundError(f"checkpoint not found: {self.ckpt_file} (--resume needs an existing run "
+            raise MissingFileError(f"checkpoint not found: {self.ckpt_file} (--resume needs an existing run "
                                     f"directory)")
         if not self.resume and os.path.exists(self.ckpt_file):  # refused before a lock file is created
             check_run_lock(self.out_dir)  # a train running there now is the better explanation

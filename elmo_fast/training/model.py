@@ -11,6 +11,7 @@ from torch import nn
 
 from .. import backend as backends
 from ..data import Batch
+from ..errors import UserError
 from ..nn.bilm import BiLM
 from ..nn.softmax import full_softmax_loss, log_uniform_expected_count
 from ..options import ElmoOptions
@@ -169,7 +170,7 @@ class LanguageModel(nn.Module):
         if softmax_file is not None:
             W, b = read_softmax_weights(softmax_file, self.bilm.options.lstm.projection_dim)
             if W.shape[0] != self.vocab_size:
-                raise ValueError(f"{softmax_file}: dataset 'softmax/W' has {W.shape[0]} rows, the vocabulary has "
+                raise UserError(f"{softmax_file}: dataset 'softmax/W' has {W.shape[0]} rows, the vocabulary has "
                                  f"{self.vocab_size} tokens")
             with torch.no_grad():
                 self.softmax_weight.copy_(torch.from_numpy(W))

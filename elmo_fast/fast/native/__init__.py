@@ -58,6 +58,8 @@ from typing import Iterator
 
 import torch
 
+from ... import settings
+
 __all__ = ["LEVELS", "activation_", "available", "cell_forward", "cell_backward", "char_scatter", "host_levels",
            "level", "library", "requested_level", "reset", "softmax_available", "softmax_backward", "softmax_forward",
            "use_level"]
@@ -134,7 +136,7 @@ def requested_level() -> str:
     forced = _state.get("forced")
     if isinstance(forced, str):
         return forced
-    value = os.environ.get(ISA_ENV, "").strip()
+    value = (settings.raw(ISA_ENV) or "").strip()
     if not value:
         return host_levels()[-1]
     _check_level(value, f"{ISA_ENV}={value!r}")
@@ -198,8 +200,7 @@ def _build(level: str) -> tuple[ctypes.CDLL, str] | None:
     for path in SOURCES + HEADERS:
         with open(path, "rb") as f:
             source += f.read() + b"\0"
-    cache = os.environ.get(CACHE_ENV) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "elmo-fast", "native")
+    cache = settings.native_cache()
     compiler = _compiler_id(cc).encode()
     error = ""
     for built, flags in _attempts(level):
@@ -248,7 +249,7 @@ def library() -> ctypes.CDLL | None:
     if "lib" not in _state:
         with _lock:
             if "lib" not in _state:
-                on = os.environ.get(ENABLE_ENV, "1").strip() != "0"
+                on = settings.native()
                 level = requested_level()
                 if on and level not in _built:
                     _built[level] = _build(level)
