@@ -1,7 +1,7 @@
 """A straightforward AllenNLP-style ELMo, written here as the speed baseline of the benchmarks.
 
 It follows the structure of AllenNLP's ``_ElmoCharacterEncoder`` + ``ElmoLstm`` /
-``LstmCellWithProjection`` (restated from ELMO_SPEC §2-3, no code copied), including its costs:
+``LstmCellWithProjection`` (restated from docs/numerics.md (token encoder, biLSTM), no code copied), including its costs:
 
 * the char-CNN runs on **every padded position** (``B x (T + 2)`` rows), one ``Conv1d`` per filter;
 * the highway is one ``Linear(F, 2F)`` per layer, the projection a ``Linear(F, P)``;

@@ -1,6 +1,6 @@
 """Token strings -> character ids, exactly as AllenNLP's ``ELMoCharacterMapper`` / ``batch_to_ids``.
 
-Symbol space (ELMO_SPEC §1): 0-255 UTF-8 bytes, 256 begin-of-sentence char, 257 end-of-sentence char,
+Symbol space (docs/numerics.md#character-ids): 0-255 UTF-8 bytes, 256 begin-of-sentence char, 257 end-of-sentence char,
 258 begin-of-word, 259 end-of-word, 260 padding char. Every id handed to the model is shifted by +1 so
 that 0 can mean "no token here" (batch padding).
 """

@@ -1,4 +1,4 @@
-"""Training data: vocabulary files, a streamed sharded corpus, and bilm-tf's stateful batching (ELMO_SPEC §5).
+"""Training data: vocabulary files, a streamed sharded corpus, and bilm-tf's stateful batching (docs/numerics.md#training-recipe).
 
 Corpus format: a glob of UTF-8 text files ("shards"), one whitespace-tokenized sentence per line, without
 ``<S>``/``</S>``. Blank lines are skipped. UTF-16/UTF-32 files and lines with a NUL byte are errors naming the

@@ -1,6 +1,6 @@
 """``options.json`` <-> a validated :class:`ElmoOptions` dataclass, and the public model presets.
 
-The JSON layout is bilm-tf's (ELMO_SPEC §4): ``{"lstm": {...}, "char_cnn": {...}, <training keys>}``.
+The JSON layout is bilm-tf's (docs/numerics.md#file-layouts): ``{"lstm": {...}, "char_cnn": {...}, <training keys>}``.
 Unknown keys are kept in ``extra`` so that a load/save round trip loses nothing.
 """
 from __future__ import annotations
@@ -147,7 +147,7 @@ def parameter_count(options: "ElmoOptions") -> int:
     if options.char_cnn is not None:
         c = options.char_cnn
         F, d = c.n_filters, c.embedding_dim
-        # char_embed has 261 rows (ELMO_SPEC §4)
+        # char_embed has 261 rows (docs/numerics.md#file-layouts)
         total += 261 * d + sum(w * d * n + n for w, n in c.filters) + c.n_highway * (2 * F * F + 2 * F) + F * P + P
     return total
 
@@ -233,7 +233,7 @@ def _public(dim: int, proj: int, n_highway: int) -> dict[str, Any]:
     }
 
 
-#: options of the public models (spec §2 table) plus ``tiny`` for CPU tests and demos
+#: options of the public models (docs/numerics.md#public-models-and-presets) plus ``tiny`` for CPU tests and demos
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "lstm": {"dim": 64, "projection_dim": 16, "n_layers": 2, "cell_clip": 3, "proj_clip": 3,

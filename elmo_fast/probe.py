@@ -1,4 +1,4 @@
-"""What the layers know: a linear POS probe (CoNLL-U) and a WiC cosine-threshold probe (ELMO_SPEC §7).
+"""What the layers know: a linear POS probe (CoNLL-U) and a WiC cosine-threshold probe (docs/numerics.md#reported-results).
 
 The biLM is frozen; each probe reads its three layers (0 = token layer, 1, 2 = LSTM layers) per token.
 

@@ -1,6 +1,6 @@
 """bilm-tf weight files (hdf5, TF orientation) <-> plain dicts of float32 numpy arrays; vocab files.
 
-Dataset names and shapes follow ELMO_SPEC §4. Nothing here knows about torch modules: the model maps
+Dataset names and shapes follow docs/numerics.md#file-layouts. Nothing here knows about torch modules: the model maps
 dataset names to its parameters (see :mod:`elmo_fast.nn.bilm`). Files are read without pickle and
 written atomically (temporary file + rename).
 """

@@ -1,5 +1,5 @@
 """Fused char-CNN: char embedding gather + every filter's convolution + bias + max over positions +
-activation in one kernel (ELMO_SPEC §2 steps 1-2), forward and backward.
+activation in one kernel (docs/numerics.md#char-cnn), forward and backward.
 
 Nothing of size (tokens x filters x positions) is ever written: a program's (tokens x positions x
 channels) block lives in registers only and is reduced by the max at once; the kernel writes the features

@@ -1,5 +1,5 @@
 """Highway layer as one matmul with the gate/ReLU/blend fused into the epilogue, plus the projection
-(ELMO_SPEC §2 steps 3-4), forward and backward.
+(docs/numerics.md#highway), forward and backward.
 
 Forward, per output tile: ``acc_g = x @ W_carry[:, tile]`` and ``acc_t = x @ W_transform[:, tile]`` share
 every loaded ``x`` tile; the epilogue computes ``g = σ(acc_g + b_carry)``, ``t = relu(acc_t + b_transform)``

@@ -1,4 +1,4 @@
-"""Fused LSTM-with-projection layer (ELMO_SPEC §3): both directions in every launch, per-row lengths,
+"""Fused LSTM-with-projection layer (docs/numerics.md#bilstm): both directions in every launch, per-row lengths,
 cell clip, projection clip, residual add; backward through time; a persistent variant.
 
 Math per direction d and step (bilm-tf gate order i, j, f, o; TF weight layout kept)::

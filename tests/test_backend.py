@@ -103,7 +103,7 @@ def test_bilm_matches_reference_stateful_and_gradients(monkeypatch, tmp_path, ls
 
 
 def test_elmo_embedder_reproduces_tensorflow_fixtures(fixtures_dir):
-    """Spec §10 protocol with backend="triton". The interpreter needs ~15 s per fixture batch (up to 55
+    """docs/numerics.md#conformance-fixtures protocol with backend="triton". The interpreter needs ~15 s per fixture batch (up to 55
     LSTM steps of sentences of ~50 tokens, ~1 ms of Python per tensor op), so this runs a prefix of the
     stateful protocol: batch 0 of each model (``allennlp``: skip connections on; ``bilm-tf``: off); all 10
     batches run when CUDA is present. Carried states across calls are checked against the reference in

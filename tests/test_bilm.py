@@ -1,4 +1,4 @@
-"""Reference biLM: an independent numpy implementation of spec §1-3, batching, direction and state semantics."""
+"""Reference biLM: an independent numpy implementation of docs/numerics.md (character ids, token encoder, biLSTM), batching, direction and state semantics."""
 import numpy as np
 import pytest
 import torch
@@ -16,7 +16,7 @@ def _sigmoid(x):
 
 
 def numpy_bilm(weights, opts, tokens):
-    """Spec §1-3 written directly in TF layout, one sentence, zero initial state, float64."""
+    """docs/numerics.md (character ids, token encoder, biLSTM) written directly in TF layout, one sentence, zero initial state, float64."""
     W = {k: v.astype(np.float64) for k, v in weights.items()}
     mapper = CharacterMapper()
     ids = np.array([mapper.token_to_ids(t) for t in ["<S>"] + tokens + ["</S>"]])  # (L, 50), values 1..261

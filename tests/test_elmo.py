@@ -1,4 +1,4 @@
-"""ScalarMix and Elmo against hand-written formulas (spec §6)."""
+"""ScalarMix and Elmo against hand-written formulas (docs/numerics.md#downstream-use)."""
 import pytest
 import torch
 

@@ -1,4 +1,4 @@
-"""ElmoEmbedder API and the hdf5-writing embed_file / `elmo-fast embed` CLI (spec §6)."""
+"""ElmoEmbedder API and the hdf5-writing embed_file / `elmo-fast embed` CLI (docs/numerics.md#downstream-use)."""
 import json
 import os
 import subprocess

@@ -18,7 +18,7 @@ def test_fixture_options_parse(fixtures_dir):
 
 @pytest.mark.parametrize("name,count", [("small", 13_593_296), ("medium", 28_027_728), ("original", 93_600_848)])
 def test_presets_reproduce_published_parameter_counts(name, count):
-    """Spec §2 table: exact counts from the shapes of the public models."""
+    """docs/numerics.md#public-models-and-presets table: exact counts from the shapes of the public models."""
     shapes = expected_shapes(preset(name))
     total = 0
     for shape in shapes.values():

@@ -1,4 +1,4 @@
-"""``elmo-fast probe pos|wic MODEL_DIR``: what each biLM layer knows (the paper's layer analysis, ELMO_SPEC §7)."""
+"""``elmo-fast probe pos|wic MODEL_DIR``: what each biLM layer knows (the paper's layer analysis, docs/numerics.md#reported-results)."""
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,4 @@
-"""Fast CPU biLSTM (ELMO_SPEC §3): the same function as :func:`elmo_fast.nn.lstm.lstm_layer_reference`.
+"""Fast CPU biLSTM (docs/numerics.md#bilstm): the same function as :func:`elmo_fast.nn.lstm.lstm_layer_reference`.
 
 How it saves work, compared with the per-time-step reference:
 

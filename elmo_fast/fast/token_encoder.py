@@ -1,4 +1,4 @@
-"""Fast CPU token encoder (ELMO_SPEC §2): the same function as :class:`elmo_fast.nn.token_encoder.CharCNNTokenEncoder`.
+"""Fast CPU token encoder (docs/numerics.md#token-encoder): the same function as :class:`elmo_fast.nn.token_encoder.CharCNNTokenEncoder`.
 
 Where the time goes in the reference, and what this does instead:
 
@@ -270,7 +270,7 @@ def _max_argmax_windows(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class _Highway(torch.autograd.Function):
     """One highway layer for training: ``x (U, F)`` -> ``x + g * (t - x)`` with ``t = relu(x W_t + b_t)``,
-    ``g = sigmoid(x W_c + b_c)`` (ELMO_SPEC: ``g * t + (1 - g) * x``; the inference path's form), with a
+    ``g = sigmoid(x W_c + b_c)`` (docs/numerics.md#highway: ``g * t + (1 - g) * x``; the inference path's form), with a
     hand-written backward.
 
     Through autograd the layer cost, besides its products: a copy of ``[W_t, W_c]`` (2 x F x F) per step for one

@@ -1,4 +1,4 @@
-"""The biLM: token encoder + stateful biLSTM, returning ELMo's three layers (ELMO_SPEC §1-3)."""
+"""The biLM: token encoder + stateful biLSTM, returning ELMo's three layers (docs/numerics.md (character ids, token encoder, biLSTM))."""
 from __future__ import annotations
 
 import os

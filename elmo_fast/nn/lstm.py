@@ -1,4 +1,4 @@
-"""Reference biLSTM with projection, cell/projection clipping and residual connections (ELMO_SPEC §3).
+"""Reference biLSTM with projection, cell/projection clipping and residual connections (docs/numerics.md#bilstm).
 
 Weights keep the bilm-tf layout: ``W_0`` ``(in + P, 4C)`` with gate blocks (i, j, f, o), ``B`` ``(4C)``
 without the +1 forget bias, ``W_P_0`` ``(C, P)``.
@@ -200,7 +200,7 @@ class BiLSTM(nn.Module):
 
 
 class StateSlots:
-    """Per-row carried LSTM state with AllenNLP's exact slot semantics (ELMO_SPEC §3).
+    """Per-row carried LSTM state with AllenNLP's exact slot semantics (docs/numerics.md#bilstm).
 
     Slot r holds the final state of the row at position r of the last batch that had a row r.
     A smaller batch leaves the slots beyond it untouched; a larger batch starts new slots at zero.

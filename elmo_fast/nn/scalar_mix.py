@@ -1,4 +1,4 @@
-"""ScalarMix and the downstream ``Elmo`` module (ELMO_SPEC §6), state-dict compatible with AllenNLP."""
+"""ScalarMix and the downstream ``Elmo`` module (docs/numerics.md#downstream-use), state-dict compatible with AllenNLP."""
 from __future__ import annotations
 
 import os

@@ -1,7 +1,7 @@
 """Reference context-independent token encoder: char embedding -> char-CNN -> max-pool -> highway -> projection.
 
 Parameters are stored with exactly the shapes of the bilm-tf datasets (TF orientation, ``x @ W``), so
-loading and saving a weight file is a plain copy (ELMO_SPEC §2, §4).
+loading and saving a weight file is a plain copy (docs/numerics.md#token-encoder, #weightshdf5).
 """
 from __future__ import annotations
 

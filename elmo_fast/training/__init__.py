@@ -1,4 +1,4 @@
-"""biLM training (bilm-tf recipe, ELMO_SPEC §5), single process or ``torchrun`` + DDP, by responsibility:
+"""biLM training (bilm-tf recipe, docs/numerics.md#training-recipe), single process or ``torchrun`` + DDP, by responsibility:
 
 * :mod:`.config` - :class:`TrainConfig` (defaults = bilm-tf's; options.json training keys and CLI flags
   override them), :func:`resolve_options`.

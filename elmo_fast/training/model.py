@@ -22,7 +22,7 @@ __all__ = ["LanguageModel", "init_weights"]
 
 def init_weights(bilm: BiLM, softmax_weight: torch.Tensor, softmax_bias: torch.Tensor,
                  generator: torch.Generator) -> None:
-    """bilm-tf's from-scratch initialisation (ELMO_SPEC §5), deterministic given ``generator``."""
+    """bilm-tf's from-scratch initialisation (docs/numerics.md#training-recipe), deterministic given ``generator``."""
     enc = bilm.token_encoder
     opts = enc.options
     F_ = opts.n_filters

@@ -1,5 +1,5 @@
 /*
- * Fused CPU LSTM cell (ELMO_SPEC section 3): the per-step elementwise work of elmo_fast.fast.lstm in one pass.
+ * Fused CPU LSTM cell (docs/numerics.md#bilstm): the per-step elementwise work of elmo_fast.fast.lstm in one pass.
  *
  * Built on first use by elmo_fast/fast/native/__init__.py (cc -O3 -fopenmp -ffp-contract=off and the flags of one
  * instruction-set level: the same bits at every level, since every element is computed alone);
