@@ -1,9 +1,10 @@
-"""Training data: vocabulary files, a streamed sharded corpus, and bilm-tf's stateful batching (docs/numerics.md#training-recipe).
+"""Training data: vocabularies, a streamed sharded corpus, and bilm-tf's stateful batching
+(docs/numerics.md#training-recipe).
 
 Corpus format: a glob of UTF-8 text files ("shards"), one whitespace-tokenized sentence per line, without
 ``<S>``/``</S>``. Blank lines are skipped. UTF-16/UTF-32 files and lines with a NUL byte are errors naming the
-file and line, a leading UTF-8 byte order mark is ignored (see :mod:`elmo_fast.textfile`). One shard is held in memory at a time, so a corpus larger than
-memory works as long as each shard fits.
+file and line, a leading UTF-8 byte order mark is ignored (see :mod:`elmo_fast.textfile`). One shard is held in
+memory at a time, so a corpus larger than memory works as long as each shard fits.
 
 Batching (bilm-tf): every batch is ``B`` rows x ``T`` steps with no padding. Each row is an endless stream of
 sentences: ``[<S>, w1..wn, </S>]`` contributes inputs ``<S>, w1..wn`` and targets ``w1..wn, </S>``; a
@@ -16,7 +17,7 @@ or lines ``i::parts`` of every shard when there are fewer shards than parts). Pa
 block of rows with streams seeded by ``(seed, g)``. A process handles a contiguous range of parts, so a
 1-process run with ``parts=2`` reads exactly the data that a 2-process run reads.
 
-Vocabulary files are read as bilm-tf reads them (:func:`read_vocab_file`): one token per line, stripped,
+Vocabulary files are read as bilm-tf reads them (:func:`elmo_fast.vocab.read_vocab_file`): one token per line, stripped,
 ``!!!MAXTERMID`` lines skipped, ``<S>``/``</S>``/``<UNK>`` found by name on any line (their ids are their
 positions; vocabularies built here put them first). Training uses ``Vocabulary.bos_id``/``eos_id``/``unk_id``.
 
@@ -44,7 +45,7 @@ import torch
 from .chars import BOS_CHAR, BOW_CHAR, EOS_CHAR, EOW_CHAR, MAX_CHARS_PER_TOKEN, PAD_CHAR, byte_char_ids
 from .errors import MissingFileError, UserError
 from .textfile import HEAD_BYTES, describe_wide_encoding, strip_utf8_bom
-from .weights import write_vocab
+from .vocab import read_vocab_file, write_vocab
 
 __all__ = ["CorpusError", "Vocabulary", "SPECIAL_TOKENS", "BOS_ID", "EOS_ID", "UNK_ID", "read_vocab_file",
            "word_char_ids", "format_line_numbers", "check_readable_file", "expand_shards",
@@ -58,8 +59,6 @@ SPECIAL_TOKENS = (BOS_TOKEN, EOS_TOKEN, UNK_TOKEN)
 #: the special tokens' ids in vocabularies *built* here (a vocabulary file may put them anywhere: use
 #: ``Vocabulary.bos_id`` / ``eos_id`` / ``unk_id``)
 BOS_ID, EOS_ID, UNK_ID = 0, 1, 2
-#: a bilm-tf vocab line that is skipped (takes no id)
-MAXTERMID = "!!!MAXTERMID"
 
 
 class CorpusError(UserError):
@@ -133,46 +132,6 @@ def iter_shard_sentences(path: str, *, stride: int = 1, offset: int = 0, skip_ba
 
 
 # ---------------------------------------------------------------------------------------------- vocabulary
-def read_vocab_file(path: str | os.PathLike) -> list[str]:
-    """Read a bilm-tf vocab file as bilm-tf's ``Vocabulary`` does: one token per line, surrounding whitespace
-    stripped, ``!!!MAXTERMID`` lines skipped (they take no id); a token's id is its position among the
-    remaining lines. Errors name the file and line.
-    """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise MissingFileError(f"vocabulary file not found: {path}")
-    if not os.path.isfile(path):
-        kind = "a directory" if os.path.isdir(path) else "not a regular file"
-        raise UserError(f"{path}: is {kind}; expected a vocabulary file (one token per line)")
-    tokens: list[str] = []
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise UserError(f"{path}: cannot be read ({e.strerror}); expected a vocabulary file") from None
-    with f:
-        wide = describe_wide_encoding(path, f.read(HEAD_BYTES))
-        if wide:
-            raise UserError(wide)
-        f.seek(0)
-        for lineno, raw in enumerate(f, start=1):
-            if lineno == 1:
-                raw = strip_utf8_bom(raw, path)
-            if 0 in raw:
-                raise UserError(f"{path}:{lineno}: contains a NUL byte; expected a UTF-8 vocabulary file, one token "
-                                f"per line")
-            try:
-                line = raw.decode("utf-8").strip()
-            except UnicodeDecodeError as e:
-                raise UserError(f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start}); expected a "
-                                f"UTF-8 vocabulary file, one token per line") from None
-            if line == MAXTERMID:
-                continue
-            tokens.append(line)
-    if not tokens:
-        raise UserError(f"{path}: empty vocabulary file; expected one token per line (bilm-tf format)")
-    return tokens
-
-
 def word_char_ids(word: str, max_word_length: int = MAX_CHARS_PER_TOKEN) -> list[int]:
     """bilm-tf's ``UnicodeCharsVocabulary._convert_word_to_char_ids`` (+1 shifted, as the model's inputs):
     ``<bow>``, the UTF-8 bytes cut to ``max_word_length - 2``, ``<eow>``, padding; ``<S>``/``</S>`` get the
@@ -636,7 +595,8 @@ class TrainingBatches:
 
     def state_dict(self) -> dict[str, Any]:
         """Data position of every part: plain ints/strings/lists (safe for ``torch.load(weights_only=True)``)."""
-        return {str(g): {"fw": b[0].state_dict(), "bw": b[1].state_dict()} for g, b in zip(self.part_ids, self.batchers)}
+        return {str(g): {"fw": b[0].state_dict(), "bw": b[1].state_dict()}
+                for g, b in zip(self.part_ids, self.batchers)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for g, (fw, bw) in zip(self.part_ids, self.batchers):
@@ -700,6 +660,6 @@ def check_text_file(path: str, what: str) -> int:
     check_readable_file(path, what)
     sentences = sum(1 for _ in iter_shard_sentences(path, hint=""))
     if sentences == 0:
-        raise CorpusError(f"{what} {path}: no sentences to score (the file is empty or blank); expected UTF-8 text, one "
-                          f"tokenized sentence per line")
+        raise CorpusError(f"{what} {path}: no sentences to score (the file is empty or blank); expected UTF-8 "
+                          f"text, one tokenized sentence per line")
     return sentences

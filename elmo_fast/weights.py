@@ -1,4 +1,5 @@
-"""bilm-tf weight files (hdf5, TF orientation) <-> plain dicts of float32 numpy arrays; vocab files.
+"""bilm-tf weight files (hdf5, TF orientation) <-> plain dicts of float32 numpy arrays (vocabulary files:
+:mod:`elmo_fast.vocab`).
 
 Dataset names and shapes follow docs/numerics.md#file-layouts. Nothing here knows about torch modules: the model maps
 dataset names to its parameters (see :mod:`elmo_fast.nn.bilm`). Files are read without pickle and
@@ -13,13 +14,13 @@ from typing import IO, Iterable, Mapping
 import h5py
 import numpy as np
 
-from .atomic import atomic_path, write_lines
+from .atomic import atomic_path
 from .chars import NUM_SYMBOLS
 from .errors import MissingFileError, UserError
 from .options import ElmoOptions
 
 __all__ = ["WeightFileError", "expected_shapes", "read_weights", "write_weights", "lstm_prefix", "create_h5",
-           "h5_size_estimate", "read_softmax_weights", "write_softmax_weights", "read_vocab", "write_vocab", "check_finite",
+           "h5_size_estimate", "read_softmax_weights", "write_softmax_weights", "check_finite",
            "open_hdf5", "get_dataset", "read_dataset"]
 
 
@@ -173,9 +174,10 @@ def create_h5(raw: IO[bytes]) -> h5py.File:
 
     With HDF5's own file driver a failed write (a full disk) leaves the library in a state that crashes the
     process with SIGSEGV (h5py 3.16 / HDF5 2.0: at the next flush, close or garbage collection, often after the
-    error was reported), so no ``except`` can keep the process alive. Through a Python file object every write is Python's ``raw.write``: a failure raises ``OSError`` ("No space left on
-    device", "File too large") inside h5py, which reports it as an ordinary exception. Slower than the native
-    driver by about a third on large datasets (0.18 s vs 0.13 s for 200 MB), which writing a model can afford.
+    error was reported), so no ``except`` can keep the process alive. Through a Python file object every write
+    is Python's ``raw.write``: a failure raises ``OSError`` ("No space left on device", "File too large") inside
+    h5py, which reports it as an ordinary exception. Slower than the native driver on large datasets, which
+    writing a model can afford.
     """
     return h5py.File(raw, "w")
 
@@ -221,19 +223,3 @@ def read_softmax_weights(path: str | os.PathLike, projection_dim: int | None = N
 def write_softmax_weights(path: str | os.PathLike, W: np.ndarray, b: np.ndarray) -> None:
     """Write ``softmax/W`` and ``softmax/b`` atomically."""
     _atomic_h5(path, [("softmax/W", W), ("softmax/b", b)])
-
-
-def read_vocab(path: str | os.PathLike) -> list[str]:
-    """Read a bilm-tf vocab file as bilm-tf does: one token per line (stripped), ``!!!MAXTERMID`` lines skipped.
-
-    ``<S>``, ``</S>`` and ``<UNK>`` may stand on any line; a token's id is its position in the returned list
-    (see :class:`elmo_fast.data.Vocabulary`, which finds the special tokens by name). Errors name the file and
-    line. Same reader as :func:`elmo_fast.data.read_vocab_file`.
-    """
-    from .data import read_vocab_file  # data imports this module
-    return read_vocab_file(path)
-
-
-def write_vocab(path: str | os.PathLike, tokens: Iterable[str]) -> None:
-    """Write a vocab file (one token per line), atomically."""
-    write_lines(path, tokens)
