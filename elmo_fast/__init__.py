@@ -5,7 +5,8 @@ Drop-in API: :func:`batch_to_ids`, :class:`Elmo`, :class:`ElmoEmbedder`, :class:
 from .chars import CharacterMapper, batch_to_ids
 from .embedder import ElmoEmbedder
 from .nn.bilm import BiLM, add_sentence_boundaries, remove_sentence_boundaries
-from .nn.scalar_mix import Elmo, ScalarMix
+from .nn.elmo import Elmo
+from .nn.scalar_mix import ScalarMix
 from .functional import full_softmax_loss, sampled_softmax_loss
 from .nn.softmax import log_uniform_sample
 from .options import ElmoOptions, load_options, preset

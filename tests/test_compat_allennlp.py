@@ -306,7 +306,7 @@ def test_allennlp_elmo_bilm_can_cache_char_cnn_embeddings(allennlp_fixture, capl
     word_ids = torch.tensor([[vocab.index(t) for t in s] + [0] * (4 - len(s)) for s in sentences])
     elmo_bilm = A._ElmoBiLm(str(opt), str(w))
     elmo_bilm.eval()
-    with caplog.at_level(logging.WARNING, logger="elmo_fast.compat.modules"):
+    with caplog.at_level(logging.WARNING, logger="elmo_fast.nn.elmo"):
         no_cache = elmo_bilm(char_ids, char_ids)
         elmo_bilm.reset_states()
         again = elmo_bilm(char_ids, "anything at all")

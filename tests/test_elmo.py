@@ -105,3 +105,34 @@ def test_requires_grad_and_dropout(tiny_model):
     b = tuned(batch_to_ids(SENTS))["elmo_representations"][0]
     c = tuned(batch_to_ids(SENTS))["elmo_representations"][0]
     torch.testing.assert_close(b, c)
+
+
+def test_elmo_knows_word_input_modules_by_protocol_not_by_compat(tiny_model):
+    """Elmo's biLM is a native CachedBiLM; the WordInputBiLM protocol (not a class from compat, not a private
+    attribute) decides where word ids and vocab_to_cache may go."""
+    import subprocess
+    import sys
+
+    from elmo_fast.compat.allennlp import _ElmoBiLm
+    from elmo_fast.nn.elmo import CachedBiLM, WordInputBiLM
+    opt, w = tiny_model
+    elmo = Elmo(opt, w, 1, dropout=0.0, stateful=False)
+    assert type(elmo._elmo_lstm) is CachedBiLM and not elmo._elmo_lstm.has_word_cache()
+    assert isinstance(_ElmoBiLm(opt, w), WordInputBiLM) and not isinstance(BiLM.from_files(opt, w), WordInputBiLM)
+    vocab = ["@@PADDING@@", "The", "play"]
+    with pytest.raises(ValueError, match="WordInputBiLM"):
+        Elmo(None, None, 1, vocab_to_cache=vocab, module=BiLM.from_files(opt, w))
+    given = Elmo(None, None, 1, dropout=0.0, vocab_to_cache=vocab, module=CachedBiLM(opt, w, stateful=False))
+    assert given._has_cached_vocab and given._elmo_lstm._word_embedding.weight.shape[0] == 3
+    ids = batch_to_ids([["The", "play"]])
+    with torch.no_grad():
+        torch.testing.assert_close(given(ids, torch.tensor([[1, 2]]))["elmo_representations"][0],
+                                   elmo(ids)["elmo_representations"][0], atol=1e-6, rtol=1e-5)
+    # a plain BiLM module has its character ids checked by Elmo
+    with pytest.raises(ValueError, match="character ids must be in"):
+        Elmo(None, None, 1, module=BiLM.from_files(opt, w))(ids + 1000)
+    # the native modules never import the compat package
+    code = ("import sys, elmo_fast, elmo_fast.nn.elmo, elmo_fast.efml, elmo_fast.probe\n"
+            "print(sorted(m for m in sys.modules if m.startswith('elmo_fast.compat')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

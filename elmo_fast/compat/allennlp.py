@@ -35,7 +35,7 @@ from .. import numerics
 from ..chars import batch_to_ids
 from ..embedder import ElmoEmbedder as _NativeElmoEmbedder
 from ..nn.bilm import add_sentence_boundaries, remove_sentence_boundaries
-from ..nn.scalar_mix import Elmo as _NativeElmo
+from ..nn.elmo import Elmo as _NativeElmo
 from ..nn.scalar_mix import ScalarMix
 from .modules import COMPAT_ORDER, ElmoLstm, _ElmoCharacterEncoder
 from .modules import _ElmoBiLm as _BiLmFromFiles

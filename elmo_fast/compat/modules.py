@@ -10,9 +10,8 @@ share the BiLM's parameters and carried states (they are not registered submodul
 """
 from __future__ import annotations
 
-import logging
 import os
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -22,8 +21,8 @@ from .. import backend as backends
 from .. import hub, numerics
 from ..chars import BOS_IDS, EOS_IDS
 from ..errors import MissingFileError
-from ..modes import normal_tensors
 from ..nn.bilm import BiLM, add_sentence_boundaries, token_mask
+from ..nn.elmo import CachedBiLM, check_char_ids
 from ..nn.lstm import BiLSTM, StateSlots
 from ..nn.token_encoder import CharCNNTokenEncoder
 from ..options import LSTMOptions, load_options
@@ -34,30 +33,6 @@ __all__ = ["COMPAT_ORDER", "_ElmoBiLm", "_ElmoCharacterEncoder", "ElmoLstm"]
 #: the floating-point order (:mod:`elmo_fast.numerics`) of the AllenNLP-named classes unless ``order=`` is
 #: given: a user migrating from AllenNLP compares against AllenNLP's numbers
 COMPAT_ORDER = "allennlp"
-
-logger = logging.getLogger(__name__)
-
-#: token-encoder rows per chunk when caching ``vocab_to_cache``
-CACHE_CHUNK = 512
-
-
-def _check_char_ids(inputs: Any, encoder: CharCNNTokenEncoder, name: str = "inputs") -> None:
-    """``(B, T, L)`` integer char ids with every id in ``[0, n_symbols]`` (bilm-tf: ``[0, 261]``)."""
-    if not isinstance(inputs, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor of character ids, found {type(inputs).__name__}")
-    if inputs.dtype.is_floating_point or inputs.dtype.is_complex or inputs.dtype == torch.bool:
-        raise TypeError(f"{name}: expected integer character ids (torch.long), found dtype {inputs.dtype}")
-    if inputs.dim() != 3:
-        raise ValueError(f"{name}: expected shape (batch, tokens, characters), found {tuple(inputs.shape)}")
-    if inputs.shape[0] == 0:
-        raise ValueError(f"{name}: the batch is empty (shape {tuple(inputs.shape)}); give at least one sentence")
-    high = encoder.char_embed.shape[0]
-    if inputs.numel():
-        lo, hi = int(inputs.min()), int(inputs.max())
-        if lo < 0 or hi > high:
-            raise ValueError(f"{name}: character ids must be in [0, {high}], found values in [{lo}, {hi}] "
-                             "(make them with batch_to_ids)")
-
 
 # ------------------------------------------------------------------------------------------------------------
 class _NumericsSetting:
@@ -157,7 +132,7 @@ class _ElmoCharacterEncoder(_NumericsSetting, nn.Module):
         """``(B, T, 50)`` char ids -> ``{"mask": (B, T + 2) bool, "token_embedding": (B, T + 2, P)}``."""
         bilm = self.__dict__["_bilm"]
         encoder = self.encoder if bilm is None else bilm.token_encoder
-        _check_char_ids(inputs, encoder)
+        check_char_ids(inputs, encoder)
         if bilm is not None:
             embedding, mask = bilm.embed_tokens(inputs)
             return {"mask": mask, "token_embedding": embedding}
@@ -220,7 +195,8 @@ class ElmoLstm(_NumericsSetting, nn.Module):
         self.__dict__["_numerics"] = (precision, order)
         self.stateful = True
         self.__dict__["_slots"] = StateSlots()
-        self.input_size, self.hidden_size, self.cell_size, self.num_layers = input_size, hidden_size, cell_size, num_layers
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.cell_size, self.num_layers = cell_size, num_layers
 
     @classmethod
     def _view_of(cls, bilm: BiLM) -> "ElmoLstm":
@@ -326,8 +302,9 @@ class ElmoLstm(_NumericsSetting, nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------------------
-class _ElmoBiLm(BiLM):
-    """AllenNLP's ``_ElmoBiLm``: a :class:`BiLM` loaded from files, with ``vocab_to_cache`` and ``word_inputs``.
+class _ElmoBiLm(CachedBiLM):
+    """AllenNLP's ``_ElmoBiLm``: a :class:`~elmo_fast.nn.elmo.CachedBiLM` (a :class:`BiLM` loaded from files, with
+    ``vocab_to_cache`` and ``word_inputs``) whose ``_token_embedder`` and ``_elmo_lstm`` are AllenNLP's views of it.
 
     Args:
         options_file, weight_file: the public ELMo files (bilm-tf layout): paths, ``http(s)://`` URLs or a public
@@ -341,90 +318,13 @@ class _ElmoBiLm(BiLM):
             defaults order to ``"allennlp"``.)
 
     ``forward(inputs (B, T, 50), word_inputs=None)`` returns AllenNLP's dict ``{"activations": [3 x (B, T+2,
-    2P)], "mask": (B, T+2) bool}``. With a cache and ``word_inputs``, the cached vectors are used; if any id is
-    outside the cache (negative or >= len(vocab_to_cache)), the whole batch falls back to the character
-    encoder on ``inputs`` (AllenNLP's behaviour), so pass both. Without a cache, ``word_inputs`` (of any shape
-    or type) are ignored, as in AllenNLP, with one warning per module.
+    2P)], "mask": (B, T+2) bool}``; see :class:`~elmo_fast.nn.elmo.CachedBiLM` for ``word_inputs``.
     """
 
     def __init__(self, options_file: str | os.PathLike, weight_file: str | os.PathLike, requires_grad: bool = False,
                  vocab_to_cache: list[str] | None = None, *, stateful: bool = True,
                  backend: str | None = None, precision: str | None = None, order: str | None = None) -> None:
-        numerics.check(precision, order)  # fail before loading
-        options_file, weight_file = hub.resolve_files(options_file, weight_file)
-        options = load_options(options_file)
-        weights = read_weights(weight_file, options)
-        super().__init__(options, stateful=stateful, has_projection="CNN_proj/W_proj" in weights, backend=backend,
-                         precision=precision, order=order)
-        self.load_bilm_tf_weights(weights)
-        del weights
-        self.requires_grad_(requires_grad)
-        self._requires_grad = requires_grad
-        self.num_layers = options.lstm.n_layers + 1
+        super().__init__(options_file, weight_file, requires_grad=requires_grad, vocab_to_cache=vocab_to_cache,
+                         stateful=stateful, backend=backend, precision=precision, order=order)
         self.__dict__["_token_embedder"] = _ElmoCharacterEncoder._view_of(self)
         self.__dict__["_elmo_lstm"] = ElmoLstm._view_of(self)
-        self._word_embedding: nn.Embedding | None = None
-        self.register_buffer("_bos_embedding", None, persistent=False)
-        self.register_buffer("_eos_embedding", None, persistent=False)
-        if requires_grad and vocab_to_cache:
-            logger.warning("fine-tuning ELMo with vocab_to_cache: the cached word vectors are trained separately "
-                           "from the character encoder (as in AllenNLP)")
-        if vocab_to_cache:
-            self.create_cached_cnn_embeddings(vocab_to_cache)
-
-    def get_output_dim(self) -> int:
-        return 2 * self.options.lstm.projection_dim
-
-    def create_cached_cnn_embeddings(self, tokens: list[str]) -> None:
-        """Token-encoder output of every token of ``tokens`` (and of BOS/EOS), computed once."""
-        from ..chars import batch_to_ids
-
-        if not isinstance(tokens, (list, tuple)) or not all(isinstance(t, str) for t in tokens):
-            raise TypeError("vocab_to_cache: expected a list of token strings")
-        if not tokens:
-            raise ValueError("vocab_to_cache: the list is empty")
-        device = self.bos_ids.device
-        with torch.no_grad(), normal_tensors():  # kept across calls: usable after leaving torch.inference_mode()
-            chunks = [self.encode_tokens(batch_to_ids([[t] for t in tokens[k:k + CACHE_CHUNK]]).to(device))[:, 0]
-                      for k in range(0, len(tokens), CACHE_CHUNK)]
-            markers = self.encode_tokens(torch.stack([self.bos_ids, self.eos_ids]))
-            table = torch.cat(chunks)
-            bos, eos = markers[0].clone(), markers[1].clone()
-        self._word_embedding = nn.Embedding.from_pretrained(table, freeze=not self._requires_grad, padding_idx=0)
-        self._bos_embedding, self._eos_embedding = bos, eos
-
-    def _cache_covers(self, word_inputs: torch.Tensor) -> bool:
-        if self._word_embedding is None or word_inputs.numel() == 0:
-            return self._word_embedding is not None
-        lo, hi = int(word_inputs.min()), int(word_inputs.max())
-        if lo < 0 or hi >= self._word_embedding.num_embeddings:
-            logger.debug("word ids in [%d, %d] outside the cache of %d words: the character encoder runs",
-                         lo, hi, self._word_embedding.num_embeddings)
-            return False
-        return True
-
-    def forward(self, inputs: torch.Tensor, word_inputs: torch.Tensor | None = None) -> dict[str, Any]:
-        """See the class docstring. ``inputs`` ``(B, T, 50)``; ``word_inputs`` ``(B, T)`` ids into the cache."""
-        if word_inputs is not None and self._word_embedding is None:
-            # AllenNLP reads word_inputs only with a cache (its own tests pass the character ids there)
-            if not self.__dict__.get("_warned_word_inputs"):
-                self.__dict__["_warned_word_inputs"] = True
-                logger.warning("word_inputs were given to an _ElmoBiLm without vocab_to_cache: they are ignored "
-                               "(as in AllenNLP) and the character ids are used")
-            word_inputs = None
-        if word_inputs is not None:
-            if not isinstance(word_inputs, torch.Tensor) or word_inputs.dtype.is_floating_point \
-                    or word_inputs.dtype == torch.bool:
-                raise TypeError("word_inputs: expected an integer tensor of ids into vocab_to_cache")
-            if word_inputs.dim() != 2:
-                raise ValueError(f"word_inputs: expected shape (batch, tokens), found {tuple(word_inputs.shape)}")
-            if self._cache_covers(word_inputs):
-                if word_inputs.shape[0] == 0:
-                    raise ValueError("word_inputs: the batch is empty; give at least one sentence")
-                assert self._word_embedding is not None
-                embedded = self._word_embedding(word_inputs.to(self.bos_ids.device))
-                embeddings, mask = add_sentence_boundaries(embedded, word_inputs > 0, self._bos_embedding,
-                                                           self._eos_embedding)
-                return self.forward_embeddings(embeddings, mask.to(embeddings.device))
-        _check_char_ids(inputs, self.token_encoder)
-        return super().forward(inputs)
