@@ -7,6 +7,7 @@ reference path must give the *same bits*, so any change of the order (the forget
 added to the input product, one product over ``[x; h]``, a fused ``f*c + i*g``) makes these tests fail.
 """
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -402,15 +403,34 @@ def test_compat_numbers_are_allennlp_order(public_cnn_files):
         assert module.order == "allennlp" and torch.equal(cached, one_each)
 
 
-def test_elmo_command_runs_in_allennlp_order(monkeypatch):
+def test_elmo_command_runs_in_allennlp_order(monkeypatch, tmp_path):
+    """elmo_command calls the embed job directly (no command line), in AllenNLP's order unless the namespace says
+    otherwise, with the command's settings (stateful, output replaced, the model files hashed)."""
     from elmo_fast import numerics
-    from elmo_fast.commands import embed as embed_command
     from elmo_fast.compat import allennlp as A
     seen = []
-    monkeypatch.setattr(embed_command, "run", lambda args: seen.append(numerics.current().order) or 0)
+
+    def job(load, input_file, output_file, **kw):
+        seen.append((numerics.current().order, os.path.basename(input_file), os.path.basename(output_file), kw))
+
+    monkeypatch.setattr(A, "embed_to_hdf5", job)
+    monkeypatch.chdir(tmp_path)
+    for name in ("o.json", "w.hdf5"):
+        (tmp_path / name).write_text("")
     args = dict(input_file="in.txt", output_file="out.hdf5", top=True, options_file="o.json", weight_file="w.hdf5")
     assert A.elmo_command(argparse.Namespace(**args)) == 0
-    assert A.elmo_command(argparse.Namespace(**args, order="fast")) == 0
-    assert seen == ["allennlp", "fast"]
+    assert A.elmo_command(argparse.Namespace(**args, order="fast", batch_size="8")) == 0
+    assert [s[0] for s in seen] == ["allennlp", "fast"]
+    assert seen[0][1:3] == ("in.txt", "out.hdf5")
+    kw = seen[0][3]
+    assert (kw["output_format"], kw["batch_size"], kw["stateful"], kw["overwrite"]) == ("top", 64, True, True)
+    assert [os.path.basename(p) for p in kw["model_files"]] == ["o.json", "w.hdf5"]
+    assert seen[1][3]["batch_size"] == 8
     with pytest.raises(ValueError, match="order"):
         A.elmo_command(argparse.Namespace(**args, order="tf"))
+    for bad in (0, 2.5, "x"):
+        with pytest.raises(ValueError, match="batch_size"):
+            A.elmo_command(argparse.Namespace(**args, batch_size=bad))
+    with pytest.raises(FileNotFoundError, match="weight_file"):
+        A.elmo_command(argparse.Namespace(**{**args, "weight_file": "missing.hdf5"}))
+    assert len(seen) == 2

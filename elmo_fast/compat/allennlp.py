@@ -31,17 +31,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import numerics
+from .. import hub, numerics
 from ..chars import batch_to_ids
 from ..embedder import ElmoEmbedder as _NativeElmoEmbedder
+from ..embedding import embed_to_hdf5
+from ..errors import MissingFileError, UserError
 from ..nn.bilm import add_sentence_boundaries, remove_sentence_boundaries
 from ..nn.elmo import Elmo as _NativeElmo
 from ..nn.scalar_mix import ScalarMix
+from ..runtime import configure_threads
 from .modules import COMPAT_ORDER, ElmoLstm, _ElmoCharacterEncoder
 from .modules import _ElmoBiLm as _BiLmFromFiles
 
-__all__ = ["COMPAT_ORDER", "Elmo", "_ElmoBiLm", "_ElmoCharacterEncoder", "ElmoLstm", "ElmoTokenEmbedder", "ElmoEmbedder",
-           "ScalarMix", "batch_to_ids", "remove_sentence_boundaries", "add_sentence_boundaries",
+__all__ = ["COMPAT_ORDER", "Elmo", "_ElmoBiLm", "_ElmoCharacterEncoder", "ElmoLstm", "ElmoTokenEmbedder",
+           "ElmoEmbedder", "ScalarMix", "batch_to_ids", "remove_sentence_boundaries", "add_sentence_boundaries",
            "add_sentence_boundary_token_ids", "elmo_command", "empty_embedding", "DEFAULT_BATCH_SIZE"]
 
 #: AllenNLP's ``allennlp.commands.elmo.DEFAULT_BATCH_SIZE``
@@ -171,36 +174,67 @@ def _path_of(value: Any, what: str) -> str:
     raise ValueError(f"{what}: expected a file path (standard input/output is not supported), found {value!r}")
 
 
+def _model_file(args: argparse.Namespace, field: str, kind: str) -> str:
+    """The local path of the namespace's ``options_file`` / ``weight_file`` (a URL or public model name is
+    downloaded once into the cache); a regular file, else an error naming the field."""
+    try:
+        path = os.fspath(hub.resolve(os.fspath(getattr(args, field)), kind))  # type: ignore[arg-type]
+    except hub.DownloadError as e:
+        raise hub.DownloadError(f"{field}: {e}") from None
+    if not os.path.exists(path):
+        raise MissingFileError(f"{field} {path}: no such file")
+    if not os.path.isfile(path):  # read whole and hashed: a directory, FIFO or device would never do
+        raise UserError(f"{field} {path}: not a regular file; expected the model's {kind} file")
+    return path
+
+
+def _batch_size(args: argparse.Namespace) -> int:
+    """The namespace's ``batch_size`` read as the command line reads it (``int`` of its text), positive."""
+    value = getattr(args, "batch_size", DEFAULT_BATCH_SIZE)
+    try:
+        size = int(str(value))
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise UserError(f"elmo_command: 'batch_size' expected a positive integer, found {value!r}")
+    return size
+
+
 def elmo_command(args: argparse.Namespace) -> int:
-    """AllenNLP's ``allennlp.commands.elmo.elmo_command``: run ``elmo-fast embed`` with an AllenNLP namespace.
+    """AllenNLP's ``allennlp.commands.elmo.elmo_command``: what ``elmo-fast embed`` does, for an AllenNLP namespace.
 
     Fields read (AllenNLP's names): ``input_file``, ``output_file``, ``all`` / ``top`` / ``average``,
-    ``options_file``, ``weight_file`` (paths, URLs or public model names: :mod:`elmo_fast.hub`), ``batch_size`` (default 64), ``cuda_device`` (default -1),
-    ``forget_sentences``, ``use_sentence_keys``. As AllenNLP, an existing output file is replaced. The model
-    runs in AllenNLP's floating-point order (:data:`COMPAT_ORDER`) unless the namespace has ``order``.
+    ``options_file``, ``weight_file`` (paths, URLs or public model names: :mod:`elmo_fast.hub`), ``batch_size``
+    (default 64), ``cuda_device`` (default -1), ``forget_sentences``, ``use_sentence_keys``. As AllenNLP, an
+    existing output file is replaced. The model runs in AllenNLP's floating-point order (:data:`COMPAT_ORDER`)
+    unless the namespace has ``order``. Stateful, resumable, with a progress bar and the automatic thread count,
+    as the command (:func:`elmo_fast.embedding.embed_to_hdf5` does the work). Returns 0.
     """
-    from ..commands import embed as embed_command
-
     formats = [f for f in ("all", "top", "average") if getattr(args, f, False)]
     if len(formats) != 1:
         raise ValueError(f"elmo_command: exactly one of all/top/average must be set, found {formats or 'none'}")
     for field in ("options_file", "weight_file"):
         if not getattr(args, field, None):
             raise ValueError(f"elmo_command: '{field}' is required (a path, a URL or a public model name)")
-    argv = ["embed", _path_of(args.input_file, "input_file"), _path_of(args.output_file, "output_file"),
-            f"--{formats[0]}", "--options-file", os.fspath(args.options_file), "--weight-file",
-            os.fspath(args.weight_file), "--batch-size", str(getattr(args, "batch_size", DEFAULT_BATCH_SIZE)),
-            "--overwrite"]
-    cuda = int(getattr(args, "cuda_device", -1))
-    if cuda >= 0:
-        argv += ["--device", f"cuda:{cuda}"]
-    if getattr(args, "forget_sentences", False):
-        argv.append("--forget-sentences")
-    if getattr(args, "use_sentence_keys", False):
-        argv.append("--use-sentence-keys")
-    parser = argparse.ArgumentParser(prog="elmo-fast")
-    embed_command.add_parser(parser.add_subparsers(dest="command"))
     order = getattr(args, "order", COMPAT_ORDER)
     numerics.check(order=order)  # a bad value fails here, naming the field
-    with numerics.use(order=order):  # the embed command's models take the caller's order (order None)
-        return embed_command.run(parser.parse_args(argv))
+    input_file = _path_of(args.input_file, "input_file")
+    output_file = _path_of(args.output_file, "output_file")
+    batch_size = _batch_size(args)
+    cuda = int(getattr(args, "cuda_device", -1))
+    if cuda >= 0 and not torch.cuda.is_available():  # before the input scan, as the command checks --device
+        raise UserError(f"cuda_device={cuda}: CUDA is not available on this machine (use -1 for CPU)")
+    options_file = _model_file(args, "options_file", "options")
+    weight_file = _model_file(args, "weight_file", "weights")
+    configure_threads(None)  # the command's thread policy: automatic unless ELMO_FAST_THREADS fixes it
+
+    def load() -> ElmoEmbedder:  # called by the job after every check and the input scan
+        return ElmoEmbedder(options_file, weight_file, cuda_device=cuda, stateful=True, batch_size=batch_size,
+                            order=order)
+
+    with numerics.use(order=order):  # anything reading the caller's setting sees the model's order
+        embed_to_hdf5(load, input_file, output_file, output_format=formats[0], batch_size=batch_size,
+                      stateful=True, forget_sentences=bool(getattr(args, "forget_sentences", False)),
+                      use_sentence_keys=bool(getattr(args, "use_sentence_keys", False)), progress=True,
+                      overwrite=True, model_files=[options_file, weight_file])
+    return 0
