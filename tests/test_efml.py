@@ -307,3 +307,26 @@ def test_efml_models_follow_the_precision_setting(models, bf16_arithmetic):
     for a, b in zip(fp32, bf16):
         scale = float(np.abs(a).max()) or 1.0
         assert float(np.abs(a - b).max()) <= 0.08 * scale
+
+
+def test_efml_model_is_a_bilm_with_its_own_token_layer_only(models):
+    """EFMLBiLM reuses BiLM: its forward is BiLM.forward_embeddings of its own token layer, its parameters keep
+    their names, and the bilm-tf weight layout (which EFML lacks) is refused with the way out."""
+    from elmo_fast import BiLM
+    model_dir, _ = models["word+char"]
+    model = load_efml(model_dir, stateful=False)
+    assert isinstance(model, BiLM)
+    assert "forward_embeddings" not in type(model).__dict__ and "encode_tokens" not in type(model).__dict__
+    keys = set(model.state_dict())
+    assert {"word_embed", "W_proj", "b_proj", "token_encoder.char_embed", "lstm.cells.0.0.W_0"} <= keys
+    assert not any(k.startswith("token_encoder.W_proj") for k in keys)
+    chars, words = model.prepare_inputs([["a", "bc"], ["d"]])
+    with torch.no_grad():
+        out = model(chars, words)
+        emb, mask = model.embed_tokens(chars, words)
+        want = BiLM.forward_embeddings(model, emb, mask)
+    assert emb.shape == (2, 4, model.config.projection_dim) and mask.sum(1).tolist() == [4, 3]
+    for a, b in zip(out["activations"], want["activations"]):
+        assert torch.equal(a, b)
+    with pytest.raises(TypeError, match="to_bilm_tf"):
+        model.bilm_tf_weights()
