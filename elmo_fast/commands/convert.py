@@ -20,7 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     "A refusal lists every reason. OUT_DIR is published whole, as by `export` (staged beside it, with "
                     "a manifest, swapped in one step).")
     p.add_argument("efml_dir", metavar="EFML_DIR", help="an ELMoForManyLangs model directory")
-    p.add_argument("out_dir", metavar="OUT_DIR", help="where to write options.json and weights.hdf5 (created if needed)")
+    p.add_argument("out_dir", metavar="OUT_DIR",
+                   help="where to write options.json and weights.hdf5 (created if needed)")
     p.add_argument("--ascii-only", action="store_true",
                    help="convert even when char.dic holds non-ASCII characters: their rows are dropped, every byte "
                         ">= 128 reads as <oov>; the result equals the ELMoForManyLangs model on ASCII text only")

@@ -1,4 +1,5 @@
-"""``elmo-fast probe pos|wic MODEL_DIR``: what each biLM layer knows (the paper's layer analysis, docs/numerics.md#reported-results)."""
+"""``elmo-fast probe pos|wic MODEL_DIR``: what each biLM layer knows (the paper's layer analysis,
+docs/numerics.md#reported-results)."""
 from __future__ import annotations
 
 import argparse
