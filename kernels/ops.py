@@ -9,6 +9,8 @@
 * ``sampled_softmax_loss`` / ``full_softmax_loss``: the fused softmax kernels, with the signatures of
   :func:`elmo_fast.nn.softmax.sampled_softmax_loss` and :func:`elmo_fast.nn.softmax.full_softmax_loss`
   (the latter forward-only: evaluation).
+* ``projection(x (N, F), W (F, P), b (P,)) -> (N, P)``: one matmul with the bias in its epilogue
+  (:func:`elmo_fast.kernels.highway.projection`), differentiable.
 
 Every op raises :class:`elmo_fast.backend.BackendError` when its tensors cannot run on Triton (CPU tensors
 without ``TRITON_INTERPRET=1``, non-float32 parameters); it never falls back to another backend.
@@ -45,6 +47,7 @@ __all__ = ["token_encoder", "bilstm", "bilstm_streams", "lstm_kernel_choice"]
 
 register("triton", "sampled_softmax_loss")(sampled_softmax_loss)
 register("triton", "full_softmax_loss")(full_softmax_loss)
+register("triton", "projection")(projection)
 
 LSTM_ENV = "ELMO_FAST_TRITON_LSTM"
 
