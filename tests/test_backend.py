@@ -60,11 +60,11 @@ def test_unrunnable_tensors_raise_instead_of_falling_back():
         backend.get_op("triton", "no_such_op")
 
 
-def test_bad_precision_setting_is_an_error(monkeypatch):
-    from elmo_fast.kernels.common import precision
+def test_bad_input_mode_setting_is_an_error(monkeypatch):
+    from elmo_fast.kernels.common import input_mode
     monkeypatch.setenv("ELMO_FAST_TRITON_PRECISION", "fp8")
     with pytest.raises(BackendError, match="ELMO_FAST_TRITON_PRECISION"):
-        precision()
+        input_mode()
 
 
 @pytest.mark.parametrize("lstm_kernel", ["persistent", "step"])

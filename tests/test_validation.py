@@ -125,6 +125,39 @@ def test_settings_table_lists_every_variable_and_the_readme_has_it():
     assert table in readme, "README's table of environment variables differs from settings.markdown_table()"
 
 
+#: the environment reads allowed outside elmo_fast/settings.py: oneDNN's own ISA cap (a oneDNN variable the fast
+#: path mirrors), the C compiler, and the compile check's Triton cache (a development tool)
+_OTHER_ENV_READS = {"elmo_fast/fast/packing.py", "elmo_fast/fast/native/__init__.py", "kernels/compile_check.py"}
+
+
+def test_no_module_but_settings_reads_the_environment():
+    """One home for settings: every ELMO_FAST_* and torchrun variable is read through elmo_fast.settings."""
+    import re
+    root = Path(__file__).resolve().parents[1]
+    readers = set()
+    for folder in ("elmo_fast", "kernels"):
+        for path in (root / folder).rglob("*.py"):
+            rel = path.relative_to(root).as_posix()
+            if rel.startswith("elmo_fast/kernels/"):
+                continue  # the kernels folder seen through the package's link (checked as kernels/)
+            if re.search(r"os\.environ|os\.getenv|getenv\(", path.read_text(encoding="utf-8")):
+                readers.add(rel)
+    assert readers - _OTHER_ENV_READS == {"elmo_fast/settings.py"}
+
+
+@pytest.mark.parametrize("name, value", [("ELMO_FAST_TRITON_PRECISION", "fp8"), ("ELMO_FAST_TRITON_LSTM", "fast"),
+                                         ("ELMO_FAST_TRITON_MATMUL", "cutlass"), ("ELMO_FAST_TRITON_TILES", "huge"),
+                                         ("ELMO_FAST_CUDA_GRAPHS", "yes")])
+def test_triton_variables_are_validated_by_settings(monkeypatch, name, value):
+    from elmo_fast import settings
+    monkeypatch.delenv(name, raising=False)
+    assert settings.get(name) == settings.SETTINGS[name].default_value  # unset: the documented default
+    assert str(settings.get(name)) == settings.SETTINGS[name].default
+    monkeypatch.setenv(name, value)
+    with pytest.raises(settings.SettingsError, match=f"environment variable {name}: expected .*found '{value}'"):
+        settings.check_all()
+
+
 # ---------------------------------------------------------------------------------------------- train flags
 @pytest.mark.parametrize("flags, fragment", [
     (["--max-minutes", "-1"], "--max-minutes: expected a number > 0, found -1.0"),
