@@ -20,7 +20,7 @@ from torch import nn
 
 from .. import backend as backends
 from .. import hub, numerics
-from ..chars import BOS_IDS, EOS_IDS
+from ..chars import BOS_IDS, EOS_IDS, check_char_ids
 from ..errors import MissingFileError
 from ..modes import normal_tensors
 from ..nn.bilm import BiLM, add_sentence_boundaries, token_mask
@@ -42,21 +42,9 @@ CACHE_CHUNK = 512
 
 
 def _check_char_ids(inputs: Any, encoder: CharCNNTokenEncoder, name: str = "inputs") -> None:
-    """``(B, T, L)`` integer char ids with every id in ``[0, n_symbols]`` (bilm-tf: ``[0, 261]``)."""
-    if not isinstance(inputs, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor of character ids, found {type(inputs).__name__}")
-    if inputs.dtype.is_floating_point or inputs.dtype.is_complex or inputs.dtype == torch.bool:
-        raise TypeError(f"{name}: expected integer character ids (torch.long), found dtype {inputs.dtype}")
-    if inputs.dim() != 3:
-        raise ValueError(f"{name}: expected shape (batch, tokens, characters), found {tuple(inputs.shape)}")
-    if inputs.shape[0] == 0:
-        raise ValueError(f"{name}: the batch is empty (shape {tuple(inputs.shape)}); give at least one sentence")
-    high = encoder.char_embed.shape[0]
-    if inputs.numel():
-        lo, hi = int(inputs.min()), int(inputs.max())
-        if lo < 0 or hi > high:
-            raise ValueError(f"{name}: character ids must be in [0, {high}], found values in [{lo}, {hi}] "
-                             "(make them with batch_to_ids)")
+    """``(B, T, L)`` integer char ids with every id in ``[0, n_symbols]`` (bilm-tf: ``[0, 261]``): see
+    :func:`elmo_fast.chars.check_char_ids`."""
+    check_char_ids(inputs, encoder.char_embed.shape[0], name)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -220,7 +208,8 @@ class ElmoLstm(_NumericsSetting, nn.Module):
         self.__dict__["_numerics"] = (precision, order)
         self.stateful = True
         self.__dict__["_slots"] = StateSlots()
-        self.input_size, self.hidden_size, self.cell_size, self.num_layers = input_size, hidden_size, cell_size, num_layers
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.cell_size, self.num_layers = cell_size, num_layers
 
     @classmethod
     def _view_of(cls, bilm: BiLM) -> "ElmoLstm":
