@@ -146,3 +146,35 @@ def batch_to_ids(sentences: Sequence[Sequence[str]], mapper: CharacterMapper | N
             ids.append(cached)
         out[row, : len(sentence)] = torch.tensor(ids, dtype=torch.long)
     return out
+
+
+def check_char_ids(inputs: Any, n_symbols: int | None, name: str = "inputs", *, leading_dims: bool = False) -> None:
+    """Validate character ids handed to a model: the one check behind every public entry point.
+
+    Args:
+        inputs: ``(B, T, L)`` integer ids (with ``leading_dims``: ``(..., B, T, L)``, any number of leading
+            dims); 0 is padding, id ``k`` reads row ``k - 1`` of the character table.
+        n_symbols: rows of the model's character table (bilm-tf: 261, so ids in ``[0, 261]``); None skips the
+            range check (for a caller that checks the range later, on a reshaped view).
+        name: the argument's name in the messages.
+
+    Raises:
+        TypeError: not a tensor, or not integer ids. ValueError: the wrong number of dims, an empty batch, or an
+            id out of ``[0, n_symbols]``; every message names ``name`` and what was found.
+    """
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor of character ids, found {type(inputs).__name__}")
+    if inputs.dtype.is_floating_point or inputs.dtype.is_complex or inputs.dtype == torch.bool:
+        raise TypeError(f"{name}: expected integer character ids (torch.long), found dtype {inputs.dtype}")
+    if leading_dims and inputs.dim() < 3:
+        raise ValueError(f"{name}: expected shape (batch, tokens, characters) or with more leading dims, "
+                         f"found {tuple(inputs.shape)}")
+    if not leading_dims and inputs.dim() != 3:
+        raise ValueError(f"{name}: expected shape (batch, tokens, characters), found {tuple(inputs.shape)}")
+    if any(d == 0 for d in inputs.shape[:-2]):
+        raise ValueError(f"{name}: the batch is empty (shape {tuple(inputs.shape)}); give at least one sentence")
+    if n_symbols is not None and inputs.numel():
+        lo, hi = int(inputs.min()), int(inputs.max())
+        if lo < 0 or hi > n_symbols:
+            raise ValueError(f"{name}: character ids must be in [0, {n_symbols}], found values in [{lo}, {hi}] "
+                             "(make them with batch_to_ids)")

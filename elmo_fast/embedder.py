@@ -12,20 +12,12 @@ import torch
 from .chars import as_token_lists, batch_to_ids
 from .embedding import (DEFAULT_CHUNK_LINES, OUTPUT_FORMATS, InputFileError, length_groups, rank_share,
                         read_sentences)
-from .embedding.distributed import distributed_env
 from . import hub, numerics, settings
 from .errors import UserError
+from .validation import positive_int
 from .nn.bilm import BiLM, remove_sentence_boundaries
 
 __all__ = ["ElmoEmbedder", "InputFileError", "read_sentences", "length_groups", "rank_share", "OUTPUT_FORMATS"]
-
-
-def _check_batch_size(value: Any, name: str = "batch_size") -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected a positive integer, found {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name}: expected a positive integer, found {value}")
-    return int(value)
 
 
 def _device_for(cuda_device: Any) -> torch.device:
@@ -79,7 +71,7 @@ class ElmoEmbedder:
     def __init__(self, options_file: str | os.PathLike, weight_file: str | os.PathLike, cuda_device: int = -1,
                  *, stateful: bool = True, batch_size: int = 64, backend: str | None = None,
                  precision: str | None = None, order: str | None = None) -> None:
-        self.batch_size = _check_batch_size(batch_size)
+        self.batch_size = positive_int("batch_size", batch_size)
         device = _device_for(cuda_device)
         numerics.check(precision, order)  # fail before loading
         options_file, weight_file = hub.resolve_files(options_file, weight_file)  # URLs, public names: cached files
@@ -120,7 +112,7 @@ class ElmoEmbedder:
             if not hasattr(module, attr):
                 raise TypeError(f"module: a biLM-like module needs '{attr}' ({type(module).__name__} has none)")
         self = cls.__new__(cls)
-        self.batch_size = _check_batch_size(batch_size)
+        self.batch_size = positive_int("batch_size", batch_size)
         files = module.source_files() if hasattr(module, "source_files") else None
         self._files = [os.path.abspath(os.fspath(f)) for f in files] if files else None
         self._setup(module, _device_for(cuda_device))
@@ -262,7 +254,7 @@ class ElmoEmbedder:
         within each window (:func:`length_groups`); a window's results are held until they can be yielded
         in order, so ``window`` bounds the memory used.
         """
-        batch_size = self.batch_size if batch_size is None else _check_batch_size(batch_size)
+        batch_size = self.batch_size if batch_size is None else positive_int("batch_size", batch_size)
         if isinstance(sentences, (str, bytes)):
             raise TypeError("sentences: expected an iterable of token lists, found a str; "
                             "tokenize first, e.g. [line.split() for line in lines]")
@@ -328,7 +320,7 @@ class ElmoEmbedder:
         from zero state). ``shards`` > 1 writes ``stem-0000i-of-0000N.ext`` files instead of one.
         """
         from .embedding import embed_to_hdf5
-        batch_size = self.batch_size if batch_size is None else _check_batch_size(batch_size)
+        batch_size = self.batch_size if batch_size is None else positive_int("batch_size", batch_size)
         embed_to_hdf5(self, input_file, output_file_path, output_format=output_format, batch_size=batch_size,
                       forget_sentences=forget_sentences, use_sentence_keys=use_sentence_keys, progress=progress,
                       distributed=distributed, overwrite=overwrite, shards=shards, chunk_lines=chunk_lines)

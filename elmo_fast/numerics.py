@@ -10,11 +10,16 @@ without threading extra arguments through every call:
   float32, so for them it is a no-op; the user-facing wrappers (``ElmoEmbedder``, the CLI's ``--precision``)
   refuse ``"bf16"`` there instead of silently running float32.
 * ``order``: ``"fast"`` (default: large products through oneDNN-packed weights, sums in oneDNN's blocking
-  order, and the biLSTM cell's activations from the fused CPU kernel of :mod:`elmo_fast.fast.native`) or ``"allennlp"`` (every product through the BLAS in the operand layout AllenNLP uses, so that
-  long sequences stay within float32 noise of AllenNLP's own numbers, at a speed cost on large models).
+  order, and the biLSTM cell's activations from the fused CPU kernel of :mod:`elmo_fast.fast.native`) or
+  ``"allennlp"`` (every product through the BLAS in the operand layout AllenNLP uses, so that long sequences stay
+  within float32 noise of AllenNLP's own numbers, at a speed cost on large models).
 
-Autograd: the hand-written backward of the fast biLSTM reads the setting when it runs, so a training loop
-enters the setting around forward *and* backward (``elmo-fast train --precision`` wraps its whole run).
+Autograd: the setting is **captured at forward time and used by that forward's backward**. Every hand-written
+backward of :mod:`elmo_fast.fast` (biLSTM, highway, sampled softmax) stores :func:`current` on its autograd
+context in ``forward`` and re-enters it with :func:`use` in ``backward``, so the backward multiplies exactly as
+its forward did, whatever setting is in effect when autograd runs it (``loss.backward()`` outside the block, or
+from autograd's own threads, where the context variable has its default). Code adding a custom
+``torch.autograd.Function`` to the fast path must do the same; nothing may read the setting in a backward.
 
 A model carries its own choice (:class:`elmo_fast.BiLM` ``precision=`` / ``order=``) and enters it around
 each op with :func:`use`; code that calls the fast ops directly can do the same. The environment variable
@@ -56,7 +61,8 @@ def _process_default() -> Numerics:
     return Numerics(order="fast" if onednn else "allennlp")
 
 
-_CURRENT: ContextVar[Numerics] = ContextVar("elmo_fast_numerics", default=_process_default())
+# a frozen dataclass: safe as the shared default
+_CURRENT: ContextVar[Numerics] = ContextVar("elmo_fast_numerics", default=_process_default())  # noqa: B039
 
 
 def current() -> Numerics:
@@ -89,6 +95,6 @@ def configure(module: object, precision: str | None = None, order: str | None = 
     """
     check(precision, order)
     if precision is not None:
-        setattr(module, "precision", precision)
+        module.precision = precision  # type: ignore[attr-defined]
     if order is not None:
-        setattr(module, "order", order)
+        module.order = order  # type: ignore[attr-defined]

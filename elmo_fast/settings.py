@@ -23,14 +23,18 @@ from typing import Any, Callable
 
 from .errors import UserError
 
-__all__ = ["Setting", "SETTINGS", "SettingsError", "get", "check_all", "threads", "check_thread_count",
+__all__ = ["Setting", "SETTINGS", "SettingsError", "get", "raw", "check_all", "threads", "check_thread_count",
            "thread_limit", "debug", "backend", "retain_memory", "onednn", "native", "native_cache", "crash_dir",
-           "shared_dir", "Distributed", "distributed", "markdown_table", "THREADS_PER_CPU_MAX"]
+           "shared_dir", "triton_input_mode", "triton_lstm", "triton_matmul", "triton_tiles", "cuda_graphs",
+           "Distributed", "distributed", "markdown_table", "THREADS_PER_CPU_MAX", "TRITON_INPUT_MODES"]
 
 logger = logging.getLogger(__name__)
 
 #: thread counts above this many per CPU are refused (see :func:`check_thread_count`)
 THREADS_PER_CPU_MAX = 4
+#: the Triton kernels' matmul input modes (``ELMO_FAST_TRITON_PRECISION``; ``fp32`` is an alias of ``ieee``), what
+#: :mod:`elmo_fast.kernels.common` calls its input mode. Not the CPU path's ``precision`` (:mod:`elmo_fast.numerics`)
+TRITON_INPUT_MODES = ("tf32x3", "ieee", "fp32", "tf32", "bf16")
 
 
 class SettingsError(UserError):
@@ -137,13 +141,13 @@ _LIST = [
     Setting("ELMO_FAST_SHARED", "the shared data folder (probe data, test fixtures)", "../shared", "a folder",
             _path),
     Setting("ELMO_FAST_TRITON_PRECISION", "matmul input precision of the Triton kernels", "tf32x3",
-            "tf32x3, ieee, fp32, tf32, bf16", _choice("tf32x3", "ieee", "fp32", "tf32", "bf16")),
+            ", ".join(TRITON_INPUT_MODES), _choice(*TRITON_INPUT_MODES), "tf32x3"),
     Setting("ELMO_FAST_TRITON_LSTM", "LSTM kernel of the Triton backend", "auto", "auto, step, persistent",
-            _choice("auto", "step", "persistent")),
+            _choice("auto", "step", "persistent"), "auto"),
     Setting("ELMO_FAST_TRITON_MATMUL", "plain fp32 matmuls of the Triton backend", "cublas", "cublas, triton",
-            _choice("cublas", "triton")),
+            _choice("cublas", "triton"), "cublas"),
     Setting("ELMO_FAST_TRITON_TILES", "tile sizes under the Triton interpreter", "auto", "auto, gpu",
-            _choice("auto", "gpu")),
+            _choice("auto", "gpu"), "auto"),
     Setting("ELMO_FAST_CUDA_GRAPHS", "replay repeated Triton launch loops from CUDA graphs", "1", "1 or 0",
             _choice("1", "0"), "1"),
     Setting("ELMO_FAST_COMPILE_CACHE", "cache of the Triton compile check", "~/.cache/elmo-fast/compile-check",
@@ -222,6 +226,31 @@ def crash_dir() -> str:
 
 def shared_dir() -> str | None:
     return get("ELMO_FAST_SHARED")
+
+
+def triton_input_mode() -> str:
+    """``ELMO_FAST_TRITON_PRECISION``: one of :data:`TRITON_INPUT_MODES` (default ``tf32x3``)."""
+    return str(get("ELMO_FAST_TRITON_PRECISION"))
+
+
+def triton_lstm() -> str:
+    """``ELMO_FAST_TRITON_LSTM``: ``auto`` (default), ``step`` or ``persistent``."""
+    return str(get("ELMO_FAST_TRITON_LSTM"))
+
+
+def triton_matmul() -> str:
+    """``ELMO_FAST_TRITON_MATMUL``: ``cublas`` (default) or ``triton``."""
+    return str(get("ELMO_FAST_TRITON_MATMUL"))
+
+
+def triton_tiles() -> str:
+    """``ELMO_FAST_TRITON_TILES``: ``auto`` (default) or ``gpu``."""
+    return str(get("ELMO_FAST_TRITON_TILES"))
+
+
+def cuda_graphs() -> bool:
+    """``ELMO_FAST_CUDA_GRAPHS``: whether the Triton backend replays launch loops from CUDA graphs (default 1)."""
+    return get("ELMO_FAST_CUDA_GRAPHS") == "1"
 
 
 def thread_limit(cpus: int | None = None) -> int:

@@ -1,6 +1,9 @@
-"""Shared pieces of the Triton kernels: device checks, precision modes, tile modes, a strided batched matmul.
+"""Shared pieces of the Triton kernels: device checks, matmul input modes, tile modes, a strided batched matmul.
 
-Precision modes (see :func:`precision`):
+Matmul input modes (see :func:`input_mode`): how a ``tl.dot`` reads its float32 inputs. This is not the CPU
+path's ``precision`` setting (:mod:`elmo_fast.numerics`, ``fp32``/``bf16``), which the Triton backend never reads;
+the two have separate names (:data:`INPUT_MODES` here, ``numerics.PRECISIONS`` there). The environment variable
+keeps its released name, ``ELMO_FAST_TRITON_PRECISION``.
 
 * ``"tf32x3"`` (default): three-pass TF32 on tensor cores (``input_precision="tf32x3"``): each input is
   split into a TF32 high part (``cvt.rna``) and a float32 remainder, three tensor-core products
@@ -21,7 +24,8 @@ Precision modes (see :func:`precision`):
   1e-3 to 8e-3 off the fixtures: opt-in only.
 * ``"bf16"``: matmul inputs cast to bfloat16 (8-bit mantissa), float32 accumulation.
 
-Select with ``ELMO_FAST_TRITON_PRECISION`` or :func:`set_precision`.
+Select with ``ELMO_FAST_TRITON_PRECISION`` (read through :func:`elmo_fast.settings.triton_input_mode`) or
+:func:`set_input_mode`. Autograd functions capture the mode's code at forward time and use it in their backward.
 In every mode, cell states, gate nonlinearities, clipping, max-pooling, log-sum-exp and all
 reductions outside matmuls stay in float32.
 
@@ -29,29 +33,34 @@ Tile modes (see :func:`gpu_tiles`): compiled kernels use the GPU tile sizes; und
 code picks larger tiles (fewer programs: the interpreter pays per program) unless ``ELMO_FAST_TRITON_TILES=gpu``
 or :func:`tile_mode` ``("gpu")`` forces the GPU's own tiles, so that tests run the numerics of the code that
 will run on the device.
+
+Deprecated names, kept for callers of earlier releases: ``PRECISIONS``, ``DEFAULT_PRECISION``,
+``PRECISION_ENV``, ``precision`` and ``set_precision`` are :data:`INPUT_MODES`, :data:`DEFAULT_INPUT_MODE`,
+:data:`INPUT_MODE_ENV`, :func:`input_mode` and :func:`set_input_mode`.
 """
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Iterator
 
 import torch
 import triton
 import triton.language as tl
 
+from elmo_fast import settings
 from elmo_fast.backend import BackendError
 
-from .launch import is_recording, launch
+from .launch import is_recording, launch, read_setting
 
-__all__ = ["interpreting", "check_device", "precision", "set_precision", "matmul", "colsum", "PRECISIONS",
-           "gpu_tiles", "tile_mode", "launch"]
+__all__ = ["interpreting", "check_device", "input_mode", "set_input_mode", "INPUT_MODES", "DEFAULT_INPUT_MODE",
+           "precision_code", "matmul", "colsum", "gpu_tiles", "tile_mode", "launch"]
 
-PRECISIONS = ("tf32x3", "ieee", "fp32", "tf32", "bf16")
-#: the default matmul precision of the kernels (see the module docstring for the measurement behind it)
-DEFAULT_PRECISION = "tf32x3"
-PRECISION_ENV = "ELMO_FAST_TRITON_PRECISION"
-_precision: str | None = None
+#: the matmul input modes (``fp32`` is an alias of ``ieee``); the list lives in :mod:`elmo_fast.settings`
+INPUT_MODES = settings.TRITON_INPUT_MODES
+#: the default input mode of the kernels (see the module docstring for the measurement behind it)
+DEFAULT_INPUT_MODE = "tf32x3"
+INPUT_MODE_ENV = "ELMO_FAST_TRITON_PRECISION"
+_input_mode: str | None = None
 TILES_ENV = "ELMO_FAST_TRITON_TILES"
 _tile_mode: str | None = None
 MATMUL_ENV = "ELMO_FAST_TRITON_MATMUL"
@@ -69,9 +78,7 @@ def interpreting() -> bool:
 def gpu_tiles() -> bool:
     """Whether the host code picks the compiled GPU path's tile sizes: always for compiled kernels; under the
     interpreter only when forced (:func:`tile_mode` or ``ELMO_FAST_TRITON_TILES=gpu``)."""
-    mode = _tile_mode or os.environ.get(TILES_ENV, "auto").strip().lower()
-    if mode not in ("auto", "gpu"):
-        raise BackendError(f"{TILES_ENV}={mode!r}: expected 'auto' or 'gpu'")
+    mode = _tile_mode or read_setting(settings.triton_tiles)
     return mode == "gpu" or not interpreting()
 
 
@@ -111,21 +118,26 @@ def check_device(op: str, *tensors: torch.Tensor) -> None:
             raise BackendError(f"triton backend, op '{op}': expected float32 tensors, found {t.dtype}")
 
 
-def precision() -> str:
-    """The active matmul precision mode: ``set_precision`` value, else ``$ELMO_FAST_TRITON_PRECISION``, else
-    :data:`DEFAULT_PRECISION` (tf32x3)."""
-    name = _precision or os.environ.get(PRECISION_ENV, DEFAULT_PRECISION).strip().lower() or DEFAULT_PRECISION
-    if name not in PRECISIONS:
-        raise BackendError(f"{PRECISION_ENV}={name!r}: expected one of {PRECISIONS}")
-    return name
+def input_mode() -> str:
+    """The active matmul input mode: the :func:`set_input_mode` value, else ``$ELMO_FAST_TRITON_PRECISION``, else
+    :data:`DEFAULT_INPUT_MODE` (tf32x3). A bad variable is a :class:`BackendError` naming it."""
+    return _input_mode or read_setting(settings.triton_input_mode)
 
 
-def set_precision(name: str | None) -> None:
-    """Set the matmul precision mode (``None`` returns to the environment/default)."""
-    global _precision
-    if name is not None and name not in PRECISIONS:
-        raise ValueError(f"precision {name!r}: expected one of {PRECISIONS}")
-    _precision = name
+def set_input_mode(name: str | None) -> None:
+    """Set the matmul input mode for this process (``None`` returns to the environment/default)."""
+    global _input_mode
+    if name is not None and name not in INPUT_MODES:
+        raise ValueError(f"input mode (precision) {name!r}: expected one of {INPUT_MODES}")
+    _input_mode = name
+
+
+# deprecated names of the above (earlier releases called the input mode "precision")
+PRECISIONS = INPUT_MODES
+DEFAULT_PRECISION = DEFAULT_INPUT_MODE
+PRECISION_ENV = INPUT_MODE_ENV
+precision = input_mode
+set_precision = set_input_mode
 
 
 #: kernel constexpr per mode (under the interpreter 3 is bf16 and 5 tf32x3, emulated with exact float32 products)
@@ -133,9 +145,10 @@ PREC_CODES = {"fp32": 0, "ieee": 0, "tf32": 1, "bf16": 2, "tf32x3": 4}
 
 
 def precision_code(name: str | None = None) -> int:
-    """0 = IEEE, 1 = tf32, 2 = bf16, 4 = tf32x3: the kernels' ``PREC`` constexpr. Under the interpreter bf16
-    runs as 3 and tf32x3 as 5 (the same roundings emulated on float32 dots); one-pass tf32 runs as IEEE there."""
-    code = PREC_CODES[name or precision()]
+    """The kernels' ``PREC`` constexpr for input mode ``name`` (default the active :func:`input_mode`): 0 = IEEE,
+    1 = tf32, 2 = bf16, 4 = tf32x3. Under the interpreter bf16 runs as 3 and tf32x3 as 5 (the same roundings
+    emulated on float32 dots); one-pass tf32 runs as IEEE there."""
+    code = PREC_CODES[name or input_mode()]
     if interpreting():
         code = {2: 3, 4: 5, 1: 0}.get(code, code)
     return code
@@ -219,9 +232,7 @@ def _as3(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
 def cublas_matmul(prec: int, a: torch.Tensor) -> bool:
     """Whether :func:`matmul` hands this product to cuBLAS: CUDA tensors (or the compile check's recording,
     which stands for them) in the fp32 mode, unless ``ELMO_FAST_TRITON_MATMUL=triton``."""
-    choice = os.environ.get(MATMUL_ENV, "cublas").strip().lower()
-    if choice not in ("cublas", "triton"):
-        raise BackendError(f"{MATMUL_ENV}={choice!r}: expected 'cublas' or 'triton'")
+    choice = read_setting(settings.triton_matmul)
     return prec == 0 and choice == "cublas" and (a.device.type == "cuda" or (is_recording() and not interpreting()))
 
 

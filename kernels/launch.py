@@ -28,17 +28,32 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import os
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 
+from elmo_fast import settings
+
 __all__ = ["LaunchPlan", "launch", "recording", "is_recording", "NUM_STAGES", "run_launches", "GraphCache",
-           "graphs_enabled", "GRAPHS_ENV"]
+           "graphs_enabled", "GRAPHS_ENV", "read_setting"]
 
 GRAPHS_ENV = "ELMO_FAST_CUDA_GRAPHS"
+
+_T = TypeVar("_T")
+
+
+def read_setting(read: Callable[[], _T]) -> _T:
+    """A Triton backend setting through its :mod:`elmo_fast.settings` helper (``read``, e.g.
+    ``settings.triton_lstm``): the kernels read no environment variable themselves. A bad value is a
+    :class:`~elmo_fast.backend.BackendError` naming the variable (the backend cannot run as asked)."""
+    try:
+        return read()
+    except settings.SettingsError as e:
+        from elmo_fast.backend import BackendError
+        raise BackendError(str(e)) from None
+
 
 #: Triton's default software-pipelining depth on NVIDIA GPUs (what a launch without ``num_stages`` gets)
 NUM_STAGES = 3
@@ -159,11 +174,7 @@ _LOCAL = threading.local()  # .collector: the launches run_launches is collectin
 
 def graphs_enabled() -> bool:
     """``ELMO_FAST_CUDA_GRAPHS``: ``1`` (default) replays repeated launch loops from CUDA graphs, ``0`` never."""
-    value = os.environ.get(GRAPHS_ENV, "1").strip()
-    if value not in ("0", "1"):
-        from elmo_fast.backend import BackendError
-        raise BackendError(f"{GRAPHS_ENV}={value!r}: expected '0' or '1'")
-    return value == "1"
+    return read_setting(settings.cuda_graphs)
 
 
 def _exact_key(plan: LaunchPlan) -> tuple:

@@ -9,6 +9,8 @@
 * ``sampled_softmax_loss`` / ``full_softmax_loss``: the fused softmax kernels, with the signatures of
   :func:`elmo_fast.nn.softmax.sampled_softmax_loss` and :func:`elmo_fast.nn.softmax.full_softmax_loss`
   (the latter forward-only: evaluation).
+* ``projection(x (N, F), W (F, P), b (P,)) -> (N, P)``: one matmul with the bias in its epilogue
+  (:func:`elmo_fast.kernels.highway.projection`), differentiable.
 
 Every op raises :class:`elmo_fast.backend.BackendError` when its tensors cannot run on Triton (CPU tensors
 without ``TRITON_INTERPRET=1``, non-float32 parameters); it never falls back to another backend.
@@ -16,8 +18,8 @@ without ``TRITON_INTERPRET=1``, non-float32 parameters); it never falls back to 
 Dropout masks are drawn in the reference's order (direction-major, then layer) and with the same
 shapes, so under a fixed seed the triton and reference backends drop the same units.
 
-Environment: ``ELMO_FAST_TRITON_PRECISION=tf32x3|ieee|fp32|tf32|bf16`` (matmul input precision, default tf32x3;
-fp32 = ieee),
+Environment (read through :mod:`elmo_fast.settings`): ``ELMO_FAST_TRITON_PRECISION=tf32x3|ieee|fp32|tf32|bf16``
+(the matmul input mode of :mod:`elmo_fast.kernels.common`, default tf32x3; fp32 = ieee),
 ``ELMO_FAST_TRITON_LSTM=auto|step|persistent`` (LSTM kernel choice, default auto: persistent within the
 compile-checked budget of :func:`elmo_fast.kernels.lstm_cell.persistent_fits`), ``ELMO_FAST_TRITON_MATMUL=
 cublas|triton`` (plain fp32 matmuls on cuBLAS, default) and ``ELMO_FAST_TRITON_TILES=auto|gpu`` (under the
@@ -26,17 +28,17 @@ interpreter: run the GPU path's tile sizes). Every launch goes through :func:`el
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
-from elmo_fast.backend import BackendError, register
+from elmo_fast import settings
+from elmo_fast.backend import register
 from elmo_fast.nn.lstm import BiLSTM
 from elmo_fast.nn.token_encoder import CharCNNTokenEncoder
 
 from .char_cnn import char_cnn
 from .common import check_device
+from .launch import read_setting
 from .highway import highway, projection
 from .lstm_cell import lstm_bidirectional_layer
 from .sampled_softmax import full_softmax_loss, sampled_softmax_loss
@@ -45,17 +47,14 @@ __all__ = ["token_encoder", "bilstm", "bilstm_streams", "lstm_kernel_choice"]
 
 register("triton", "sampled_softmax_loss")(sampled_softmax_loss)
 register("triton", "full_softmax_loss")(full_softmax_loss)
+register("triton", "projection")(projection)
 
 LSTM_ENV = "ELMO_FAST_TRITON_LSTM"
 
 
 def lstm_kernel_choice() -> bool | None:
     """``ELMO_FAST_TRITON_LSTM``: None (auto), True (persistent), False (step kernels)."""
-    value = os.environ.get(LSTM_ENV, "auto").strip().lower()
-    choices = {"auto": None, "persistent": True, "step": False}
-    if value not in choices:
-        raise BackendError(f"{LSTM_ENV}={value!r}: expected one of {sorted(choices)}")
-    return choices[value]
+    return {"auto": None, "persistent": True, "step": False}[read_setting(settings.triton_lstm)]
 
 
 @register("triton", "token_encoder")

@@ -60,11 +60,11 @@ def test_unrunnable_tensors_raise_instead_of_falling_back():
         backend.get_op("triton", "no_such_op")
 
 
-def test_bad_precision_setting_is_an_error(monkeypatch):
-    from elmo_fast.kernels.common import precision
+def test_bad_input_mode_setting_is_an_error(monkeypatch):
+    from elmo_fast.kernels.common import input_mode
     monkeypatch.setenv("ELMO_FAST_TRITON_PRECISION", "fp8")
     with pytest.raises(BackendError, match="ELMO_FAST_TRITON_PRECISION"):
-        precision()
+        input_mode()
 
 
 @pytest.mark.parametrize("lstm_kernel", ["persistent", "step"])
@@ -103,10 +103,10 @@ def test_bilm_matches_reference_stateful_and_gradients(monkeypatch, tmp_path, ls
 
 
 def test_elmo_embedder_reproduces_tensorflow_fixtures(fixtures_dir):
-    """docs/numerics.md#conformance-fixtures protocol with backend="triton". The interpreter needs ~15 s per fixture batch (up to 55
-    LSTM steps of sentences of ~50 tokens, ~1 ms of Python per tensor op), so this runs a prefix of the
-    stateful protocol: batch 0 of each model (``allennlp``: skip connections on; ``bilm-tf``: off); all 10
-    batches run when CUDA is present. Carried states across calls are checked against the reference in
+    """docs/numerics.md#conformance-fixtures protocol with backend="triton". The interpreter needs ~15 s per
+    fixture batch (up to 55 LSTM steps of sentences of ~50 tokens, ~1 ms of Python per tensor op), so this runs a
+    prefix of the stateful protocol: batch 0 of each model (``allennlp``: skip connections on; ``bilm-tf``: off);
+    all 10 batches run when CUDA is present. Carried states across calls are checked against the reference in
     test_bilm_matches_reference_stateful_and_gradients."""
     import json
 
@@ -206,13 +206,16 @@ def test_public_sampled_softmax_reaches_the_kernel(monkeypatch, how):
     assert torch.allclose(full, full_softmax_loss_reference(*args[:4]), atol=1e-5, rtol=1e-5)
 
 
-def test_public_sampled_softmax_default_on_cpu_is_the_reference(monkeypatch):
+def test_public_sampled_softmax_default_on_cpu_is_the_fast_op(monkeypatch):
     import elmo_fast
+    from elmo_fast.fast.sampled_softmax import sampled_softmax_loss_fast
     from elmo_fast.nn.softmax import sampled_softmax_loss as reference
     monkeypatch.delenv("ELMO_FAST_BACKEND", raising=False)
     calls = _spy(monkeypatch, "sampled_softmax_loss")
     args = _softmax_inputs()
-    assert torch.equal(elmo_fast.sampled_softmax_loss(*args), reference(*args))
+    got = elmo_fast.sampled_softmax_loss(*args)
+    assert torch.equal(got, sampled_softmax_loss_fast(*args))  # the fused CPU op, as training runs it
+    assert torch.allclose(got, reference(*args), atol=1e-6, rtol=1e-6)  # the reference's function (float32)
     assert calls == []  # CPU tensors without a request never take the Triton kernel
 
 

@@ -9,7 +9,7 @@ import torch
 
 from triton_helpers import DEVICE, TRITON_MARKS, use_gpu_tiles, assert_as_accurate  # noqa: E402  (sets TRITON_INTERPRET first)
 
-from elmo_fast.kernels.common import set_precision  # noqa: E402
+from elmo_fast.kernels.common import set_input_mode  # noqa: E402
 from elmo_fast.kernels.highway import highway, projection  # noqa: E402
 from elmo_fast.nn.token_encoder import highway_reference  # noqa: E402
 
@@ -78,11 +78,11 @@ def test_bf16_fast_mode_tolerance():
     max on dW_transform; bound them by cos >= 0.999 with the reference (observed >= 0.9996)."""
     tensors = highway_inputs(37, 45, seed=4)
     _, _, r64 = three_ways(highway, highway_reference, tensors)
-    set_precision("bf16")
+    set_input_mode("bf16")
     try:
         kern, _, _ = three_ways(highway, highway_reference, tensors)
     finally:
-        set_precision(None)
+        set_input_mode(None)
     err = float((kern[0].double() - r64[0]).abs().max()) / float(r64[0].abs().max())
     assert 0.0 < err <= 2e-2, err
     for a, c in zip(kern[1:], r64[1:]):

@@ -54,22 +54,31 @@ def test_tile_mode_values(monkeypatch):
         assert common.gpu_tiles()
 
 
-def test_precision_modes_default_is_tf32x3_and_ieee_stays_selectable(monkeypatch):
-    monkeypatch.delenv(common.PRECISION_ENV, raising=False)
-    assert common.precision() == "tf32x3" == common.DEFAULT_PRECISION
+def test_input_modes_default_is_tf32x3_and_ieee_stays_selectable(monkeypatch):
+    monkeypatch.delenv(common.INPUT_MODE_ENV, raising=False)
+    assert common.input_mode() == "tf32x3" == common.DEFAULT_INPUT_MODE
     # compiled: tensor-core tf32x3 (4); the interpreter runs the same three passes emulated (5)
     assert common.precision_code() == (5 if common.interpreting() else 4)
     for name in ("ieee", "fp32"):
-        monkeypatch.setenv(common.PRECISION_ENV, name)
-        assert common.precision() == name and common.precision_code() == 0
-    monkeypatch.delenv(common.PRECISION_ENV)
-    common.set_precision("ieee")
+        monkeypatch.setenv(common.INPUT_MODE_ENV, name)
+        assert common.input_mode() == name and common.precision_code() == 0
+    monkeypatch.delenv(common.INPUT_MODE_ENV)
+    common.set_input_mode("ieee")
     try:
         assert common.precision_code() == 0
     finally:
-        common.set_precision(None)
+        common.set_input_mode(None)
     with pytest.raises(ValueError, match="precision"):
-        common.set_precision("fp16")
+        common.set_input_mode("fp16")
+
+
+def test_input_mode_is_not_the_cpu_precision_and_old_names_still_work():
+    from elmo_fast import numerics, settings
+    assert common.INPUT_MODES == settings.TRITON_INPUT_MODES and "tf32x3" in common.INPUT_MODES
+    assert numerics.PRECISIONS == ("fp32", "bf16")  # the CPU path's setting: another concept, another name
+    # the names of earlier releases are aliases of the input-mode ones
+    assert common.PRECISIONS is common.INPUT_MODES and common.DEFAULT_PRECISION == common.DEFAULT_INPUT_MODE
+    assert common.precision is common.input_mode and common.set_precision is common.set_input_mode
 
 
 def test_interpreter_tf32x3_dot_matches_the_hand_computed_three_passes():
@@ -174,11 +183,13 @@ def test_lstm_step_loops_go_through_the_graph_cache(monkeypatch):
     WP = torch.randn(2, C, P, generator=g) * 0.3
     W0.requires_grad_()
     h0, c0 = torch.zeros(2, B, P), torch.zeros(2, B, C)
-    y, h, c = lstm_cell.lstm_bidirectional_layer(x, W0, bias, WP, h0, c0, torch.tensor([3, 2]), 3.0, 3.0, False, persistent=False)
+    y, h, c = lstm_cell.lstm_bidirectional_layer(x, W0, bias, WP, h0, c0, torch.tensor([3, 2]), 3.0, 3.0, False,
+                                                 persistent=False)
     y.sum().backward()
     assert cache.stats["eager"] + cache.stats["replayed"] == 2  # one forward loop, one backward loop
     monkeypatch.setenv(launch_mod.GRAPHS_ENV, "0")
     x2 = x.detach().clone().requires_grad_()
-    y2, _, _ = lstm_cell.lstm_bidirectional_layer(x2, W0, bias, WP, h0, c0, torch.tensor([3, 2]), 3.0, 3.0, False, persistent=False)
+    y2, _, _ = lstm_cell.lstm_bidirectional_layer(x2, W0, bias, WP, h0, c0, torch.tensor([3, 2]), 3.0, 3.0, False,
+                                                  persistent=False)
     y2.sum().backward()
     assert torch.equal(y, y2) and torch.equal(x.grad, x2.grad)

@@ -127,3 +127,35 @@ def test_embed_cli_order_flag(tmp_path):
         main(["embed", str(src), str(tmp_path / "x.hdf5"), "--options-file", str(o), "--weight-file", str(w),
               "--order", "tf"])
     assert e.value.code == 2
+
+
+def test_sampled_softmax_backward_uses_the_setting_captured_at_forward():
+    """The rule of elmo_fast.numerics: a backward multiplies as its forward did. A bf16 forward whose backward
+    runs after the ``use`` block has ended gives the same gradients as one whose backward runs inside it, and not
+    the float32 backward's."""
+    from elmo_fast.fast.packing import bf16_products
+    from elmo_fast.fast.sampled_softmax import sampled_softmax_loss_fast
+    g = torch.Generator().manual_seed(5)
+    N, P, V, S = 13, 24, 60, 20
+    h, W, b = torch.randn(N, P, generator=g), torch.randn(V, P, generator=g) * 0.3, torch.randn(V, generator=g)
+    t, ids = torch.randint(0, V, (N,), generator=g), torch.randperm(V, generator=g)[:S]
+    q_t, q_s = torch.rand(N, generator=g) * 0.5 + 0.1, torch.rand(S, generator=g) * 0.5 + 0.1
+
+    def grads(precision, backward_inside):
+        leaves = [x.clone().requires_grad_(True) for x in (h, W, b)]
+        with numerics.use(precision=precision):
+            loss = sampled_softmax_loss_fast(leaves[0], t, leaves[1], leaves[2], ids, q_t, q_s).sum()
+            if backward_inside:
+                loss.backward()
+        if not backward_inside:
+            loss.backward()
+        return [x.grad for x in leaves]
+
+    inside, after = grads("bf16", True), grads("bf16", False)
+    for a, c in zip(inside, after):
+        assert torch.equal(a, c)
+    with numerics.use(precision="bf16"):
+        if not bf16_products():
+            pytest.skip("no bf16 products on this CPU: the two settings multiply alike")
+    fp32 = grads("fp32", True)
+    assert not torch.equal(inside[0], fp32[0])  # the setting does change the backward's products

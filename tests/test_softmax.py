@@ -33,8 +33,8 @@ Z_999 = 3.0902
 
 
 def test_exports():
-    # the public function dispatches through the backend (tests/test_backend.py); on CPU without a request
-    # it computes exactly the reference function
+    # the public function dispatches through the backend (tests/test_backend.py, tests/test_switch.py); on CPU
+    # without a request it runs the fused fast op, the reference's function up to float32 rounding
     from elmo_fast import functional
     assert elmo_fast.sampled_softmax_loss is functional.sampled_softmax_loss
     assert elmo_fast.full_softmax_loss is functional.full_softmax_loss
@@ -248,7 +248,8 @@ def test_full_softmax_large_logits_stable():
     h = torch.tensor([[100.0], [-100.0]])
     W = torch.tensor([[1.0], [2.0], [-1.0]])
     got = full_softmax_loss(h, torch.tensor([1, 2]), W, torch.zeros(3), chunk_size=2)
-    want = full_softmax_loss_reference(h.double(), torch.tensor([1, 2]), W.double(), torch.zeros(3, dtype=torch.float64))
+    want = full_softmax_loss_reference(h.double(), torch.tensor([1, 2]), W.double(),
+                                       torch.zeros(3, dtype=torch.float64))
     assert torch.isfinite(got).all() and torch.allclose(got.double(), want, atol=1e-4)
 
 

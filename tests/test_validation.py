@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from elmo_fast.cli import main
 from elmo_fast.errors import UserError
@@ -123,6 +124,39 @@ def test_settings_table_lists_every_variable_and_the_readme_has_it():
         assert f"`{name}`" in table
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     assert table in readme, "README's table of environment variables differs from settings.markdown_table()"
+
+
+#: the environment reads allowed outside elmo_fast/settings.py: oneDNN's own ISA cap (a oneDNN variable the fast
+#: path mirrors), the C compiler, and the compile check's Triton cache (a development tool)
+_OTHER_ENV_READS = {"elmo_fast/fast/packing.py", "elmo_fast/fast/native/__init__.py", "kernels/compile_check.py"}
+
+
+def test_no_module_but_settings_reads_the_environment():
+    """One home for settings: every ELMO_FAST_* and torchrun variable is read through elmo_fast.settings."""
+    import re
+    root = Path(__file__).resolve().parents[1]
+    readers = set()
+    for folder in ("elmo_fast", "kernels"):
+        for path in (root / folder).rglob("*.py"):
+            rel = path.relative_to(root).as_posix()
+            if rel.startswith("elmo_fast/kernels/"):
+                continue  # the kernels folder seen through the package's link (checked as kernels/)
+            if re.search(r"os\.environ|os\.getenv|getenv\(", path.read_text(encoding="utf-8")):
+                readers.add(rel)
+    assert readers - _OTHER_ENV_READS == {"elmo_fast/settings.py"}
+
+
+@pytest.mark.parametrize("name, value", [("ELMO_FAST_TRITON_PRECISION", "fp8"), ("ELMO_FAST_TRITON_LSTM", "fast"),
+                                         ("ELMO_FAST_TRITON_MATMUL", "cutlass"), ("ELMO_FAST_TRITON_TILES", "huge"),
+                                         ("ELMO_FAST_CUDA_GRAPHS", "yes")])
+def test_triton_variables_are_validated_by_settings(monkeypatch, name, value):
+    from elmo_fast import settings
+    monkeypatch.delenv(name, raising=False)
+    assert settings.get(name) == settings.SETTINGS[name].default_value  # unset: the documented default
+    assert str(settings.get(name)) == settings.SETTINGS[name].default
+    monkeypatch.setenv(name, value)
+    with pytest.raises(settings.SettingsError, match=f"environment variable {name}: expected .*found '{value}'"):
+        settings.check_all()
 
 
 # ---------------------------------------------------------------------------------------------- train flags
@@ -244,3 +278,53 @@ def test_user_error_classes():
     from elmo_fast.weights import WeightFileError
     for cls in (OptionsError, WeightFileError, BackendError):
         assert issubclass(cls, UserError)
+
+
+# ---------------------------------------------------------------------------------------------- shared checks
+def test_positive_int_is_the_one_api_check():
+    import numpy as np
+
+    from elmo_fast.validation import positive_int
+    assert positive_int("batch_size", 3) == 3 and type(positive_int("n", np.int64(2))) is int
+    for bad in (True, 2.0, "3", None):
+        with pytest.raises(TypeError, match=f"batch_size: expected a positive integer, found {type(bad).__name__}"):
+            positive_int("batch_size", bad)
+    for bad in (0, -4, np.int32(0)):
+        with pytest.raises(ValueError, match=f"shards: expected a positive integer, found {int(bad)}$"):
+            positive_int("shards", bad)
+
+
+def test_positive_flags_name_the_first_bad_flag():
+    from elmo_fast.validation import check_positive_flags
+    check_positive_flags(("--a", 1), ("--b", None), ("--c", 10 ** 9))  # None: a flag that was not given
+    with pytest.raises(UserError, match="^--b: expected a positive integer, found 0$"):
+        check_positive_flags(("--a", 5), ("--b", 0), ("--c", -1))
+
+
+@pytest.mark.parametrize("make, kwargs, error, fragment", [
+    (lambda: [[1, 2]], {}, TypeError, "inputs: expected a torch.Tensor of character ids, found list"),
+    (lambda: torch.zeros(1, 2, 50), {}, TypeError, r"integer character ids \(torch.long\), found dtype torch.float32"),
+    (lambda: torch.zeros(2, 50, dtype=torch.long), {}, ValueError,
+     r"expected shape \(batch, tokens, characters\), found \(2, 50\)"),
+    (lambda: torch.zeros(2, 3, 4, 50, dtype=torch.long), {}, ValueError, r"found \(2, 3, 4, 50\)"),
+    (lambda: torch.zeros(0, 3, 50, dtype=torch.long), {}, ValueError, "the batch is empty"),
+    (lambda: torch.full((1, 2, 50), 262), {}, ValueError,
+     r"character ids must be in \[0, 261\], found values in \[262, 262\]"),
+    (lambda: torch.full((1, 2, 50), -1), {}, ValueError, r"found values in \[-1, -1\]"),
+    (lambda: torch.zeros(50, dtype=torch.long), {"leading_dims": True}, ValueError, "or with more leading dims"),
+    (lambda: torch.zeros(2, 0, 3, 50, dtype=torch.long), {"leading_dims": True}, ValueError, "the batch is empty"),
+])
+def test_char_ids_check_names_the_fault(make, kwargs, error, fragment):
+    from elmo_fast.chars import check_char_ids
+    with pytest.raises(error, match=fragment):
+        check_char_ids(make(), 261, **kwargs)
+
+
+def test_char_ids_check_accepts_model_inputs():
+    from elmo_fast import batch_to_ids
+    from elmo_fast.chars import check_char_ids
+    ids = batch_to_ids([["a", "b"], ["c"]])
+    check_char_ids(ids, 261)
+    check_char_ids(ids.unsqueeze(0), 261, leading_dims=True)
+    check_char_ids(torch.full((1, 1, 50), 999), None)  # no table: the range is checked later by the caller
+    check_char_ids(torch.zeros(1, 0, 50, dtype=torch.long), 261)  # sentences without tokens are a batch

@@ -6,6 +6,7 @@ import os
 import stat
 
 from ..errors import MissingFileError, UserError
+from ..validation import check_positive_flags
 from . import add_runtime_args, add_threads_arg, apply_threads, check_precision
 
 _EPILOG = """\
@@ -14,8 +15,9 @@ memory and resuming:
   input. Completed chunks are kept in OUTPUT.embed-work/ until OUTPUT is complete, so a run that was killed
   (Ctrl-C, SIGTERM, kill -9, a crash) continues when the same command is run again. A chunk is reused only if
   its input lines, the model files' contents, the backend and its arithmetic (--precision, order), the output
-  format, the key mode and statefulness (and, stateful, the batch size) are unchanged; anything else is recomputed and the log says why. A stateful run stores the
-  LSTM state after each chunk, so a resumed run writes exactly what an uninterrupted run writes.
+  format, the key mode and statefulness (and, stateful, the batch size) are unchanged; anything else is
+  recomputed and the log says why. A stateful run stores the LSTM state after each chunk, so a resumed run
+  writes exactly what an uninterrupted run writes.
   Temporary files of dead runs (OUTPUT.tmp-PID, chunk-*.h5.tmp-PID) are removed at the next start.
 
 output safety (checked before the model is loaded):
@@ -154,10 +156,8 @@ def run(args: argparse.Namespace) -> int:
     from ..embedding import embed_to_hdf5
 
     apply_threads(args)
-    for flag, value in (("--batch-size", args.batch_size), ("--shards", args.shards),
-                        ("--chunk-lines", args.chunk_lines)):
-        if value < 1:
-            raise UserError(f"{flag}: expected a positive integer, found {value}")
+    check_positive_flags(("--batch-size", args.batch_size), ("--shards", args.shards),
+                         ("--chunk-lines", args.chunk_lines))
     cuda = _cuda_index(args.device)
     check_precision(args)
     files = _model_files(args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..atomic import write_json
+from ..validation import check_positive_flags
 from . import add_runtime_args, apply_threads, precision_context
 
 
@@ -13,9 +14,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Full-softmax perplexity on held-out text with bilm-tf's protocol: the file is read in order "
                     "by a forward and a reverse stream of --batch-size rows x 1 step, states carried, no dropout; "
                     "the last incomplete batch is dropped; targets include </S> (forward) and <S> (backward). "
-                    "The whole file is scored: after the first row runs out of sentences (where bilm-tf stops) the other rows "
-                    "finish theirs. Prints forward, backward and average perplexity (exp of the mean loss per "
-                    "token), after a first line saying which part of the file was scored. MODEL_DIR is "
+                    "The whole file is scored: after the first row runs out of sentences (where bilm-tf stops) the "
+                    "other rows finish theirs. Prints forward, backward and average perplexity (exp of the mean "
+                    "loss per token), after a first line saying which part of the file was scored. MODEL_DIR is "
                     "a run directory (checkpoint.pt) or an export (options.json, weights.hdf5, "
                     "softmax_weights.hdf5, vocab.txt).")
     p.add_argument("model_dir", metavar="MODEL_DIR", help="run directory or ELMo export directory")
@@ -32,17 +33,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import check_text_file
-    from ..errors import UserError
     from ..training import evaluate_perplexity, load_model_dir
     from ..training.evaluation import describe_coverage
 
     apply_threads(args)
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size: expected a positive integer, found {args.batch_size}")
-    if args.max_batches is not None and args.max_batches < 1:
-        raise UserError(f"--max-batches: expected a positive integer, found {args.max_batches}")
-    if args.softmax_chunk < 1:
-        raise UserError(f"--softmax-chunk: expected a positive integer, found {args.softmax_chunk}")
+    check_positive_flags(("--batch-size", args.batch_size), ("--max-batches", args.max_batches),
+                         ("--softmax-chunk", args.softmax_chunk))
     check_text_file(args.heldout, "--heldout")  # the whole file, before the model is loaded
     from ..hub import resolve
     # a folder URL: an export's four files (public models publish no softmax weights, so a name fails there)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import backend as backends
 from ..errors import UserError
 from ..nn.bilm import BiLM, add_sentence_boundaries, token_mask
 from ..nn.lstm import FORGET_BIAS
@@ -172,11 +173,8 @@ class EFMLBiLM(BiLM):
             x = torch.cat([words, feats], dim=-1)
         else:
             x = feats
-        if self.backend_name(ids.device, "token_encoder") == "triton":
-            from ..kernels.highway import projection
-            emb = projection(x.contiguous(), self.W_proj, self.b_proj)
-        else:
-            emb = torch.addmm(self.b_proj, x, self.W_proj)
+        name = self.backend_name(ids.device, "token_encoder")
+        emb = backends.get_op(name, "projection")(x.contiguous(), self.W_proj, self.b_proj)
         return emb.reshape(ids.shape[0], ids.shape[1], -1), new_mask
 
     def forward(self, char_ids: torch.Tensor, word_ids: torch.Tensor | None = None) -> dict[str, Any]:

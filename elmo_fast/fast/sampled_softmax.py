@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import numerics
 from . import native
 from .packing import bf16_products, matmul, operand
 
@@ -82,10 +83,16 @@ class _SampledSoftmax(torch.autograd.Function):
         loss = torch.log(total) + row_max - true_logits
         ctx.save_for_backward(hidden, hidden_p, targets, weight, sampled_ids, true_w, sampled_wp, logits, true_exp,
                               total)
+        ctx.numerics = numerics.current()  # the backward multiplies as this forward did (elmo_fast.numerics)
         return loss
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
+        with numerics.use(ctx.numerics.precision, ctx.numerics.order):
+            return _SampledSoftmax._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx, grad):  # type: ignore[no-untyped-def]
         hidden, hidden_p, targets, weight, sampled_ids, true_w, sampled_wp, expd, true_exp, total = ctx.saved_tensors
         need_h, _, need_w, need_b = ctx.needs_input_grad[:4]
         scale = grad / total                                                   # (N,)

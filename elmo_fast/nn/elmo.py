@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from .. import hub, numerics
+from .. import chars, hub, numerics
 from ..modes import normal_tensors
 from ..options import load_options
 from ..weights import read_weights
@@ -34,26 +34,9 @@ CACHE_CHUNK = 512
 
 
 def check_char_ids(inputs: Any, encoder: CharCNNTokenEncoder, name: str = "inputs") -> None:
-    """Refuse anything but ``(B, T, L)`` integer char ids with every id in ``[0, n_symbols]`` (bilm-tf:
-    ``[0, 261]``), ``B >= 1``; ``n_symbols`` is the rows of ``encoder``'s character table.
-
-    Raises:
-        TypeError: not a tensor, or not integer ids. ValueError: another rank, an empty batch, ids out of range.
-    """
-    if not isinstance(inputs, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor of character ids, found {type(inputs).__name__}")
-    if inputs.dtype.is_floating_point or inputs.dtype.is_complex or inputs.dtype == torch.bool:
-        raise TypeError(f"{name}: expected integer character ids (torch.long), found dtype {inputs.dtype}")
-    if inputs.dim() != 3:
-        raise ValueError(f"{name}: expected shape (batch, tokens, characters), found {tuple(inputs.shape)}")
-    if inputs.shape[0] == 0:
-        raise ValueError(f"{name}: the batch is empty (shape {tuple(inputs.shape)}); give at least one sentence")
-    high = encoder.char_embed.shape[0]
-    if inputs.numel():
-        lo, hi = int(inputs.min()), int(inputs.max())
-        if lo < 0 or hi > high:
-            raise ValueError(f"{name}: character ids must be in [0, {high}], found values in [{lo}, {hi}] "
-                             "(make them with batch_to_ids)")
+    """Refuse anything but ``(B, T, L)`` integer char ids with every id in ``[0, n_symbols]``, ``B >= 1``, where
+    ``n_symbols`` is the rows of ``encoder``'s character table: :func:`elmo_fast.chars.check_char_ids`."""
+    chars.check_char_ids(inputs, encoder.char_embed.shape[0], name)
 
 
 @runtime_checkable
@@ -280,15 +263,7 @@ class Elmo(nn.Module):
             TypeError: ``inputs`` is not an integer tensor. ValueError: fewer than 3 dims, an empty batch, ids
             out of range, or (with ``vocab_to_cache``) ``word_inputs`` whose shape does not match.
         """
-        if not isinstance(inputs, torch.Tensor):
-            raise TypeError(f"inputs: expected a torch.Tensor of character ids, found {type(inputs).__name__}")
-        if inputs.dtype.is_floating_point or inputs.dtype.is_complex or inputs.dtype == torch.bool:
-            raise TypeError(f"inputs: expected integer character ids (torch.long), found dtype {inputs.dtype}")
-        if inputs.dim() < 3:
-            raise ValueError(f"inputs: expected shape (batch, tokens, characters) or with more leading dims, "
-                             f"found {tuple(inputs.shape)}")
-        if inputs.numel() == 0 and any(d == 0 for d in inputs.shape[:-2]):
-            raise ValueError(f"inputs: the batch is empty (shape {tuple(inputs.shape)}); give at least one sentence")
+        chars.check_char_ids(inputs, None, leading_dims=True)
         lead = inputs.shape[:-2]
         char_ids = inputs.reshape(-1, *inputs.shape[-2:])
         bilm = self._elmo_lstm

@@ -151,17 +151,11 @@ class LanguageModel(nn.Module):
 
     def softmax_op(self, op: str, like: torch.Tensor) -> Any:
         """The backend implementation of ``sampled_softmax_loss`` or ``full_softmax_loss`` (evaluation) for
-        tensors like ``like``: Triton on CUDA, on CPU the fused :mod:`elmo_fast.fast.sampled_softmax` for the
-        sampled loss and the reference for the full one, or what ``bilm.backend`` /
-        ``ELMO_FAST_BACKEND`` asks for. Training with the *full* softmax always uses the reference's
-        chunked autograd function (the Triton full-softmax kernel is forward-only)."""
-        name = self.bilm.backend_name(like.device, op)
-        if name == "fast" and op == "sampled_softmax_loss":
-            # the fused CPU op (one logit buffer, products through packing.matmul); the "fast" registry entry is
-            # still the reference function
-            from ..fast.sampled_softmax import sampled_softmax_loss_fast
-            return sampled_softmax_loss_fast
-        return backends.get_op(name, op)
+        tensors like ``like``, from :mod:`elmo_fast.backend` (what ``bilm.backend`` / ``ELMO_FAST_BACKEND`` asks
+        for, else by device): the same function ``elmo_fast.sampled_softmax_loss`` runs on that backend. Training
+        with the *full* softmax always uses the reference's chunked autograd function (the Triton full-softmax
+        kernel is forward-only)."""
+        return backends.get_op(self.bilm.backend_name(like.device, op), op)
 
     # ---- ELMo files
     def load_elmo_files(self, weight_file: str, softmax_file: str | None = None) -> None:
