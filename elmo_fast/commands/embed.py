@@ -14,8 +14,9 @@ memory and resuming:
   input. Completed chunks are kept in OUTPUT.embed-work/ until OUTPUT is complete, so a run that was killed
   (Ctrl-C, SIGTERM, kill -9, a crash) continues when the same command is run again. A chunk is reused only if
   its input lines, the model files' contents, the backend and its arithmetic (--precision, order), the output
-  format, the key mode and statefulness (and, stateful, the batch size) are unchanged; anything else is recomputed and the log says why. A stateful run stores the
-  LSTM state after each chunk, so a resumed run writes exactly what an uninterrupted run writes.
+  format, the key mode and statefulness (and, stateful, the batch size) are unchanged; anything else is
+  recomputed and the log says why. A stateful run stores the LSTM state after each chunk, so a resumed run
+  writes exactly what an uninterrupted run writes.
   Temporary files of dead runs (OUTPUT.tmp-PID, chunk-*.h5.tmp-PID) are removed at the next start.
 
 output safety (checked before the model is loaded):
@@ -83,8 +84,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_runtime_args(p)
     p.add_argument("--order", choices=["fast", "allennlp"], default=None,
                    help="floating-point order of the fast CPU path: fast (default: oneDNN-packed products) or "
-                        "allennlp (AllenNLP's order of operations: AllenNLP's bits at one thread, about 0.6x the "
-                        "speed on the original model at batch 32). The reference backend always computes in "
+                        "allennlp (AllenNLP's order of operations: AllenNLP's bits at one thread; slower, see "
+                        "benchmarks/RESULTS.md). The reference backend always computes in "
                         "AllenNLP's order; ELMO_FAST_ONEDNN=0 makes allennlp the default. Part of the resume "
                         "fingerprint")
     if not any("--threads" in a.option_strings for a in p._actions):
