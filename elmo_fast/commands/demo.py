@@ -150,8 +150,8 @@ def _plot(path: str, vectors: dict[str, np.ndarray], sentences: Sequence[Any], a
                 ax.set_ylabel(word, fontsize=11)
                 ax.legend(fontsize=7, loc="best")
     fig.suptitle(f"Ambiguous words in held-out sentences, 2-D PCA per layer (tiny biLM, {steps} steps = "
-                 f"{minutes:.1f} min of training)", fontsize=10)
-    fig.tight_layout()
+                 f"{minutes * 60:.0f} s of training)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / fig.get_figheight()))  # keep the title above the column titles
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
