@@ -1,13 +1,13 @@
 """``elmo-fast demo``: train a tiny biLM on the embedded corpus and show what its layers know about word senses.
 
-Steps: generate the seeded demo corpus (:mod:`elmo_fast.demo_corpus`), train the ``tiny`` preset for
-``--minutes`` with the project's training loop (:func:`elmo_fast.train.run_training`), export the ELMo files,
-embed the labelled held-out sentences and report, for the token layer, layer 1, layer 2 and their average, the
-leave-one-out nearest-neighbour sense accuracy of the ambiguous words. The same numbers for the *untrained*
-model (the initial weights of the same run) are printed next to them, so that what comes from the architecture
-(any LSTM mixes in the context) and what comes from training can be told apart; and a harder variant where the
-neighbour must share neither the beginning nor the end of the sentence with the query (matching the words
-around the ambiguous word is then no help: only a representation of the sense is).
+Steps: generate the seeded demo corpus (:mod:`elmo_fast.demo_corpus`), train the ``tiny`` preset for ``--steps`` (or
+``--minutes``) with the project's training loop (:func:`elmo_fast.train.run_training`), export the ELMo files, embed
+the labelled held-out sentences and report, for the token layer, layer 1, layer 2 and their average, the
+leave-one-out nearest-neighbour sense accuracy of the ambiguous words. The same numbers for the *untrained* model
+(the initial weights of the same run) are printed next to them, so that what comes from the architecture (any LSTM
+mixes in the context) and what comes from training can be told apart; and a harder variant where the neighbour must
+share neither the beginning nor the end of the sentence with the query (matching the words around the ambiguous word
+is then no help: only a representation of the sense is).
 """
 from __future__ import annotations
 
