@@ -91,3 +91,20 @@ def test_train_quiet_logs_no_progress_lines(tmp_path, monkeypatch, caplog):
 def test_final_loss_text(loss, text):
     from elmo_fast.commands.train import _loss_text
     assert _loss_text(loss) == text
+
+
+def test_log_lines_go_above_the_bars_on_a_terminal_only(monkeypatch):
+    """On a terminal the console log handler is swapped for one that writes through tqdm.write (so a line never
+    lands inside a bar) for the duration of the command, and put back after; elsewhere nothing changes."""
+    root = logging.getLogger()
+    for stream, swapped in ((io.StringIO(), False), (_Terminal(), True)):
+        monkeypatch.setattr("sys.stderr", stream)
+        handler = logging.StreamHandler(stream)
+        root.addHandler(handler)
+        try:
+            with progress.logging_above_bars():
+                assert (handler not in root.handlers) == swapped
+                assert any("Tqdm" in type(h).__name__ for h in root.handlers) == swapped
+            assert handler in root.handlers
+        finally:
+            root.removeHandler(handler)
