@@ -17,11 +17,13 @@ import sys
 from . import settings
 from .errors import (INTERNAL_ERROR_EXIT, exit_code_for, forget_interrupts, install_signal_handlers,
                      write_crash_report)
+from .progress import logging_above_bars
 from .runtime import retain_freed_memory
 
 #: subcommand modules, in the order ``--help`` lists them
 _COMMANDS = ["elmo_fast.commands.embed", "elmo_fast.commands.probe", "elmo_fast.commands.demo",
-             "elmo_fast.commands.train", "elmo_fast.commands.evaluate", "elmo_fast.commands.export", "elmo_fast.commands.convert"]
+             "elmo_fast.commands.train", "elmo_fast.commands.evaluate", "elmo_fast.commands.export",
+             "elmo_fast.commands.convert"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     report (see the module docstring); SIGINT/SIGTERM exit 130/143 after cleanup."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=getattr(logging, args.log_level),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("elmo_fast")
     debug = args.debug
     install_signal_handlers()
@@ -65,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         debug = debug or settings.debug()
         settings.check_all()  # every environment variable, before any work
         retain_freed_memory()
-        return int(args.func(args) or 0)
+        with logging_above_bars():  # log lines above the progress bars, never inside one
+            return int(args.func(args) or 0)
     except BaseException as e:  # noqa: B902 - classified below; bugs keep their traceback
         code = exit_code_for(e)
         if debug or isinstance(e, SystemExit):

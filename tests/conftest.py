@@ -1,4 +1,5 @@
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -17,7 +18,7 @@ os.environ.setdefault("ELMO_FAST_CRASH_DIR", tempfile.mkdtemp(prefix="elmo-fast-
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helpers import FIXTURES, write_model  # noqa: E402
+from helpers import FIXTURES, SHARED, write_model  # noqa: E402
 
 from elmo_fast.fast import native  # noqa: E402
 
@@ -50,3 +51,20 @@ def fixtures_dir() -> Path:
 def tiny_model(tmp_path):
     """(options.json, weights.hdf5) of a tiny random model."""
     return write_model(tmp_path / "model")
+
+
+#: a skip reason that means "the shared fixtures are not beside the repository" (the fixture's and test_probe's)
+SHARED_ABSENT = re.compile(r"\.\./shared (is )?absent")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say in the summary how many tests skipped because ../shared is absent, and where to put it: those are
+    the conformance tests against the TensorFlow fixtures, and a green run without them proves less."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    reasons = [str(r.longrepr[2]) if isinstance(r.longrepr, tuple) else str(r.longrepr) for r in skipped]
+    n = sum(bool(SHARED_ABSENT.search(reason)) for reason in reasons)
+    if n:
+        terminalreporter.write_line(
+            f"{n} test{'s' if n != 1 else ''} skipped because ../shared is absent ({SHARED} not found): put the shared "
+            f"folder (data/elmo-test-fixtures, data/ud-english-ewt) beside the repository as ../shared, or set "
+            f"ELMO_FAST_SHARED=/path/to/shared, to run the conformance tests", yellow=True)

@@ -8,7 +8,7 @@ import torch
 
 from elmo_fast import cli
 
-# one shared demo run: 200 training steps (128k tokens; 30-90 s on this 2-core CPU) plus set-up and evaluation
+# one shared demo run: 200 training steps (128k tokens) plus set-up and evaluation
 pytestmark = pytest.mark.slow
 
 
@@ -65,7 +65,13 @@ def test_demo_writes_png_and_model(demo_run):
     png = result["png"]
     assert png is not None
     with open(png, "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+        header = f.read(24)
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    # one row per ambiguous word (all of them), one column per representation: a tall image
+    from elmo_fast.demo_corpus import AMBIGUOUS_WORDS
+    assert result["png_words"] == list(AMBIGUOUS_WORDS) and len(AMBIGUOUS_WORDS) == 11
+    width, height = int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+    assert height > 1.5 * width, (width, height)  # six rows of four would be shorter than wide
     model = out / "run" / "model"
     assert (model / "options.json").is_file() and (model / "weights.hdf5").is_file()
     assert len(result["examples"]) == 4

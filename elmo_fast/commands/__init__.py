@@ -7,8 +7,9 @@ __all__ = ["add_precision_arg", "add_runtime_args", "add_threads_arg", "apply_th
            "check_device", "check_precision", "precision_context"]
 
 PRECISION_HELP = ("arithmetic of the fast CPU path's matrix products: fp32 (default) or bf16 (bfloat16 inputs, "
-                  "float32 accumulation; weights, LSTM state and outputs stay float32; about 2x faster products on "
-                  "CPUs with avx512_bf16, at ~1e-2 relative difference per value). bf16 needs the fast backend on "
+                  "float32 accumulation; weights, LSTM state and outputs stay float32; faster products on CPUs with "
+                  "AVX-512 BF16 or AMX, at ~1e-2 relative difference per value; float32 with one warning on CPUs "
+                  "without bf16 products). bf16 needs the fast backend on "
                   "the CPU: with --backend reference/triton or --device cuda it is an error")
 
 
@@ -57,7 +58,8 @@ def check_precision(args: argparse.Namespace, device: str | None = None) -> None
     import torch
     device = device if device is not None else (getattr(args, "device", None) or "cpu")
     try:
-        names = {resolve(getattr(args, "backend", None), torch.device(device), op) for op in ("token_encoder", "bilstm")}
+        names = {resolve(getattr(args, "backend", None), torch.device(device), op)
+                 for op in ("token_encoder", "bilstm")}
     except (BackendError, RuntimeError, ValueError):
         return  # the backend/device flag's own check reports it
     if names != {"fast"}:

@@ -1,13 +1,13 @@
 """``elmo-fast demo``: train a tiny biLM on the embedded corpus and show what its layers know about word senses.
 
-Steps: generate the seeded demo corpus (:mod:`elmo_fast.demo_corpus`), train the ``tiny`` preset for
-``--minutes`` with the project's training loop (:func:`elmo_fast.train.run_training`), export the ELMo files,
-embed the labelled held-out sentences and report, for the token layer, layer 1, layer 2 and their average, the
-leave-one-out nearest-neighbour sense accuracy of the ambiguous words. The same numbers for the *untrained*
-model (the initial weights of the same run) are printed next to them, so that what comes from the architecture
-(any LSTM mixes in the context) and what comes from training can be told apart; and a harder variant where the
-neighbour must share neither the beginning nor the end of the sentence with the query (matching the words
-around the ambiguous word is then no help: only a representation of the sense is).
+Steps: generate the seeded demo corpus (:mod:`elmo_fast.demo_corpus`), train the ``tiny`` preset for ``--steps`` (or
+``--minutes``) with the project's training loop (:func:`elmo_fast.train.run_training`), export the ELMo files, embed
+the labelled held-out sentences and report, for the token layer, layer 1, layer 2 and their average, the
+leave-one-out nearest-neighbour sense accuracy of the ambiguous words. The same numbers for the *untrained* model
+(the initial weights of the same run) are printed next to them, so that what comes from the architecture (any LSTM
+mixes in the context) and what comes from training can be told apart; and a harder variant where the neighbour must
+share neither the beginning nor the end of the sentence with the query (matching the words around the ambiguous word
+is then no help: only a representation of the sense is).
 """
 from __future__ import annotations
 
@@ -28,13 +28,13 @@ logger = logging.getLogger(__name__)
 #: the file that marks a folder as the demo's own (``--out`` may then be reused)
 DEMO_MARKER = ".elmo-fast-demo"
 
-#: training steps of the default demo (machine-independent; ~2 minutes on 2 idle cores)
+#: training steps of the default demo (a fixed count, so the numbers do not depend on the machine or its load)
 DEFAULT_STEPS = 600
 
 LAYER_KEYS = ("0", "1", "2", "average")
 LAYER_NAMES = {"0": "layer 0 (token)", "1": "layer 1", "2": "layer 2", "average": "average of 0-2"}
-#: words drawn in the PNG (one row each) and used for the printed examples
-PLOT_WORDS = ("bank", "play", "bat", "spring", "match", "light")
+#: words whose senses the printed nearest-neighbour examples show (the PNG draws every ambiguous word)
+EXAMPLE_WORDS = ("bank", "play", "bat", "spring", "match", "light")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -51,7 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "depends on the machine's speed and load)")
     p.add_argument("--steps", type=int, default=None,
                    help="train exactly this many steps (default 600 when --minutes is not given: the same "
-                        "result on any machine, about 2 minutes of training on 2 idle cores)")
+                        "result on any machine and at any thread count)")
     p.add_argument("--out", default=os.path.join("runs", "demo"),
                    help="output folder (default runs/demo): corpus/ (train.txt, heldout.tsv), model/ (ELMo files) "
                         "and model-run/ (checkpoint) of the trained model, untrained/ and untrained-run/ of the "
@@ -115,19 +115,21 @@ def _pca2(x: np.ndarray) -> np.ndarray:
 
 
 def _plot(path: str, vectors: dict[str, np.ndarray], sentences: Sequence[Any], accuracy: dict[str, dict[str, float]],
-          minutes: float, steps: int) -> bool:
-    """One row per word of :data:`PLOT_WORDS`, one column per representation; returns False without matplotlib."""
+          minutes: float, steps: int) -> list[str] | None:
+    """One row per ambiguous word of the held-out sentences (in the corpus's order), one column per
+    representation. Returns the words drawn, or None without matplotlib."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         logger.warning("matplotlib is not installed (pip install 'elmo-fast[demo]'): no PNG written")
-        return False
+        return None
+    from ..demo_corpus import AMBIGUOUS_WORDS
     words = np.array([s.word for s in sentences])
     senses = np.array([s.sense for s in sentences])
-    plot_words = [w for w in PLOT_WORDS if (words == w).any()]
-    fig, axes = plt.subplots(len(plot_words), len(LAYER_KEYS), figsize=(3.2 * len(LAYER_KEYS), 2.6 * len(plot_words)),
+    plot_words = [w for w in AMBIGUOUS_WORDS if (words == w).any()]
+    fig, axes = plt.subplots(len(plot_words), len(LAYER_KEYS), figsize=(3.2 * len(LAYER_KEYS), 2.3 * len(plot_words)),
                              squeeze=False)
     colours = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
     for r, word in enumerate(plot_words):
@@ -148,19 +150,19 @@ def _plot(path: str, vectors: dict[str, np.ndarray], sentences: Sequence[Any], a
                 ax.set_ylabel(word, fontsize=11)
                 ax.legend(fontsize=7, loc="best")
     fig.suptitle(f"Ambiguous words in held-out sentences, 2-D PCA per layer (tiny biLM, {steps} steps = "
-                 f"{minutes:.1f} min of training)", fontsize=10)
-    fig.tight_layout()
+                 f"{minutes * 60:.0f} s of training)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / fig.get_figheight()))  # keep the title above the column titles
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
-    return True
+    return plot_words
 
 
 def _examples(sentences: Sequence[Any], result: Any, n: int, seed: int) -> list[dict[str, Any]]:
-    """Up to ``n`` queries (one per sense of the first words of :data:`PLOT_WORDS`) and their neighbours."""
+    """Up to ``n`` queries (one per sense of the first words of :data:`EXAMPLE_WORDS`) and their neighbours."""
     out: list[dict[str, Any]] = []
     rng = np.random.default_rng(seed)
-    for word in PLOT_WORDS:
+    for word in EXAMPLE_WORDS:
         idx = [i for i, s in enumerate(sentences) if s.word == word]
         for sense in dict.fromkeys(sentences[i].sense for i in idx):
             if len(out) >= n:
@@ -278,11 +280,12 @@ def _run(args: argparse.Namespace) -> int:
             n0, n2 = e["neighbours"]["0"], e["neighbours"]["2"]
             print(f"    layer 0 -> [{n0['sense']}] {n0['text']}   (every occurrence ties: an arbitrary pick)")
             print(f"    layer 2 -> [{n2['sense']}] {n2['text']}")
-    png = None
+    png, png_words = None, None
     if not args.no_plot:
         png = os.path.join(out, "senses.png")
-        if _plot(png, vectors, heldout, accuracy, trained["seconds"] / 60, trained["step"]):
-            print(f"\nPCA plot of the ambiguous words per layer: {png}")
+        png_words = _plot(png, vectors, heldout, accuracy, trained["seconds"] / 60, trained["step"])
+        if png_words:
+            print(f"\nPCA plot of the {len(png_words)} ambiguous words per layer: {png}")
         else:
             png = None
     elapsed = time.perf_counter() - start
@@ -299,6 +302,7 @@ def _run(args: argparse.Namespace) -> int:
             "training": {k: trained[k] for k in ("step", "run_tokens", "seconds", "tokens_per_second",
                                                  "last_loss", "vocab_size")},
             "heldout_perplexity": ppl, "heldout_perplexity_untrained": ppl0,
-            "examples": examples, "png": png, "model_dir": os.path.join(out, "model"), "seed": args.seed,
+            "examples": examples, "png": png, "png_words": png_words, "model_dir": os.path.join(out, "model"),
+            "seed": args.seed,
             "minutes": args.minutes, "steps": args.steps, "seconds_total": elapsed})
     return 0

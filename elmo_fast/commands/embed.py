@@ -85,8 +85,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_runtime_args(p)
     p.add_argument("--order", choices=["fast", "allennlp"], default=None,
                    help="floating-point order of the fast CPU path: fast (default: oneDNN-packed products) or "
-                        "allennlp (AllenNLP's order of operations: AllenNLP's bits at one thread, about 0.6x the "
-                        "speed on the original model at batch 32). The reference backend always computes in "
+                        "allennlp (AllenNLP's order of operations: AllenNLP's bits at one thread; slower, see "
+                        "benchmarks/RESULTS.md). The reference backend always computes in "
                         "AllenNLP's order; ELMO_FAST_ONEDNN=0 makes allennlp the default. Part of the resume "
                         "fingerprint")
     if not any("--threads" in a.option_strings for a in p._actions):

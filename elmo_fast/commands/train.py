@@ -24,8 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     "clipping 10. Settings come from the options file's training keys, overridden by the flags "
                     "below. Under `torchrun --nproc_per_node N -m elmo_fast.cli train ...` the processes train "
                     "with DistributedDataParallel (gloo on CPU, nccl on GPU); each reads its own part of the "
-                    "corpus and rank 0 writes. Ctrl-C / SIGTERM writes a checkpoint; `elmo-fast train --out RUN_DIR --resume` "
-                    "continues exactly, with the run's own options, corpus, held-out file and settings. A checkpoint "
+                    "corpus and rank 0 writes. Ctrl-C / SIGTERM writes a checkpoint; "
+                    "`elmo-fast train --out RUN_DIR --resume` continues exactly, with the run's own options, "
+                    "corpus, held-out file and settings. A checkpoint "
                     "is never written with NaN/Inf weights (the run stops with an error naming the step and the "
                     "tensor; the previous checkpoint stays). One train per RUN_DIR at a time (RUN_DIR/train.lock); "
                     "each checkpoint's sha256 is checked when it is loaded, and the one it replaced is kept as "
@@ -280,9 +281,14 @@ def run(args: argparse.Namespace) -> int:
         h = summary.get("heldout")
         line = (f"step {summary['step']} ({summary['stopped_by']}), {summary['run_tokens']} tokens in "
                 f"{summary['seconds']:.1f}s = {summary['tokens_per_second']:.0f} tokens/s, "
-                f"train loss {summary['last_loss']}")
+                f"train loss {_loss_text(summary['last_loss'])}")
         if h:
             line += (f", held-out perplexity {h['perplexity']:.2f} (forward {h['forward_perplexity']:.2f}, "
                      f"backward {h['backward_perplexity']:.2f}) over all {h['tokens']} held-out tokens")
         print(line, file=sys.stdout)
     return 130 if summary["stopped_by"] == "signal" else 0
+
+
+def _loss_text(loss: float | None) -> str:
+    """The last step's loss to 4 significant digits (the --json summary keeps every digit)."""
+    return "none (no step run)" if loss is None else f"{loss:.4g}"

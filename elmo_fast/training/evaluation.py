@@ -9,6 +9,7 @@ import torch
 
 from ..data import CorpusError, Vocabulary, count_targets, heldout_batches
 from ..errors import UserError
+from ..progress import bar as progress_bar
 from .model import LanguageModel
 
 __all__ = ["evaluate_perplexity", "describe_coverage"]
@@ -52,8 +53,7 @@ def evaluate_perplexity(model: LanguageModel, vocab: Vocabulary, heldout: str, b
     fw_total = bw_total = 0.0
     n_tokens = 0
     n = 0
-    from tqdm import tqdm
-    bar = tqdm(desc="evaluating", unit="tok", unit_scale=True, disable=not progress, total=total_tokens)
+    bar = progress_bar(progress, desc="evaluating", unit="tok", unit_scale=True, total=total_tokens)
     for batch in heldout_batches(heldout, vocab, batch_size, unroll_steps, whole_file=True):
         batch = batch.to(device)
         valid = batch.fw_targets >= 0                                     # (B, T); False: row ran out

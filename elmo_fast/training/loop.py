@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .. import progress
 from ..atomic import FileLock, json_text
 from ..data import TrainingBatches, Vocabulary, check_readable_file, expand_shards, iter_shard_sentences
 from ..errors import MissingFileError, UserError
@@ -171,7 +172,8 @@ def _check_out_dir(out_dir: str) -> None:
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
-        raise UserError(f"--out {out_dir}: cannot create the run directory ({e.strerror or e}; parent {parent})") from None
+        raise UserError(f"--out {out_dir}: cannot create the run directory ({e.strerror or e}; "
+                        f"parent {parent})") from None
 
 
 class _Job:
@@ -492,7 +494,10 @@ class _Job:
         if self.heldout is None or not self.is_main:
             return None
         cfg = self.config
-        result = evaluate_perplexity(self.model, self.vocab, self.heldout, cfg.eval_batch_size, 1, cfg.softmax_chunk)
+        # a large held-out file takes minutes: say so first, so that a log without a bar does not look hung
+        logger.info("step %d: held-out perplexity of %s (every token, full softmax)", self.step, self.heldout)
+        result = evaluate_perplexity(self.model, self.vocab, self.heldout, cfg.eval_batch_size, 1, cfg.softmax_chunk,
+                                     progress=self.progress)
         logger.info("step %d held-out perplexity %.2f (forward %.2f, backward %.2f, all %d tokens)", self.step,
                     result["perplexity"], result["forward_perplexity"], result["backward_perplexity"],
                     result["tokens"])
@@ -514,11 +519,11 @@ class _Job:
     def loop(self) -> dict[str, Any]:
         cfg, world = self.config, self.world
         max_steps = self.max_steps
-        from tqdm import tqdm
         start = time.perf_counter()
         deadline = start + 60.0 * cfg.max_minutes if cfg.max_minutes is not None else None
-        bar = tqdm(total=max_steps, initial=self.step, unit="step", desc="training",
-                   disable=not (self.progress and self.is_main), dynamic_ncols=True)
+        show = self.progress and self.is_main
+        bar = progress.bar(show, total=max_steps, initial=self.step, unit="step", desc="training", dynamic_ncols=True)
+        ticker = progress.LogTicker(show and bar.disable)  # a log line now and then where no bar is drawn
         last: StepResult | None = None
         heldout_result = None
         run_tokens = 0
@@ -540,6 +545,10 @@ class _Job:
             bar.update(1)
             bar.set_postfix(loss=f"{last.loss:.3f}", ppl=f"{last.perplexity:.1f}",
                             tok_s=f"{run_tokens / max(elapsed, 1e-9):.0f}", refresh=False)
+            if ticker.due():
+                logger.info("step %d%s: loss %.4g, perplexity %.1f, %.0f tokens/s", self.step,
+                            f"/{max_steps}" if max_steps is not None else "", last.loss, last.perplexity,
+                            run_tokens / max(elapsed, 1e-9))
             if not math.isfinite(last.loss):
                 raise NonFiniteError(f"step {self.step}: the loss is {last.loss}; checkpoint not written "
                                      f"({self.ckpt_file} keeps the last finite one). Lower --learning-rate (now "
