@@ -24,7 +24,7 @@ included; a part that does not fit is reported as skipped, never silently droppe
    ``torch.nn.LSTM(proj_size=...)``), original preset, forward and forward+backward.
 
 Part 0, ``tf32_reading``, comes first (a second): it checks the one assumption the no-GPU measurement of
-tf32x3 rests on (``kernels/emulation.py``): that the tensor core reads the unconverted remainders of the
+tf32x3 rests on (``tools/emulation.py``): that the tensor core reads the unconverted remainders of the
 three-pass products by their TF32 bits (truncation). On the hand case of ``tests/test_tf32_emulation.py``
 truncation, rounding and exact remainders give three different exact results; a random product is compared
 with each emulation variant too.
@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tools/ (the TF32 emulation) is a folder of the checkout, not installed
 PARTS = ("tf32_reading", "kernel_suite", "backend_parity", "training_original", "kernel_suite_ieee",
          "lstm_cuda_graphs", "gpu_kernels")
 
@@ -60,7 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip", action="append", default=[], choices=PARTS, help="skip a part (repeatable)")
     p.add_argument("--steps", type=int, default=50, help="training steps of the original-preset run (default 50)")
     p.add_argument("--no-cuda-graphs", action="store_true",
-                   help="launch the LSTM step loops eagerly everywhere (ELMO_FAST_CUDA_GRAPHS=0); skips lstm_cuda_graphs")
+                   help="launch the LSTM step loops eagerly everywhere (ELMO_FAST_CUDA_GRAPHS=0); "
+                        "skips lstm_cuda_graphs")
     p.add_argument("--cpu-smoke", action="store_true",
                    help="no GPU: run every part on tiny shapes under the Triton interpreter (checks the script)")
     return p.parse_args(argv)
@@ -156,7 +158,7 @@ def _tf32_reading(smoke: bool) -> dict[str, Any]:
     import torch
 
     from elmo_fast.kernels.common import matmul
-    from elmo_fast.kernels.emulation import product
+    from tools.emulation import product
 
     dev = "cpu" if smoke else "cuda"
     code = 5 if smoke else 4
@@ -283,7 +285,8 @@ def _markdown(report: dict[str, Any]) -> str:
     lines = [f"# gpu-check report ({'CPU SMOKE RUN: says nothing about a GPU' if report['cpu_smoke'] else 'device'})",
              "", f"- device: {env.get('device')}; torch {env.get('torch')}; triton {env.get('triton')}; "
              f"python {env.get('python')}; kernel precision {env.get('precision')}; CUDA graphs "
-             f"{'on' if env.get('cuda_graphs') else 'off'}", f"- total: {report['total_s']:.0f} s of a {report['budget_s']:.0f} s budget",
+             f"{'on' if env.get('cuda_graphs') else 'off'}",
+             f"- total: {report['total_s']:.0f} s of a {report['budget_s']:.0f} s budget",
              "", "| part | status | time (s) | summary |", "|---|---|---|---|"]
     for name, part in report["parts"].items():
         summary = ""
@@ -312,7 +315,8 @@ def _markdown(report: dict[str, Any]) -> str:
         if k and k.get("rows"):
             lines += ["", f"## gpu_kernels ({mode}; {k['device']}; preset {k['preset']}, {k['batch']} x {k['steps']}, "
                           f"precision {k['precision']})", "",
-                      "| kernel | reference ms | triton ms | cuDNN ms | floor ms | bound |", "|---|---|---|---|---|---|"]
+                      "| kernel | reference ms | triton ms | cuDNN ms | floor ms | bound |",
+                      "|---|---|---|---|---|---|"]
             fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
             for r in k["rows"]:
                 lines.append(f"| {r['kernel']} | {fmt(r['reference_ms'])} | {fmt(r['triton_ms'])} | "

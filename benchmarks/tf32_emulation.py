@@ -4,7 +4,7 @@
 
 The Triton kernels compute every product with ``tl.dot`` in one precision mode (kernels/common.py). This
 script runs the pure-PyTorch reference model with every product replaced by its emulation in that mode
-(:mod:`elmo_fast.kernels.emulation`: ``cvt.rna.tf32.f32`` big parts, float32 remainders read as the tensor
+(:mod:`tools.emulation`: ``cvt.rna.tf32.f32`` big parts, float32 remainders read as the tensor
 core reads them, three passes summed small-first) and measures:
 
 1. **The shared fixtures** (``../shared/data/elmo-test-fixtures``, the protocol of
@@ -12,9 +12,10 @@ core reads them, three passes summed small-first) and measures:
    |top layer - TensorFlow| (the project's parity criterion: < 1e-5) and the max |any layer - float64
    reference| over every token.
 2. **One biLSTM layer, forward and backward** at the kernel tests' shapes (tests/test_kernels_lstm.py: B 5, T 7,
-   P 19, C 23, clip 3, awkward lengths) and at a second one (B 6, T 9, P 32, C 48; wider or longer recurrences with the tests' random
-   weights are chaotic: float32 itself is then off by O(1) and the ratio means nothing): per output/gradient
-   ``|mode - ref64| / |ieee - ref64|``, the ratio the kernel suite bounds by 4 (outputs) and 12 (gradients).
+   P 19, C 23, clip 3, awkward lengths) and at a second one (B 6, T 9, P 32, C 48; wider or longer recurrences
+   with the tests' random weights are chaotic: float32 itself is then off by O(1) and the ratio means nothing):
+   per output/gradient ``|mode - ref64| / |ieee - ref64|``, the ratio the kernel suite bounds by 4 (outputs) and 12
+   (gradients).
 
 What the emulation cannot show: the tensor core's accumulation inside one MMA (not IEEE round-to-nearest)
 and the kernels' summation order. Modes with ``read=rna``/``exact`` are the same products with the small
@@ -35,9 +36,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))  # tools/ (the emulation) is a folder of the checkout, not installed
 
 from elmo_fast import BiLM, batch_to_ids  # noqa: E402
-from elmo_fast.kernels.emulation import emulated_products  # noqa: E402
+from tools.emulation import emulated_products  # noqa: E402
 from elmo_fast.nn.bilm import remove_sentence_boundaries  # noqa: E402
 
 log = logging.getLogger("tf32_emulation")
@@ -140,7 +142,8 @@ def markdown(fix: list[dict[str, Any]], lst: list[dict[str, Any]]) -> str:
     if lst:
         out += ["", "| LSTM layer | products | worst output ratio (bound 4) | worst gradient ratio (bound 12) | "
                 "worst tensor |", "|---|---|---|---|---|"]
-        keys = sorted({(r["shape"], r["mode"]) for r in lst}, key=lambda k: (k[0], [v[0] for v in VARIANTS].index(k[1])))
+        modes = [v[0] for v in VARIANTS]
+        keys = sorted({(r["shape"], r["mode"]) for r in lst}, key=lambda k: (k[0], modes.index(k[1])))
         for shape, mode in keys:
             rs = [r for r in lst if r["shape"] == shape and r["mode"] == mode]
             outs = max(r["ratio"] for r in rs if r["bound"] == 4.0)

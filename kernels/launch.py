@@ -5,7 +5,7 @@ so that
 
 * each launch runs under a device guard (``torch.cuda.device(tensor.device)``): a model on ``cuda:1`` runs
   there even while ``cuda:0`` is the current device (Triton launches on the current device and stream);
-* the compile check (:mod:`elmo_fast.kernels.compile_check`, ``tests/test_gpu_compile.py``) can run the real
+* the compile check (:mod:`tools.compile_check`, ``tests/test_gpu_compile.py``) can run the real
   host code on ``meta`` tensors under :func:`recording` and collect, instead of launching, exactly the
   launches (kernel, grid, argument types, constexprs, warps, stages) a GPU would get, then compile each with
   the real Triton compiler for sm_80 and sm_90 and check them against the hardware limits;

@@ -1,15 +1,13 @@
-"""The biLSTM's floating-point operation order is AllenNLP's (issue 13 item 4).
+"""The biLSTM's floating-point operation order is AllenNLP's.
 
-The AllenNLP-style implementation of ``benchmarks/baseline.py`` (separate ``input_linearity`` / ``state_linearity``
-``Linear`` layers in AllenNLP's weight layout, the +1 forget bias folded into the state bias at load time, a
-per-step loop over the rows still active) is the oracle: with the same token embeddings and one thread, the
-reference path must give the *same bits*, so any change of the order (the forget bias added at run time, the bias
-added to the input product, one product over ``[x; h]``, a fused ``f*c + i*g``) makes these tests fail.
+The AllenNLP-style implementation of ``tests/oracles/allennlp_style.py`` (separate ``input_linearity`` /
+``state_linearity`` ``Linear`` layers in AllenNLP's weight layout, the +1 forget bias folded into the state bias at
+load time, a per-step loop over the rows still active) is the oracle: with the same token embeddings and one thread,
+the reference path must give the *same bits*, so any change of the order (the forget bias added at run time, the
+bias added to the input product, one product over ``[x; h]``, a fused ``f*c + i*g``) makes these tests fail.
 """
 import argparse
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +16,7 @@ from elmo_fast.nn.bilm import BiLM
 from elmo_fast.nn.lstm import FORGET_BIAS, folded_bias
 from elmo_fast.options import options_from_dict
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.baseline import BaselineElmo  # noqa: E402
+from oracles.allennlp_style import AllenNlpStyleElmo
 
 
 def _randomized(model: BiLM, seed: int) -> BiLM:
@@ -42,7 +39,7 @@ def _model(backend: str, seed: int = 0, dim: int = 48, projection_dim: int = 16,
     return _randomized(model, seed)
 
 
-def _stateful_baseline_run(base: BaselineElmo, emb: torch.Tensor, lengths: torch.Tensor,
+def _stateful_baseline_run(base: AllenNlpStyleElmo, emb: torch.Tensor, lengths: torch.Tensor,
                            state: tuple[torch.Tensor, torch.Tensor] | None):
     """AllenNLP's ElmoLstm semantics on top of the baseline's per-step cell: sort, run, unsort, carry states."""
     o = base.options.lstm
@@ -83,7 +80,7 @@ def test_reference_lstm_is_bitwise_allennlp_order(lengths):
     """Three stateful calls (states carried), unequal lengths incl. one-row tails: identical bits."""
     torch.set_num_threads(1)
     model = _model("reference")
-    base = BaselineElmo(model)
+    base = AllenNlpStyleElmo(model)
     gen = torch.Generator().manual_seed(1)
     state = None
     lens = torch.tensor(lengths)
@@ -123,7 +120,7 @@ def test_fast_lstm_is_bitwise_allennlp_order_on_full_rows(monkeypatch, blas_only
 
 def _check_full_rows(blas_only: bool, exact: bool) -> None:
     model = _model("fast", dim=1024, projection_dim=128, order="allennlp" if blas_only else None)
-    base = BaselineElmo(model)
+    base = AllenNlpStyleElmo(model)
     gen = torch.Generator().manual_seed(2)
     lens = torch.full((6,), 11)
     mask = torch.ones(6, 11, dtype=torch.bool)
@@ -151,7 +148,7 @@ def test_fast_lstm_allennlp_order_is_bitwise_with_short_tails(lengths, grad):
     torch.set_num_threads(1)
     model = _model("fast", dim=1024, projection_dim=128, order="allennlp")
     model.requires_grad_(grad)
-    base = BaselineElmo(model)
+    base = AllenNlpStyleElmo(model)
     gen = torch.Generator().manual_seed(4)
     T = max(lengths)
     lens = torch.tensor(lengths)
@@ -177,7 +174,7 @@ def test_reference_token_encoder_is_bitwise_allennlp_order():
                         ["ünïcödé", "x" * 60]])
     with torch.no_grad():
         got = model.encode_tokens(ids)
-        want = BaselineElmo(model).encode(ids)
+        want = AllenNlpStyleElmo(model).encode(ids)
     assert torch.equal(got, want), float((got - want).abs().max())
 
 
@@ -235,7 +232,7 @@ def test_fast_token_encoder_allennlp_order_is_bitwise_reference(cnn, projection_
     torch.set_num_threads(1)
     model = _encoder_model(cnn, projection_dim, seed=7)
     enc = model.token_encoder
-    allennlp = BaselineElmo(model)
+    allennlp = AllenNlpStyleElmo(model)
     for name, ids in _char_id_batches(model).items():
         with torch.no_grad():
             want = allennlp.encode(ids)

@@ -39,9 +39,9 @@ def _run_limited(tmp_path: Path, argv: list[str], limit: int, skip_space_check: 
 import resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-import elmo_fast.embedding.job as job
-if {skip_space_check!r} and hasattr(job, "check_space"):
-    job.check_space = lambda *a, **k: None   # let the writes themselves meet the limit
+import elmo_fast.embedding.space as space
+if {skip_space_check!r}:
+    space.check_space = lambda *a, **k: None   # let the writes themselves meet the limit
 from elmo_fast.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -63,8 +63,8 @@ pytestmark = pytest.mark.skipif(resource.getrlimit(resource.RLIMIT_FSIZE)[1] != 
 def setup(tmp_path):
     opt, w = write_model(tmp_path / "model")
     _input(tmp_path / "in.txt")
-    argv = ["embed", "in.txt", "out.hdf5", "--all", "--quiet", "--chunk-lines", CHUNK, "--batch-size", "10", "--options-file", str(opt),
-            "--weight-file", str(w)]
+    argv = ["embed", "in.txt", "out.hdf5", "--all", "--quiet", "--chunk-lines", CHUNK, "--batch-size", "10",
+            "--options-file", str(opt), "--weight-file", str(w)]
     return tmp_path, argv
 
 
@@ -126,9 +126,9 @@ def test_file_size_limit_is_checked_before_embedding(setup):
 
 
 def test_free_space_is_checked_before_embedding(setup, monkeypatch, caplog):
-    import elmo_fast.embedding.job as job
+    import elmo_fast.embedding.space as space
     tmp_path, argv = setup
-    monkeypatch.setattr(job, "free_bytes", lambda folder: 100 << 10)
+    monkeypatch.setattr(space, "free_bytes", lambda folder: 100 << 10)
     with caplog.at_level(logging.ERROR):
         rc = main(argv[:1] + [str(tmp_path / "in.txt"), str(tmp_path / "out.hdf5")] + argv[3:])
     assert rc == 2
@@ -139,5 +139,5 @@ def test_free_space_is_checked_before_embedding(setup, monkeypatch, caplog):
 
 
 def test_output_size_estimate():
-    from elmo_fast.embedding.job import output_bytes
+    from elmo_fast.embedding.space import output_bytes
     assert output_bytes(n_tokens=10, n_lines=2, layers=3, width=1024) == 4 * 3 * 10 * 1024 + 2 * 512

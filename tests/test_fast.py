@@ -377,19 +377,16 @@ def test_fast_backend_reproduces_tensorflow(fixtures_dir, name, sentence_file):
     assert run_protocol(top_layer_embedder(model), sentences, expected) < 1e-5
 
 
-def test_benchmark_baseline_is_the_same_function():
-    """The AllenNLP-style baseline of benchmarks/ (timed against the fast path) computes the reference's
-    function, so the speed comparison is like for like."""
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks.baseline import BaselineElmo
+def test_allennlp_style_oracle_is_the_same_function():
+    """The AllenNLP-style oracle (tests/oracles/, also the baseline that benchmarks/ time against the fast path)
+    computes the reference's function, so the speed comparison is like for like."""
+    from oracles.allennlp_style import AllenNlpStyleElmo
 
     model = make_bilm(seed=12)
     ids = random_char_ids(torch.Generator().manual_seed(12), [0, 1, 2, 9, 4], steps=11)
     with torch.no_grad():
         want = model(ids)["activations"]
-        got = BaselineElmo(model)(ids)
+        got = AllenNlpStyleElmo(model)(ids)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, **F32_OUT)
 

@@ -1,13 +1,13 @@
-"""The real Triton compiler on every launch the Triton backend makes (issue 11): no GPU needed.
+"""The real Triton compiler on every launch the Triton backend makes: no GPU needed.
 
-Runs :mod:`elmo_fast.kernels.compile_check` in a subprocess (compiled kernels, not the interpreter) for
-sm_90 and sm_80: the ``tiny``, ``small``, ``medium`` and ``original`` presets at inference (64 x 40) and
-training (128 x 20, sampled softmax 8192 of 793,471 words, full softmax evaluation), plus the edge shapes
-of :func:`elmo_fast.kernels.compile_check.edge_workloads`. Asserts: shared memory within the block limit
-of each architecture, registers x threads within the register file, grid within limits, no register
-spills (ptxas -v) in any kernel the GPU path picks in the default mode (three-pass TF32, ``tf32x3``), and
-tensor-core instructions (``wgmma`` / ``mma.sync``) in every kernel with a product. The IEEE mode (FMA-only
-dots, plain matmuls on cuBLAS) is compiled too, for the same shapes: no tensor-core instruction, no spills.
+Runs :mod:`tools.compile_check` (a development tool of the checkout, not installed) in a subprocess (compiled
+kernels, not the interpreter) for sm_90 and sm_80: the ``tiny``, ``small``, ``medium`` and ``original`` presets at
+inference (64 x 40) and training (128 x 20, sampled softmax 8192 of 793,471 words, full softmax evaluation), plus
+the edge shapes of :func:`tools.compile_check.edge_workloads`. Asserts: shared memory within the block limit of each
+architecture, registers x threads within the register file, grid within limits, no register spills (ptxas -v) in any
+kernel the GPU path picks in the default mode (three-pass TF32, ``tf32x3``), and tensor-core instructions (``wgmma``
+/ ``mma.sync``) in every kernel with a product. The IEEE mode (FMA-only dots, plain matmuls on cuBLAS) is compiled
+too, for the same shapes: no tensor-core instruction, no spills.
 
 Per-specialization results are cached in ``~/.cache/elmo-fast/compile-check`` (``ELMO_FAST_COMPILE_CACHE``):
 a cold run compiles ~60 specializations per architecture (a few minutes on 2 cores), a warm one takes
@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -24,9 +25,11 @@ import triton_helpers  # noqa: F401  (sets TRITON_INTERPRET before triton is fir
 # may run later in this process need the interpreter; the compile check runs in a subprocess without it)
 
 triton = pytest.importorskip("triton")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tools/ is a folder of the checkout, not installed
+PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 NEEDS_PTXAS = [pytest.mark.gpu_compile,
-               pytest.mark.skipif(not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia",
-                                                                 "bin", "ptxas")),
+               pytest.mark.skipif(not os.path.exists(PTXAS),
                                   reason="this triton build ships no NVIDIA ptxas (the compile check needs it)")]
 
 PRESETS = ("tiny", "small", "medium", "original")
@@ -37,9 +40,9 @@ def _run(tmp_path, *args):
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     out = tmp_path / "report.json"
     md = os.environ.get("ELMO_FAST_COMPILE_REPORT") or str(tmp_path / "report.md")
-    proc = subprocess.run([sys.executable, "-m", "elmo_fast.kernels.compile_check", *args, "--jobs", "2",
+    proc = subprocess.run([sys.executable, "-m", "tools.compile_check", *args, "--jobs", "2",
                            "--json", str(out), "--markdown", md], env=env, capture_output=True, text=True,
-                          timeout=1200)
+                          timeout=1200, cwd=REPO)
     assert out.exists(), proc.stderr[-4000:]
     return json.loads(out.read_text()), proc
 
@@ -121,7 +124,7 @@ def _flaky(failures: int, error: OSError):
 
 
 def test_a_refused_spawn_is_retried_with_a_doubling_bounded_wait():
-    from elmo_fast.kernels import compile_check as cc
+    from tools import compile_check as cc
     fn, calls = _flaky(3, BlockingIOError(11, "Resource temporarily unavailable", "ptxas"))
     waits = []
     assert cc.retry_spawn(fn, 21, sleep=waits.append) == 42
@@ -135,7 +138,7 @@ def test_a_refused_spawn_is_retried_with_a_doubling_bounded_wait():
 
 
 def test_other_errors_are_not_retried():
-    from elmo_fast.kernels import compile_check as cc
+    from tools import compile_check as cc
     fn, calls = _flaky(1, FileNotFoundError(2, "No such file or directory", "ptxas"))
     with pytest.raises(FileNotFoundError):
         cc.retry_spawn(fn, 1, sleep=lambda s: None)

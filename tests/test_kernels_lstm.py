@@ -101,7 +101,7 @@ def test_clip_gradient_is_zero_where_clip_active(precision):
 
     precision None is the default (tf32x3; emulated pass for pass under the interpreter). Its outputs get
     twice the IEEE factor: on this saturating recurrence three-pass TF32 is up to ~4x the float32
-    reference's error (kernel 4.1x on c_n; the PyTorch emulation of the same products, kernels/emulation.py,
+    reference's error (kernel 4.1x on c_n; the PyTorch emulation of the same products, tools/emulation.py,
     3.95x: the truncated remainders and the dropped small x small product cost ~2^-21 per product where
     float32 costs 2^-24), gradients stay within 3x."""
     out_factor = 4.0 if precision == "ieee" else 8.0

@@ -1,15 +1,18 @@
-"""The PyTorch emulation of the kernels' TF32 products (kernels/emulation.py), pinned against hand-computed
+"""The PyTorch emulation of the kernels' TF32 products (tools/emulation.py), pinned against hand-computed
 values, and the measurement that makes three-pass TF32 the default CUDA precision: the float32 reference
 with every product in tf32x3 still reproduces the TensorFlow fixtures within the parity tolerance (1e-5),
 while one-pass TF32 does not."""
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from elmo_fast.kernels.emulation import emulated_products, product, round_tf32, split_tf32
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ is a folder of the checkout, not installed
+from tools.emulation import emulated_products, product, round_tf32, split_tf32  # noqa: E402
 
 U = 2.0 ** -10  # TF32's unit in the last place at 1.0 (10 explicit mantissa bits)
 

@@ -128,7 +128,7 @@ def test_settings_table_lists_every_variable_and_the_readme_has_it():
 
 #: the environment reads allowed outside elmo_fast/settings.py: oneDNN's own ISA cap (a oneDNN variable the fast
 #: path mirrors), the C compiler, and the compile check's Triton cache (a development tool)
-_OTHER_ENV_READS = {"elmo_fast/fast/packing.py", "elmo_fast/fast/native/__init__.py", "kernels/compile_check.py"}
+_OTHER_ENV_READS = {"elmo_fast/fast/packing.py", "elmo_fast/fast/native/__init__.py", "tools/compile_check.py"}
 
 
 def test_no_module_but_settings_reads_the_environment():

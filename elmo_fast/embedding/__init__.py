@@ -1,6 +1,6 @@
 """The embed pipeline: read -> batch -> embed -> write, bounded memory, resumable, safe outputs.
 
-Modules (one-way: :mod:`.job` uses the others; the model is passed in, never imported):
+Modules (one-way: :mod:`.job` uses :mod:`.steps`, which uses the others; the model is passed in, never imported):
 
 * :mod:`.reader` -- lazy, validating line reader; input scan into hashed chunks.
 * :mod:`.batching` -- length-sorted (stateless) or input-order (stateful) batches of a chunk.
@@ -9,7 +9,10 @@ Modules (one-way: :mod:`.job` uses the others; the model is passed in, never imp
 * :mod:`.checkpoint` -- resume fingerprints of chunks.
 * :mod:`.paths` -- output/input checks before any work, temporary names, dead-run cleanup.
 * :mod:`.distributed` -- torchrun: blocks of chunks per rank, plan broadcast, failure agreement.
-* :mod:`.job` -- :func:`embed_to_hdf5`, the whole job.
+* :mod:`.space` -- the disk-space budget, checked before the first chunk is embedded.
+* :mod:`.isolated` -- hdf5 writes in child processes (a failed write is an error, not a crash).
+* :mod:`.steps` -- the scan, embed and merge steps and the agreement between processes.
+* :mod:`.job` -- :func:`embed_to_hdf5`: argument and path checks, the lock, the steps in order, cleanup.
 """
 from .batching import chunk_batches, length_groups
 from .distributed import rank_share

@@ -1,26 +1,24 @@
 """The embed job: read -> batch -> embed -> write, in bounded memory, resumable, never destroying a file.
 
-Steps (:func:`embed_to_hdf5`):
+:func:`embed_to_hdf5` runs, in order:
 
 1. **Checks before any work** (:mod:`.paths`): INPUT is a readable regular file; no OUTPUT (or shard) is INPUT
    or a model file, a directory or a special file; an existing OUTPUT needs ``overwrite``; the folder is
-   writable and the temporary names fit. Leftover ``*.tmp-PID`` files of dead runs are removed.
-2. **Scan** (:func:`.reader.scan_input`, rank 0 only): every line validated (file:line errors), the input cut
+   writable and the temporary names fit. The work folder ``OUTPUT.embed-work`` is created and this rank's lock
+   in it taken (a second embed of the same OUTPUT is refused); leftover ``*.tmp-PID`` files of dead runs go.
+2. **Scan** (:func:`.steps.scan_step`, rank 0 only): every line validated (file:line errors), the input cut
    into chunks of ``chunk_lines`` lines with a content hash each; lines go to an on-disk sentence store when
    ``sentence_to_index`` or the duplicate-key check needs them.
-3. **Model**: loaded only now (a factory), or the given embedder; its files are hashed for the fingerprints.
-4. **Embed**: each process walks its block of chunks; a chunk whose file exists with a matching fingerprint
-   (:mod:`.checkpoint`) is skipped, others are recomputed (the log says why). A chunk is read by byte offset,
-   batched (:mod:`.batching`), embedded, checked for NaN/Inf (the error names the input lines) and written
-   to its own chunk file. Memory: one chunk of text plus one batch of activations.
-5. **Merge** (rank 0): chunk files -> OUTPUT (or shards) with ``sentence_to_index``; then the work folder goes.
+3. **Embed** (:func:`.steps.embed_step`): the model is loaded only now (a factory) and its files hashed for the
+   fingerprints; the free space is checked (:mod:`.space`); each process walks its block of chunks, keeping
+   chunk files whose fingerprint matches (:mod:`.checkpoint`) and writing the others. Memory: one chunk of text
+   plus one batch of activations.
+4. **Merge** (:func:`.steps.merge_step`, rank 0): chunk files -> OUTPUT (or shards) with ``sentence_to_index``,
+   published by a rename; then the work folder goes.
 
-Disk space: before the first chunk is embedded, the bytes still to be written (chunk files until merged, then
-the output: 4 bytes x layers x tokens x 2P plus ~512 bytes per line, and the sentence index) are compared with
-the free space of OUTPUT's folder and the file size limit (``ulimit -f``): too little is a one-line error
-naming both (:func:`check_space`). Every hdf5 write runs in a child process (:mod:`.isolated`), because HDF5
-crashes the process when a write fails: a full disk during the run is a one-line error naming the file and
-the space it needed, the completed chunks stay, and a rerun with space continues.
+Every hdf5 write runs in a child process (:mod:`.isolated`), because HDF5 crashes the process when a write
+fails: a full disk during the run is a one-line error naming the file and the space it needed, the completed
+chunks stay, and a rerun with space continues.
 
 SIGINT/SIGTERM (:class:`elmo_fast.errors.Interrupted`) or any error leaves the completed chunks and removes
 the temporary file being written: rerunning the same command continues.
@@ -32,22 +30,19 @@ import math
 import os
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import IO, Any, Callable, Sequence
 
 import numpy as np
 
 from ..atomic import FileLock
-from ..errors import Interrupted, UserError, raise_if_interrupted
-from ..runtime import thread_tick
-from .batching import chunk_batches
-from .checkpoint import chunk_components, fingerprint_of, model_fingerprint, why_stale
-from .distributed import broadcast_from_zero, distributed_env, gather_ok, process_group, rank_share
-from .index import SentenceStore
-from .isolated import DISK_ERRNOS, ChunkWriterProcess, describe_bytes, free_bytes, run_isolated, write_failed
+from ..errors import Interrupted, UserError
+from .distributed import distributed_env, process_group
+from .isolated import DISK_ERRNOS, write_failed
 from .paths import check_input, check_outputs, remove_dead_temps, shard_paths, work_dir_for
-from .reader import InputFileError, InputPlan, line_list, read_chunk, scan_input
-from .writer import OUTPUT_FORMATS, ChunkFile, chunk_path, format_payload, merge_chunks, read_chunk_record
+from .steps import RunSpec, embed_step, merge_step, scan_step
+from .writer import OUTPUT_FORMATS
 
 __all__ = ["embed_to_hdf5", "EmbedReport", "DEFAULT_CHUNK_LINES"]
 
@@ -94,38 +89,6 @@ def _spool(stream: IO, path: str) -> None:
         raise UserError(f"{path}: cannot write the copy of the input ({e.strerror})") from None
 
 
-#: bytes per stored dataset beyond its float32 payload (HDF5 object header and link; measured ~330)
-DATASET_OVERHEAD = 512
-#: bytes per hdf5 file beyond its datasets (superblock, root group, heaps)
-FILE_OVERHEAD = 64 << 10
-
-
-def output_bytes(n_tokens: int, n_lines: int, layers: int, width: int) -> int:
-    """Bytes of embeddings for ``n_tokens`` tokens on ``n_lines`` lines: ``4 x layers x tokens x width``
-    (width = 2P) plus :data:`DATASET_OVERHEAD` per line."""
-    return 4 * layers * n_tokens * width + DATASET_OVERHEAD * n_lines
-
-
-def check_space(folder: str, output: str, *, chunks_bytes: int, largest_chunk: int, output_bytes: int,
-                largest_output: int) -> None:
-    """Refuse to start when ``folder`` lacks the space for the chunk files and the output, or a single file
-    would exceed the file size limit (``ulimit -f``); the message names the folder and the bytes needed."""
-    import resource
-    needed = chunks_bytes + output_bytes
-    free = free_bytes(folder)
-    if free is not None and needed > free:
-        raise UserError(f"OUTPUT {output}: not enough free space in {folder}: the embeddings need about "
-                        f"{describe_bytes(needed)} ({describe_bytes(chunks_bytes)} of chunk files until they are "
-                        f"merged, {describe_bytes(output_bytes)} of output), {describe_bytes(free)} are free")
-    soft, _hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    largest = max(largest_chunk, largest_output)
-    if soft != resource.RLIM_INFINITY and largest > soft:
-        what = "a chunk file" if largest_chunk >= largest_output else "OUTPUT"
-        raise UserError(f"OUTPUT {output}: {what} would need about {describe_bytes(largest)} but the file size "
-                        f"limit (ulimit -f) is {describe_bytes(soft)}; raise the limit or write shards "
-                        f"(--shards) and smaller chunks (--chunk-lines)")
-
-
 def embed_to_hdf5(model: Any, input_file: str | os.PathLike | IO, output: str | os.PathLike, *,
                   output_format: str = "all", batch_size: int = 64, stateful: bool | None = None,
                   forget_sentences: bool = False, use_sentence_keys: bool = False, progress: bool = True,
@@ -158,14 +121,13 @@ def embed_to_hdf5(model: Any, input_file: str | os.PathLike | IO, output: str | 
     batch_size = _positive_int("batch_size", batch_size)
     shards = _positive_int("shards", shards)
     chunk_lines = _positive_int("chunk_lines", chunk_lines)
-    factory: Callable[[], Any] | None = None
-    embedder = None
     if callable(model) and not hasattr(model, "embed_batch"):
-        factory = model
+        load_model: Callable[[], Any] = model  # a factory: called only after the checks and the scan
         if stateful is None:
             raise ValueError("stateful: expected True or False when the model is a factory")
     else:
         embedder = model
+        load_model = lambda: embedder  # noqa: E731
         stateful = bool(embedder.stateful)
         if model_files is None and hasattr(embedder, "source_files"):
             model_files = embedder.source_files()
@@ -188,112 +150,34 @@ def embed_to_hdf5(model: Any, input_file: str | os.PathLike | IO, output: str | 
     protected = [("INPUT", input_path)] if stream is None else []
     protected += [("model file", p) for p in (model_files or [])]
     check_outputs(outputs, protected=protected, overwrite=overwrite)
+    spec = RunSpec(input_path=input_path, outputs=tuple(outputs), work=work, output_format=output_format,
+                   batch_size=batch_size, stateful=bool(stateful), forget_sentences=forget_sentences,
+                   use_sentence_keys=use_sentence_keys, chunk_lines=chunk_lines, progress=progress, rank=rank,
+                   world=world)
     start_time = time.perf_counter()
-    folder = os.path.dirname(output)
     os.makedirs(work, exist_ok=True)
     lock = FileLock(os.path.join(work, f"lock-{rank}"), f"OUTPUT {output}",
                     "another embed process is writing it now")
-    store: SentenceStore | None = None
-    writer = ChunkWriterProcess()
+    store = None
     done_ok = False
     try:
         if rank == 0:
-            remove_dead_temps(folder, [os.path.basename(p) for p in outputs])
+            remove_dead_temps(os.path.dirname(output), [os.path.basename(p) for p in outputs])
         _remove_dead_chunk_temps(work)
         if stream is not None:
             _spool(stream, input_path)
-
-        # 2. scan (rank 0), shared with the other ranks
-        need_store = use_sentence_keys or not forget_sentences
-        context = process_group() if world > 1 else _nullcontext()
-        with context:
-            plan_or_error: Any
-            if rank == 0:
-                try:
-                    if need_store:
-                        store = SentenceStore(os.path.join(work, "sentences.sqlite"))
-                    plan_or_error = scan_input(input_path, chunk_lines, sentence_keys=use_sentence_keys,
-                                               on_line=store.add if store is not None else None, progress=progress)
-                    if use_sentence_keys and store is not None:
-                        dups, total = store.duplicates()
-                        if dups:
-                            pairs = ", ".join(f"line {a} repeats line {b}" for a, b in dups[:5])
-                            more = f" ({total} repeated lines in all)" if total > 1 else ""
-                            raise InputFileError(f"{input_path}: {pairs}{more}; duplicate sentences cannot be keys "
-                                                 f"(run without --use-sentence-keys)")
-                except Exception as e:
-                    broadcast_from_zero(f"{e}", world)
-                    raise
-                broadcast_from_zero(plan_or_error, world)
-            else:
-                plan_or_error = broadcast_from_zero(None, world)
-                if isinstance(plan_or_error, str):
-                    raise InputFileError(plan_or_error)
-            plan: InputPlan = plan_or_error
-            _remove_foreign_chunks(work, len(plan.chunks), rank)
-
-            # 3. model
-            error: str | None = None
-            reused = embedded = tokens_done = 0
-            try:
-                if embedder is None:
-                    embedder = factory()  # type: ignore[misc]
-                    if model_files is None and hasattr(embedder, "source_files"):
-                        model_files = embedder.source_files()
-                model_hash = model_fingerprint(model_files, getattr(embedder, "elmo_bilm", embedder)
-                                               if not model_files else None)
-                backend = _backend_label(embedder)
-                lo, hi = rank_share(len(plan.chunks), rank, world)
-                if rank == 0:
-                    _check_space_for(plan, embedder, output_format, outputs, work, folder, use_sentence_keys,
-                                     forget_sentences)
-                # 4. embed this rank's block
-                reused, embedded, tokens_done = _embed_block(
-                    embedder, plan, lo, hi, work, model_hash=model_hash, backend=backend,
-                    output_format=output_format, batch_size=batch_size, stateful=bool(stateful),
-                    use_sentence_keys=use_sentence_keys, progress=progress and rank == 0, input_path=input_path,
-                    writer=writer)
-            except Interrupted:
-                raise
-            except Exception as e:
-                if world <= 1:
-                    raise
-                gather_ok(f"rank {rank}: {e}", world)
-                raise
-            statuses = gather_ok(error, world)
-            others = [s for s in statuses if s]
-            if others:
-                raise UserError(others[0])
-
-            # 5. merge (rank 0)
-            if rank == 0:
-                groups = [rank_share(len(plan.chunks), i, len(outputs)) for i in range(len(outputs))]
-                files = [chunk_path(work, c.index) for c in plan.chunks]
-
-                def index_for(i: int):
-                    if forget_sentences or use_sentence_keys or store is None:
-                        return None
-                    lo_c, hi_c = groups[i]
-                    first = plan.chunks[lo_c].first_line if hi_c > lo_c else 0
-                    last = plan.chunks[hi_c - 1].first_line + plan.chunks[hi_c - 1].n_lines if hi_c > lo_c else 0
-                    return lambda: ((text, str(line)) for text, line in store.index_entries(first, last))
-                try:
-                    writer.shutdown()  # no chunk is written any more
-                    _merge_isolated(outputs, files, groups, index_for, progress, store)
-                except Exception as e:
-                    gather_ok(f"rank 0 (merging): {e}", world)
-                    raise
-            statuses = gather_ok(None, world)  # every rank waits for the merge before the work folder goes
-            if any(statuses):
-                raise UserError(next(s for s in statuses if s))
+        with process_group() if world > 1 else nullcontext():
+            plan, store = scan_step(spec)                               # 2.
+            done = embed_step(spec, plan, load_model, model_files)      # 3.
+            merge_step(spec, plan, store)                               # 4.
             done_ok = True
         elapsed = time.perf_counter() - start_time
-        report = EmbedReport(outputs, plan.n_lines, plan.n_tokens, len(plan.chunks), reused, embedded, tokens_done,
-                             elapsed)
+        report = EmbedReport(outputs, plan.n_lines, plan.n_tokens, len(plan.chunks), done.reused, done.embedded,
+                             done.tokens, elapsed)
         if rank == 0:
             logger.info("embedded %d lines (%d tokens; %d of %d chunks reused) in %.1fs, %.0f tokens/s -> %s",
-                        plan.n_lines, plan.n_tokens, reused, len(plan.chunks), elapsed,
-                        tokens_done / max(elapsed, 1e-9), ", ".join(outputs))
+                        plan.n_lines, plan.n_tokens, done.reused, len(plan.chunks), elapsed,
+                        done.tokens / max(elapsed, 1e-9), ", ".join(outputs))
         return report
     except (Interrupted, KeyboardInterrupt) as e:
         if _has_chunks(work):  # one line in the end: the CLI prints str(e)
@@ -305,20 +189,11 @@ def embed_to_hdf5(model: Any, input_file: str | os.PathLike | IO, output: str | 
             raise write_failed(e.filename or work, None, e.strerror or str(e)) from None
         raise
     finally:
-        writer.shutdown()
         if store is not None:
             store.close()
         lock.release()
         if rank == 0 and (done_ok or not _has_chunks(work)):
             shutil.rmtree(work, ignore_errors=True)  # done, or nothing there worth resuming
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> bool:
-        return False
 
 
 def _has_chunks(work: str) -> bool:
@@ -328,174 +203,7 @@ def _has_chunks(work: str) -> bool:
         return False
 
 
-def _backend_label(embedder: Any) -> str:
-    fn = getattr(embedder, "backend_label", None)
-    return str(fn()) if callable(fn) else "unknown"
-
-
 def _remove_dead_chunk_temps(work: str) -> None:
     names = [n for n in os.listdir(work) if ".tmp-" in n]
     prefixes = sorted({n.rsplit(".tmp-", 1)[0] for n in names})
     remove_dead_temps(work, prefixes)
-
-
-def _remove_foreign_chunks(work: str, n_chunks: int, rank: int) -> None:
-    """Rank 0 removes chunk files beyond this run's plan (left by a run on a longer input)."""
-    if rank != 0:
-        return
-    for name in os.listdir(work):
-        if name.startswith("chunk-") and name.endswith(".h5"):
-            try:
-                index = int(name[6:-3])
-            except ValueError:
-                continue
-            if index >= n_chunks:
-                os.remove(os.path.join(work, name))
-                logger.info("removed %s: not part of this run (the input now has %d chunks)", name, n_chunks)
-
-
-def _check_space_for(plan: InputPlan, embedder: Any, output_format: str, outputs: Sequence[str], work: str,
-                     folder: str, use_sentence_keys: bool, forget_sentences: bool) -> None:
-    """:func:`check_space` with this run's sizes: chunk files not yet complete, every output (the sentence
-    index about the input's size again). Skipped for a model whose output width is unknown."""
-    width = getattr(embedder, "output_dim", None)
-    if not isinstance(width, int):
-        return
-    layers = int(getattr(embedder, "num_layers", 3)) if output_format == "all" else 1
-    per_chunk = [output_bytes(c.n_tokens, c.n_lines, layers, width) + FILE_OVERHEAD for c in plan.chunks]
-    todo = [b for c, b in zip(plan.chunks, per_chunk) if not os.path.exists(chunk_path(work, c.index))]
-    index = 0 if (forget_sentences or use_sentence_keys) else int(plan.size * 1.5) + 16 * plan.n_lines
-    groups = [rank_share(len(plan.chunks), i, len(outputs)) for i in range(len(outputs))]
-    out_sizes = [sum(per_chunk[lo:hi]) + index * (hi - lo) // max(1, len(plan.chunks)) for lo, hi in groups]
-    check_space(folder, outputs[0], chunks_bytes=sum(todo), largest_chunk=max(per_chunk, default=0),
-                output_bytes=sum(out_sizes), largest_output=max(out_sizes, default=0))
-
-
-def _merge_isolated(outputs: Sequence[str], files: Sequence[str], groups: Sequence[tuple[int, int]],
-                    index_for: Callable[[int], Any], progress: bool, store: SentenceStore | None) -> None:
-    """:func:`merge_chunks` in a child process (HDF5 crashes its process when a write fails): a failure is a
-    :class:`WriteFailed` naming the output; the chunk files stay for a rerun."""
-    if store is not None:
-        store.flush()
-    needed = sum(os.path.getsize(f) for f in files if os.path.exists(f))
-
-    def merge() -> None:
-        if store is not None:
-            store.reopen()  # SQLite connections must not cross fork
-        merge_chunks(outputs, files, groups, index_for, progress=progress)
-
-    def cleanup(pid: int) -> None:
-        for out in outputs:
-            try:
-                os.remove(f"{out}.tmp-{pid}")
-            except OSError:
-                pass
-
-    run_isolated(merge, path=outputs[0] if len(outputs) == 1 else os.path.dirname(outputs[0]), needed=needed,
-                 cleanup=cleanup)
-
-
-def _embed_block(embedder: Any, plan: InputPlan, lo: int, hi: int, work: str, *, model_hash: str, backend: str,
-                 output_format: str, batch_size: int, stateful: bool, use_sentence_keys: bool, progress: bool,
-                 input_path: str, writer: ChunkWriterProcess | None = None) -> tuple[int, int, int]:
-    """Embed chunks ``[lo, hi)`` (reusing matching chunk files); (reused, embedded, tokens embedded)."""
-    from tqdm import tqdm
-    chunks = plan.chunks[lo:hi]
-    comps, prev = [], None
-    for c in chunks:
-        comp = chunk_components(input_sha=c.sha256, first_line=c.first_line, n_lines=c.n_lines, model=model_hash,
-                                backend=backend, output_format=output_format, sentence_keys=use_sentence_keys,
-                                stateful=stateful, batch_size=batch_size, previous=prev)
-        comps.append(comp)
-        prev = fingerprint_of(comp)
-    # the longest prefix (stateful) / the set (stateless) of chunks that can be kept
-    keep: list[bool] = []
-    states: list[Any] = []
-    for c, comp in zip(chunks, comps):
-        path = chunk_path(work, c.index)
-        if not os.path.exists(path):
-            keep.append(False)
-            states.append(None)
-            continue
-        stored, state = read_chunk_record(path)
-        why = why_stale(stored, comp)
-        if why is None and stateful and state is None and _can_save_state(embedder):
-            why = "it has no saved LSTM state"
-        if why:
-            logger.info("chunk %d (lines %d-%d): recomputing: %s", c.index, c.first_line + 1,
-                        c.first_line + c.n_lines, why)
-            os.remove(path)
-        keep.append(why is None)
-        states.append(state)
-    if stateful:
-        # resume after the last kept chunk of the leading run of kept chunks; later ones are recomputed
-        # (their state chain would otherwise need every earlier chunk)
-        first_missing = next((k for k, ok in enumerate(keep) if not ok), len(keep))
-        if first_missing > 0 and states[first_missing - 1] is None and first_missing < len(keep):
-            logger.info("chunks %d-%d: the model's carried state cannot be restored; recomputing from chunk %d",
-                        lo, hi - 1, lo)
-            first_missing = 0
-        for k in range(first_missing, len(keep)):
-            keep[k] = False
-        embedder.reset_states()
-        if first_missing > 0 and first_missing < len(keep):
-            _restore_state(embedder, states[first_missing - 1])
-    bar = tqdm(total=sum(c.n_tokens for c in chunks), unit="tok", unit_scale=True, disable=not progress,
-               desc="embedding")
-    reused = embedded = tokens = 0
-    for c, comp, ok in zip(chunks, comps, keep):
-        if ok:
-            reused += 1
-            bar.update(c.n_tokens)
-            continue
-        lines = read_chunk(input_path, c)
-        split = [s.split() for s in lines]
-        keys = lines if use_sentence_keys else [str(c.first_line + j) for j in range(len(lines))]
-        with ChunkFile(chunk_path(work, c.index), comp, writer=writer) as out:
-            for rows in chunk_batches([len(s) for s in split], batch_size, stateful):
-                results = embedder.embed_batch([split[j] for j in rows])
-                raise_if_interrupted()  # a SIGTERM/SIGINT whose exception Python swallowed stops here
-                thread_tick()  # automatic thread count follows the machine's load (elmo_fast.runtime)
-                bad = [c.first_line + j + 1 for j, emb in zip(rows, results) if not np.isfinite(emb).all()]
-                if bad:
-                    raise UserError(f"{input_path}: the embeddings of {line_list(sorted(bad))} contain NaN or Inf: "
-                                    f"the model's weights or options produce non-finite values")
-                for j, emb in zip(rows, results):
-                    out.write(keys[j], format_payload(emb, output_format))
-                bar.update(sum(len(split[j]) for j in rows))
-            if stateful:
-                out.write_state(_saved_state(embedder))
-        embedded += 1
-        tokens += c.n_tokens
-    bar.close()
-    if reused:
-        logger.info("reused %d of %d completed chunks from %s", reused, len(chunks), work)
-    return reused, embedded, tokens
-
-
-def _slots(embedder: Any) -> Any:
-    module = getattr(embedder, "elmo_bilm", embedder)
-    return getattr(module, "states", None)
-
-
-def _can_save_state(embedder: Any) -> bool:
-    slots = _slots(embedder)
-    return slots is not None and hasattr(slots, "h") and hasattr(slots, "c")
-
-
-def _saved_state(embedder: Any) -> tuple[np.ndarray, np.ndarray] | None:
-    slots = _slots(embedder)
-    if slots is None or getattr(slots, "h", None) is None or getattr(slots, "c", None) is None:
-        return None
-    return slots.h.detach().cpu().numpy(), slots.c.detach().cpu().numpy()
-
-
-def _restore_state(embedder: Any, state: tuple[np.ndarray, np.ndarray] | None) -> None:
-    slots = _slots(embedder)
-    if state is None or slots is None:
-        return
-    import torch
-    module = getattr(embedder, "elmo_bilm", embedder)
-    device = next(module.parameters()).device if any(True for _ in module.parameters()) else torch.device("cpu")
-    slots.h = torch.from_numpy(np.ascontiguousarray(state[0])).to(device)
-    slots.c = torch.from_numpy(np.ascontiguousarray(state[1])).to(device)

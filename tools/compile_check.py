@@ -17,9 +17,15 @@ needed. Checked per launch and architecture:
 * tensor cores: whether the PTX has ``wgmma`` (sm_90 warpgroup MMA) or ``mma.sync`` instructions (none: FMA).
 
 This module must run in a process where ``TRITON_INTERPRET`` was not set when triton was imported (the
-interpreter replaces the kernels by Python functions); the test suite runs it in a subprocess::
+interpreter replaces the kernels by Python functions); the test suite runs it in a subprocess, from the
+repository root (a development tool: it is not installed with ``elmo_fast``)::
 
-    python -m elmo_fast.kernels.compile_check --arch 90 --arch 80 --json report.json [--precision ieee]
+    python -m tools.compile_check --arch 90 --arch 80 --json report.json [--precision ieee]
+
+Each specialization's result is kept in the compile-check cache (``ELMO_FAST_COMPILE_CACHE``, read through
+:mod:`elmo_fast.settings`; default ``~/.cache/elmo-fast/compile-check``), keyed by the Triton version, the
+kernel's source hash, the compile options and the architecture: a second run of the same checkout compiles
+nothing, and an edited kernel is compiled again.
 
 Shapes (:func:`workloads`): the ``tiny``, ``small``, ``medium`` and ``original`` presets at inference (64
 sentences x 40 tokens + BOS/EOS, varied lengths) and training (128 x 20 per stream, forward + backward,
@@ -44,15 +50,15 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-__all__ = ["ARCH_LIMITS", "workloads", "edge_workloads", "record", "compile_plans", "main"]
+__all__ = ["ARCH_LIMITS", "workloads", "edge_workloads", "record", "compile_plans", "cache_dir", "main"]
 
 #: per architecture: max shared memory per block (opt-in), registers per SM
 ARCH_LIMITS = {80: {"smem": 166_912, "regs": 65_536}, 90: {"smem": 232_448, "regs": 65_536}}
 MAX_GRID = (2 ** 31 - 1, 65_535, 65_535)
 VOCAB = 793_471
 #: where per-specialization results are kept between runs (keyed by triton version, kernel source hash,
-#: specialization, options and arch); the compiler itself runs with a private TRITON_CACHE_DIR so that
-#: ptxas (and its -v report) runs for every specialization not found here
+#: specialization, options and arch; :func:`cache_dir`); the compiler itself runs with a private
+#: TRITON_CACHE_DIR so that ptxas (and its -v report) runs for every specialization not found here
 CACHE_ENV = "ELMO_FAST_COMPILE_CACHE"
 NEGATIVES = 8192
 #: a process spawn that fails for lack of resources (EAGAIN: too many processes or threads now; ENOMEM) is
@@ -105,7 +111,7 @@ def _lengths(B: int, T: int) -> torch.Tensor:
 
 
 def _inference(enc, lstm, B: int, T: int, L: int) -> None:
-    from . import ops
+    from elmo_fast.kernels import ops
     P = lstm.options.projection_dim
     with torch.no_grad():
         ops.token_encoder(enc, torch.empty(B * T, L, dtype=torch.int64, device="meta"))
@@ -114,7 +120,7 @@ def _inference(enc, lstm, B: int, T: int, L: int) -> None:
 
 
 def _training(enc, lstm, B: int, T: int, L: int, V: int, S: int, dropout: float = 0.1) -> None:
-    from . import ops
+    from elmo_fast.kernels import ops
     P = lstm.options.projection_dim
     ids = torch.empty(2 * B * T, L, dtype=torch.int64, device="meta")
     tok = ops.token_encoder(enc, ids).view(2, B, T, P)
@@ -155,7 +161,7 @@ def workloads(presets: Iterable[str] = ("tiny", "small", "medium", "original"),
 
 def _lstm_layer(B: int, T: int, P: int, C: int, persistent: bool | None, train: bool, residual: bool = True,
                 reverse: bool = True) -> None:
-    from .lstm_cell import lstm_bidirectional_layer
+    from elmo_fast.kernels.lstm_cell import lstm_bidirectional_layer
     with torch.device("meta"):
         x = torch.empty(2, B, T, P, requires_grad=train)
         W0 = torch.empty(2, 2 * P, 4 * C, requires_grad=train)
@@ -171,7 +177,7 @@ def _lstm_layer(B: int, T: int, P: int, C: int, persistent: bool | None, train: 
 
 
 def _softmax(N: int, P: int, V: int, S: int, train: bool = True) -> None:
-    from .sampled_softmax import full_softmax_loss, sampled_softmax_loss
+    from elmo_fast.kernels.sampled_softmax import full_softmax_loss, sampled_softmax_loss
     with torch.device("meta"):
         h = torch.empty(N, P, requires_grad=train)
         W = torch.empty(V, P, requires_grad=train)
@@ -187,12 +193,11 @@ def _softmax(N: int, P: int, V: int, S: int, train: bool = True) -> None:
 
 def _encoder(N: int, filters, D: int, L: int, n_highway: int, P: int, activation: str = "relu",
              train: bool = True) -> None:
+    from elmo_fast.kernels import ops
+    from elmo_fast.nn.token_encoder import CharCNNTokenEncoder
     from elmo_fast.options import CharCNNOptions
-
-    from . import ops
     opts = CharCNNOptions(filters=tuple(tuple(f) for f in filters), embedding_dim=D, n_highway=n_highway,
                           activation=activation, max_characters_per_token=L)
-    from elmo_fast.nn.token_encoder import CharCNNTokenEncoder
     with torch.device("meta"):
         enc = CharCNNTokenEncoder(opts, P)
     with torch.set_grad_enabled(train):
@@ -213,7 +218,7 @@ def edge_workloads(precision: str = "tf32x3") -> list[Workload]:
     * char-CNN + highway + projection at one token, 8-dim embeddings, the widest filter = token length,
       tanh activation, and F = 4096 features.
     """
-    from .lstm_cell import persistent_edges
+    from elmo_fast.kernels.lstm_cell import persistent_edges
     w = []
     for pp, cc in persistent_edges():
         w.append(Workload(f"edge/lstm persistent P={pp} C={cc} (budget edge) fwd", lambda pp=pp, cc=cc:
@@ -239,11 +244,11 @@ def edge_workloads(precision: str = "tf32x3") -> list[Workload]:
 # ---------------------------------------------------------------------------------------------- record
 def record(work: list[Workload]) -> list[tuple[str, Any]]:
     """Run each workload's host code on meta tensors; returns ``[(workload name, LaunchPlan), ...]``."""
-    from .common import interpreting, set_precision
-    from .launch import recording
+    from elmo_fast.kernels.common import interpreting, set_precision
+    from elmo_fast.kernels.launch import recording
     if interpreting():
         raise RuntimeError("compile_check needs compiled kernels: run it without TRITON_INTERPRET=1 "
-                           "(e.g. python -m elmo_fast.kernels.compile_check)")
+                           "(e.g. python -m tools.compile_check)")
     out = []
     for wl in work:
         set_precision(wl.precision)
@@ -299,6 +304,13 @@ def _resource_usage(cubin: bytes) -> dict[str, int]:
     return {k: int(fields[k]) for k in ("REG", "STACK", "SHARED", "LOCAL")}
 
 
+def cache_dir() -> str:
+    """The folder of the per-specialization results: ``ELMO_FAST_COMPILE_CACHE`` when set (validated by
+    :mod:`elmo_fast.settings`), else ``~/.cache/elmo-fast/compile-check``."""
+    from elmo_fast import settings
+    return settings.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "elmo-fast", "compile-check")
+
+
 def _compile_one(job) -> dict[str, Any]:
     """Compile one specialized launch (in a worker process); returns its resource usage."""
     kernel_module, kernel_name, arch, signature, constexprs, attrs, options = job
@@ -313,11 +325,10 @@ def _compile_one(job) -> dict[str, Any]:
     kernel = getattr(importlib.import_module(kernel_module), kernel_name)
     t0 = time.perf_counter()
     src = ASTSource(kernel, signature, constexprs, attrs)
-    cache_dir = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "elmo-fast",
-                                                          "compile-check")
+    folder = cache_dir()
     key = hashlib.sha256(f"v2-{triton.__version__}-{src.hash()}-{sorted(options.items())}-{arch}".encode()
                          ).hexdigest()
-    cached = os.path.join(cache_dir, key + ".json")
+    cached = os.path.join(folder, key + ".json")
     if os.path.exists(cached):
         with open(cached) as f:
             return dict(json.load(f), compile_s=0.0)
@@ -346,7 +357,7 @@ def _compile_one(job) -> dict[str, Any]:
            "local": usage["LOCAL"], "stack": usage["STACK"], "spill_stores": spill_stores,
            "spill_loads": spill_loads, "tensor_cores": tensor_cores}
     if m:  # a complete ptxas report: keep the result for the next run
-        os.makedirs(cache_dir, exist_ok=True)
+        os.makedirs(folder, exist_ok=True)
         tmp = cached + f".{os.getpid()}.tmp"
         with open(tmp, "w") as f:
             json.dump(out, f)
@@ -418,7 +429,8 @@ def compile_plans(recorded: list[tuple[str, Any]], archs: Iterable[int] = (90, 8
             problems.append(f"grid {grid} outside (1..{MAX_GRID})")
         results.append(Result(wname, plan.name, arch, grid, plan.num_warps, plan.num_stages,
                               {k: v for k, v in plan.constexprs.items()}, plan.count, u["regs"], smem, u["local"],
-                              u["stack"], u["spill_stores"], u["spill_loads"], u["tensor_cores"], u["compile_s"], key in seen, problems))
+                              u["stack"], u["spill_stores"], u["spill_loads"], u["tensor_cores"], u["compile_s"],
+                              key in seen, problems))
         seen.add(key)
     return results
 
@@ -434,8 +446,9 @@ def table(results: list[Result]) -> str:
         if k in done:
             continue
         done.add(k)
-        lines.append(f"| {r.workload} | {r.kernel} | sm_{r.arch} | {r.grid} | {r.num_warps} | {r.num_stages} | {r.regs} | "
-                     f"{r.smem} | {r.spill_stores}/{r.spill_loads} | {r.tensor_cores} | {'; '.join(r.problems) or '-'} |")
+        lines.append(f"| {r.workload} | {r.kernel} | sm_{r.arch} | {r.grid} | {r.num_warps} | {r.num_stages} | "
+                     f"{r.regs} | {r.smem} | {r.spill_stores}/{r.spill_loads} | {r.tensor_cores} | "
+                     f"{'; '.join(r.problems) or '-'} |")
     return "\n".join(lines)
 
 
@@ -456,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     if "TRITON_CACHE_DIR" not in os.environ:  # a private compiler cache: ptxas must run to report spills
         os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="elmo-fast-triton-")
-    from .common import DEFAULT_PRECISION
+    from elmo_fast.kernels.common import DEFAULT_PRECISION
     args.precision = args.precision or DEFAULT_PRECISION
     work = workloads([s for s in args.presets.split(",") if s], args.precision)
     if not args.no_edges:

@@ -25,7 +25,8 @@ summed in the kernel's order (small terms first, then the big product).
 :func:`emulated_products` is a ``TorchFunctionMode`` that replaces every product of a reference model
 (``F.linear``, ``addmm``, ``matmul``/``@``, ``mm``, ``bmm``, ``F.conv1d``) by its emulation, so that the
 pure-PyTorch reference runs with the products of the Triton kernels in a given mode
-(``benchmarks/tf32_emulation.py`` measures the shared fixtures that way).
+(``benchmarks/tf32_emulation.py`` measures the shared fixtures that way). A development tool: it lives in the
+repository's ``tools/`` folder, not in the installed package.
 """
 from __future__ import annotations
 
