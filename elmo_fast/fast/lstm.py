@@ -39,7 +39,6 @@ state per row in the same order (sorting is internal), so BiLM's slot semantics 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -48,8 +47,8 @@ from .. import numerics
 from ..nn.lstm import FORGET_BIAS, BiLSTM
 from .native import available as native_available
 from .native import cell_backward, cell_forward
-from .packing import (PackedLinear, PairLinear, cached, matmul, onednn_products, operand,  # noqa: F401 (re-exported)
-                      pair_matmul)
+from .packing import (PackedLinear, PairLinear, bf16_products, cached, matmul,  # noqa: F401 (re-exported)
+                      onednn_products, operand, pair_matmul)
 
 __all__ = ["PackedPlan", "PairLinear", "bilstm_fast", "bilstm_streams_fast", "make_plan", "recurrence_forward"]
 
@@ -123,13 +122,26 @@ def _prev(views: list[torch.Tensor], s: int, n: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# order="allennlp": steps with 1-3 active rows multiply as AllenNLP does
+# order="allennlp": the short tails in AllenNLP's own order
 # ----------------------------------------------------------------------------------------------------------
-#: AllenNLP multiplies each step's active rows on their own, with ``Linear`` weights stored ``(out, in)``. From this
-#: many rows on, the BLAS gives each row the same bits whatever the row count and layout (so one product over all
-#: steps, or ``bmm`` on ``(in, out)`` weights, is AllenNLP's result); with fewer its small-row kernels sum in an
-#: order that depends on both, so those steps are recomputed per step and per direction like AllenNLP's.
+#: AllenNLP multiplies each position's active rows on their own, with ``Linear`` weights stored ``(out, in)``. From
+#: this many rows on, the BLAS gives each row the same bits whatever the row count and layout (so one product over
+#: all steps, or ``bmm`` on ``(in, out)`` weights, is AllenNLP's result); with fewer its small-row kernels sum in an
+#: order that depends on both, so those positions are multiplied as AllenNLP multiplies them.
 ALLENNLP_MIN_ROWS = 4
+
+#: column block of the tails' products (:func:`_linear_rows`): a ``(128, in)`` slice of a weight stays in the cache
+#: while all rows that need it are multiplied. Splitting a product's output columns does not change any column's
+#: sum (``tests/test_fast_lstm_exact.py``), so the blocks give the whole product's bits.
+TAIL_BLOCK = 128
+#: weights with fewer elements are multiplied whole (they stay in the cache anyway)
+TAIL_BLOCK_MIN_WEIGHT = 1 << 16
+
+
+def exact_order() -> bool:
+    """Whether the biLSTM keeps AllenNLP's bits: order ``"allennlp"`` with float32 products (bf16 products have
+    no AllenNLP order to keep)."""
+    return not onednn_products() and not bf16_products()
 
 
 def _linear_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -137,52 +149,233 @@ def _linear_weight(weight: torch.Tensor) -> torch.Tensor:
     return cached("allennlp_linear", [weight], lambda: weight.detach().transpose(1, 2).contiguous())
 
 
-def allennlp_special_rows(plan: PackedPlan) -> dict[int, list[tuple[int, int, list[int]]]]:
-    """Per step ``s``: groups ``(direction, AllenNLP row count m, rows js)`` of the rows whose products AllenNLP
-    computes in a product of fewer than :data:`ALLENNLP_MIN_ROWS` rows, or that this step's own product would
-    compute so (order ``"allennlp"`` only; empty otherwise); rows of one group share one product.
+def _linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``G`` separate products of ``m`` rows, each with the bits of ``F.linear(x[g], weight, bias)``.
 
-    AllenNLP runs both directions over the padded positions: at position ``p`` the active rows are the
-    ``m = n(p)`` longest. Here the forward direction's step ``s`` is position ``s`` (``m = n_s``), while the
-    backward direction's row ``j`` at step ``s`` is position ``L_j - 1 - s``, whose ``m`` can be small while the
-    step has many rows (the last positions of the longest sentences), or large while the step has few.
+    Args:
+        x: ``(G, m, in)``; weight: ``(out, in)`` contiguous (``Linear``'s layout); bias: ``(out,)`` or None.
+
+    Returns:
+        ``(G, m, out)``. A weight of at least :data:`TAIL_BLOCK_MIN_WEIGHT` elements is multiplied in column blocks
+        of :data:`TAIL_BLOCK` (one ``bmm`` per block over the ``G`` products, or one ``bmm`` over the blocks when
+        ``G`` is 1), so each block is read from memory once, not once per product or (the BLAS's kernels for 2
+        and 3 rows) once per row.
     """
-    if onednn_products():
-        return {}
-    sizes = plan.batch_sizes
-    lengths = [sum(1 for n in sizes if n > j) for j in range(sizes[0] if sizes else 0)]
-    out: dict[int, list[tuple[int, int, int]]] = {}
-    for s, n in enumerate(sizes):
-        rows = []
-        for j in range(n):
-            m_fw, m_bw = n, sizes[lengths[j] - 1 - s]
-            for d, m in ((0, m_fw), (1, m_bw)):
-                if m < ALLENNLP_MIN_ROWS or n < ALLENNLP_MIN_ROWS:
-                    rows.append((d, j, m))
-        if rows:
-            groups: dict[tuple[int, int], list[int]] = {}
-            for d, j, m in rows:
-                groups.setdefault((d, m if m < ALLENNLP_MIN_ROWS else ALLENNLP_MIN_ROWS), []).append(j)
-            out[s] = [(d, m, js) for (d, m), js in groups.items()]
+    G, m, k = x.shape
+    out_f = weight.shape[0]
+    if out_f * k < TAIL_BLOCK_MIN_WEIGHT or out_f % TAIL_BLOCK:
+        return torch.stack([F.linear(x[g], weight, bias) for g in range(G)])
+    blocks = out_f // TAIL_BLOCK
+    if G == 1:  # the blocks as the batch of one bmm: x repeated (stride 0), each block of the weight once
+        w = weight.view(blocks, TAIL_BLOCK, k).transpose(1, 2)
+        xs = x.expand(blocks, m, k)
+        y = torch.bmm(xs, w) if bias is None else torch.baddbmm(bias.view(blocks, 1, TAIL_BLOCK), xs, w)
+        return y.transpose(0, 1).reshape(1, m, out_f)
+    out = x.new_empty(G, m, out_f)
+    for lo in range(0, out_f, TAIL_BLOCK):  # the G products share each block of the weight (stride-0 batch)
+        w = weight[lo:lo + TAIL_BLOCK].t().expand(G, k, TAIL_BLOCK)
+        y = torch.bmm(x, w) if bias is None else torch.baddbmm(bias[lo:lo + TAIL_BLOCK].view(1, 1, -1), x, w)
+        out[:, :, lo:lo + TAIL_BLOCK] = y
     return out
 
 
-def _group_product(rows: torch.Tensor, js: list[int], weight: torch.Tensor, bias: torch.Tensor | None,
-                   m: int) -> torch.Tensor:
-    """Rows' ``Linear`` products with the bits AllenNLP gets for them: ``rows`` ``(g, in)`` are rows ``js`` of a
-    product of ``m`` rows when ``m`` is below :data:`ALLENNLP_MIN_ROWS` (the BLAS's small-row kernels; the other
-    rows are zero, each row's sums do not depend on them), else of any product of at least that many rows (where
-    every row gets the same bits). ``weight`` ``(out, in)``; returns ``(g, out)``."""
-    k = m if m < ALLENNLP_MIN_ROWS else max(ALLENNLP_MIN_ROWS, max(js) + 1)
-    block = rows.new_zeros(k, rows.shape[1])
-    index = torch.tensor(js, device=rows.device)
-    block.index_copy_(0, index, rows)
-    return F.linear(block, weight, bias).index_select(0, index)
+@dataclass
+class AllenNLPTails:
+    """Where the positions with fewer than :data:`ALLENNLP_MIN_ROWS` active rows are computed (order
+    ``"allennlp"``).
+
+    AllenNLP runs both directions over the padded positions: at position ``p`` the active rows are the
+    ``m = n(p)`` longest, multiplied together. For ``p >= main_steps`` (the length of the
+    :data:`ALLENNLP_MIN_ROWS`-th longest row, 0 for fewer rows) ``m`` is below :data:`ALLENNLP_MIN_ROWS` and the
+    products' bits depend on ``m``: these *tail* positions are computed in AllenNLP's grouping, one product of
+    ``m`` rows per position and direction; every other position (the *main* steps) takes the generic bits of any
+    product of at least :data:`ALLENNLP_MIN_ROWS` rows, so those run as the fast path's stacked steps.
+
+    The forward direction's step ``s`` is position ``s``: its tail is the plan's last steps (the *epilogue*, after
+    the main steps). The backward direction's row ``j`` at step ``s`` is position ``L_j - 1 - s`` in the plan's
+    layout; in the *AllenNLP layout* its tail positions ``p >= main_steps`` move to step ``p`` (step ``p`` has
+    exactly ``n(p)`` rows) and its other positions to step ``min(L_j, main_steps) - 1 - p``, so the tail runs
+    first (the *prologue*, positions from the last down) and hands its state to the main steps, which then see
+    only positions below ``main_steps``. Only rows longer than ``main_steps`` (at most three) move.
+
+    Attributes:
+        main_steps: steps ``0 .. main_steps - 1`` hold the main positions of both directions.
+        carried: backward rows that enter the main steps from the prologue (``n`` at step ``main_steps``).
+        plan_slots, tail_slots: ``(k,)`` packed rows of the backward direction in the plan's layout and, for the
+            same (row, position), in the AllenNLP layout (the rows that move).
+    """
+
+    main_steps: int
+    carried: int
+    plan_slots: torch.Tensor
+    tail_slots: torch.Tensor
+
+
+def allennlp_tails(plan: PackedPlan) -> AllenNLPTails:
+    """The tail positions of ``plan`` and the backward direction's AllenNLP layout (see :class:`AllenNLPTails`)."""
+    sizes, offsets = plan.batch_sizes, plan.offsets
+    lengths = [sum(1 for n in sizes if n > j) for j in range(sizes[0] if sizes else 0)]
+    main = lengths[ALLENNLP_MIN_ROWS - 1] if len(lengths) >= ALLENNLP_MIN_ROWS else 0
+    carried = sizes[main] if main < len(sizes) else 0
+    plan_slots, tail_slots = [], []
+    for j in range(carried):  # the rows longer than ``main``
+        for p in range(lengths[j]):
+            plan_slots.append(offsets[lengths[j] - 1 - p] + j)
+            tail_slots.append(offsets[p if p >= main else main - 1 - p] + j)
+    return AllenNLPTails(main, carried, torch.tensor(plan_slots, dtype=torch.long),
+                         torch.tensor(tail_slots, dtype=torch.long))
+
+
+def _to_layout(t: torch.Tensor, src: torch.Tensor, dst: torch.Tensor) -> None:
+    """Move the backward direction's rows ``src`` of ``t`` ``(D, total, ...)`` to rows ``dst``, in place."""
+    t[1].index_copy_(0, dst, t[1].index_select(0, src))
+
+
+def _tail_input_products(x: torch.Tensor, gates: torch.Tensor, weight: torch.Tensor, plan: PackedPlan,
+                         main_steps: int) -> None:
+    """``x W_x`` of every tail step with AllenNLP's bits (a product of the step's ``m`` rows), written into
+    ``gates``: ``x`` ``(D, total, P)`` and ``gates`` ``(D, total, 4C)`` in the AllenNLP layout, ``weight``
+    ``(D, 4C, P)`` (``Linear``'s layout). The steps of one row count are multiplied together
+    (:func:`_linear_rows`): the inputs are known before the recurrence."""
+    sizes, offsets = plan.batch_sizes, plan.offsets
+    by_rows: dict[int, list[int]] = {}
+    for s in range(main_steps, len(sizes)):
+        by_rows.setdefault(sizes[s], []).append(s)
+    for m, steps in by_rows.items():
+        index = torch.tensor([offsets[s] + j for s in steps for j in range(m)], device=x.device)
+        for d in range(x.shape[0]):
+            z = _linear_rows(x[d].index_select(0, index).view(len(steps), m, -1), weight[d])
+            gates[d].index_copy_(0, index, z.view(len(steps) * m, -1))
 
 
 # ----------------------------------------------------------------------------------------------------------
 # The recurrence over packed rows (shared by inference and the training Function)
 # ----------------------------------------------------------------------------------------------------------
+@dataclass
+class _StepViews:
+    """Per-step views ``(D, n_s, ...)`` of one layer's packed buffers (made once per layer with ``split``).
+
+    ``gates`` holds the pre-activations, then the activations (gate order i, f, o, j: ``sigmoid_gates`` are the
+    first three, ``cell_input`` the fourth); ``cell`` the clipped cells, ``cell_raw`` the cells before the clip;
+    ``hidden`` ``o * tanh(c)``; ``tanh_cell`` ``tanh(c)``; ``output`` the clipped projections (the carried
+    ``h``), ``output_raw`` before the clip. Optional buffers are None.
+    """
+
+    gates: list[torch.Tensor]
+    sigmoid_gates: list[torch.Tensor]
+    input_gate: list[torch.Tensor]
+    forget_gate: list[torch.Tensor]
+    output_gate: list[torch.Tensor]
+    cell_input: list[torch.Tensor]
+    output: list[torch.Tensor]
+    output_raw: list[torch.Tensor] | None
+    cell: list[torch.Tensor]
+    cell_raw: list[torch.Tensor] | None
+    hidden: list[torch.Tensor]
+    tanh_cell: list[torch.Tensor] | None
+
+
+def _cell_update(v: _StepViews, s: int, c_prev: torch.Tensor, cell_clip: float | None,
+                 d: slice | int = slice(None)) -> torch.Tensor:
+    """Step ``s``'s cell with torch's ops, AllenNLP's order (``i*g`` and ``f*c`` rounded separately, then summed;
+    no fused multiply-add), for directions ``d``; returns ``o * tanh(c)`` (written into ``v.hidden[s][d]``)."""
+    v.sigmoid_gates[s][d].sigmoid_()
+    v.cell_input[s][d].tanh_()
+    hc = v.hidden[s][d]
+    c = v.cell[s][d] if v.cell_raw is None else v.cell_raw[s][d]
+    torch.mul(v.input_gate[s][d], v.cell_input[s][d], out=hc)
+    torch.mul(v.forget_gate[s][d], c_prev, out=c)
+    c.add_(hc)
+    if cell_clip is not None:
+        torch.clamp(c, -cell_clip, cell_clip, out=v.cell[s][d])
+    if v.tanh_cell is None:
+        torch.tanh(v.cell[s][d], out=hc)
+        hc.mul_(v.output_gate[s][d])
+    else:  # training: keep tanh(c) for the backward (same rounding: tanh, then the product)
+        torch.tanh(v.cell[s][d], out=v.tanh_cell[s][d])
+        torch.mul(v.tanh_cell[s][d], v.output_gate[s][d], out=hc)
+    return hc
+
+
+def _store_projection(v: _StepViews, s: int, raw: torch.Tensor, proj_clip: float | None,
+                      d: slice | int = slice(None)) -> None:
+    """Write a step's raw projection (and its clipped value, the output) for directions ``d``."""
+    if v.output_raw is not None:
+        v.output_raw[s][d].copy_(raw)
+    if proj_clip is None:
+        v.output[s][d].copy_(raw)
+    else:
+        torch.clamp(raw, -proj_clip, proj_clip, out=v.output[s][d])
+
+
+def _main_steps(v: _StepViews, h0: torch.Tensor, c0: torch.Tensor, w_h: PairLinear, w_p: PairLinear,
+                sizes: list[int], cell_clip: float | None, proj_clip: float | None, fused: bool) -> None:
+    """Steps ``0 .. len(sizes) - 1`` of both directions together, from ``h0 (D, n_0, P)`` / ``c0 (D, n_0, C)``:
+    ``z = x W_x + (h W_h + b)`` (the input part already in ``v.gates``), the cell, ``y = clip((o tanh c) W_P)``."""
+    # per-step work below is ~11 tensor ops; keep the Python around them minimal (batch 1 is op-bound)
+    recurrent = {n: w_h.add_into_fn(n) for n in set(sizes)}
+    projection = {n: w_p.fn(n) for n in set(sizes)}
+    prev_n = -1
+    for s, n in enumerate(sizes):
+        if s == 0:
+            h_prev, c_prev = h0[:, :n], c0[:, :n]
+        elif n == prev_n:
+            h_prev, c_prev = v.output[s - 1], v.cell[s - 1]
+        else:
+            h_prev, c_prev = v.output[s - 1][:, :n], v.cell[s - 1][:, :n]
+        prev_n = n
+        recurrent[n](v.gates[s], h_prev)
+        if fused:  # the cell in one pass (elmo_fast.fast.native)
+            hc = v.hidden[s]
+            cell_forward(v.gates[s], c_prev, None if v.cell_raw is None else v.cell_raw[s], v.cell[s],
+                         None if v.tanh_cell is None else v.tanh_cell[s], hc, cell_clip)
+        else:
+            hc = _cell_update(v, s, c_prev, cell_clip)
+        if proj_clip is None:
+            projection[n](hc, v.output[s])
+        elif v.output_raw is not None:
+            torch.clamp(projection[n](hc, v.output_raw[s]), -proj_clip, proj_clip, out=v.output[s])
+        else:
+            torch.clamp(projection[n](hc, None), -proj_clip, proj_clip, out=v.output[s])
+
+
+def _allennlp_tail_step(v: _StepViews, s: int, d: int, h_prev: torch.Tensor, c_prev: torch.Tensor,
+                        W_hT: torch.Tensor, b_h: torch.Tensor | None, W_pT: torch.Tensor,
+                        cell_clip: float | None, proj_clip: float | None) -> None:
+    """One tail position of direction ``d`` as AllenNLP computes it: its ``m`` rows (step ``s``'s rows in the
+    AllenNLP layout) in one product each, ``h W_hᵀ + b`` added to the input product, the cell, ``(o tanh c)
+    W_Pᵀ``; ``h_prev`` ``(m, P)``, ``c_prev`` ``(m, C)``; weights in ``Linear``'s layout."""
+    v.gates[s][d].add_(_linear_rows(h_prev.unsqueeze(0), W_hT, b_h)[0])
+    hc = _cell_update(v, s, c_prev, cell_clip, d)
+    _store_projection(v, s, _linear_rows(hc.unsqueeze(0), W_pT)[0], proj_clip, d)
+
+
+def _allennlp_prologue(v: _StepViews, tails: AllenNLPTails, h0: torch.Tensor, c0: torch.Tensor, weights: tuple,
+                       sizes: list[int], cell_clip: float | None, proj_clip: float | None) -> None:
+    """The backward direction's tail positions, from the last down to ``tails.main_steps`` (AllenNLP layout: step
+    ``p`` is position ``p``): a row continues from the next position, or starts from ``h0``/``c0`` at its last."""
+    W_hT, b_h, W_pT = weights
+    for s in range(len(sizes) - 1, tails.main_steps - 1, -1):
+        m = sizes[s]
+        k = sizes[s + 1] if s + 1 < len(sizes) else 0  # rows already running
+        h_prev = h0[1, :m] if k == 0 else torch.cat([v.output[s + 1][1], h0[1, k:m]])
+        c_prev = c0[1, :m] if k == 0 else torch.cat([v.cell[s + 1][1], c0[1, k:m]])
+        _allennlp_tail_step(v, s, 1, h_prev, c_prev, W_hT[1], None if b_h is None else b_h[1], W_pT[1], cell_clip,
+                            proj_clip)
+
+
+def _allennlp_epilogue(v: _StepViews, tails: AllenNLPTails, h0: torch.Tensor, c0: torch.Tensor, weights: tuple,
+                       sizes: list[int], cell_clip: float | None, proj_clip: float | None) -> None:
+    """The forward direction's tail positions ``tails.main_steps ..``, after the main steps."""
+    W_hT, b_h, W_pT = weights
+    for s in range(tails.main_steps, len(sizes)):
+        m = sizes[s]
+        h_prev = h0[0, :m] if s == 0 else v.output[s - 1][0, :m]
+        c_prev = c0[0, :m] if s == 0 else v.cell[s - 1][0, :m]
+        _allennlp_tail_step(v, s, 0, h_prev, c_prev, W_hT[0], None if b_h is None else b_h[0], W_pT[0], cell_clip,
+                            proj_clip)
+
+
 def recurrence_forward(gates: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_h: PairLinear,
                        w_p: PairLinear, plan: PackedPlan, cell_clip: float | None, proj_clip: float | None,
                        save: bool, x: torch.Tensor | None = None, w_x: torch.Tensor | None = None
@@ -196,13 +389,14 @@ def recurrence_forward(gates: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, 
         w_h: ``(D, P, 4C)`` recurrent weights (same gate order) with the bias (+1 forget bias folded in);
             w_p: ``(D, C, P)`` projections.
         save: keep what the backward needs (raw cell values, ``tanh(c)``, ``o * tanh(c)``, raw projections).
-        x, w_x: the packed layer inputs ``(D, total, P)`` and input weights ``(D, P, 4C)`` the gates came from;
-            with order ``"allennlp"`` the rows AllenNLP multiplies in products of 1-3 rows are recomputed with
-            those products' bits (:func:`allennlp_special_rows`). Omit them to skip that.
+        x, w_x: the packed layer inputs ``(D, total, P)`` (forward then backward direction) and input weights
+            ``(D, P, 4C)`` the gates came from; with order ``"allennlp"`` (:func:`exact_order`) the positions
+            AllenNLP multiplies in products of 1-3 rows are computed as AllenNLP computes them
+            (:class:`AllenNLPTails`; their rows of ``gates`` are recomputed). Omit them to skip that.
 
     Returns:
         ``y`` ``(D, total, P)`` clipped projections (= the carried ``h``), ``c`` ``(D, total, C)`` clipped
-        cells, and the saved tensors (or None).
+        cells, and the saved tensors (or None), all in the plan's layout.
     """
     D, total, four_c = gates.shape
     C = four_c // 4
@@ -214,80 +408,51 @@ def recurrence_forward(gates: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, 
     hc_all = gates.new_empty(D, total if save else max(sizes, default=0), C)
     tc_all = gates.new_empty(D, total, C) if save else None
     p_raw = gates.new_empty(D, total, P) if save and proj_clip is not None else None
-    G, SIG, J = _steps(gates, sizes), _steps(gates[..., :3 * C], sizes), _steps(gates[..., 3 * C:], sizes)
-    I, F_, O = (_steps(gates[..., k * C:(k + 1) * C], sizes) for k in range(3))
-    Y, CC, CR = _steps(y, sizes), _steps(c_all, sizes), _steps(c_raw, sizes)
-    HC, PR, TC = (_steps(hc_all, sizes) if save else None), _steps(p_raw, sizes), _steps(tc_all, sizes)
-    # per-step work below is ~11 tensor ops; keep the Python around them minimal (batch 1 is op-bound)
-    rec = {n: w_h.add_into_fn(n) for n in set(sizes)}
-    proj = {n: w_p.fn(n) for n in set(sizes)}
-    special = allennlp_special_rows(plan) if x is not None and w_x is not None else {}
-    if special:  # order="allennlp": rows AllenNLP multiplies in products of 1-3 rows get those products' bits
-        W_xT, W_hT, W_pT = _linear_weight(w_x), _linear_weight(w_h.weight), _linear_weight(w_p.weight)
-        b_h = w_h.bias
-        offsets = plan.offsets
-    # steps where every row of every direction is recomputed (all steps with fewer than ALLENNLP_MIN_ROWS rows,
-    # e.g. every step at batch 1): the step's own products would be overwritten, so they are skipped
-    replaced = {s for s, groups in special.items()
-                if all(sum(len(js) for d_, _, js in groups if d_ == d) == sizes[s] for d in range(D))}
-    hc_rows = HC if save else [hc_all[:, :n] for n in sizes]
-    mul, tanh, clamp = torch.mul, torch.tanh, torch.clamp
-    fused = use_fused_cell(gates, h0, c0)
-    prev_n = -1
-    for s, n in enumerate(sizes):
-        if s == 0:
-            h_prev, c_prev = h0[:, :n], c0[:, :n]
-        elif n == prev_n:
-            h_prev, c_prev = Y[s - 1], CC[s - 1]
-        else:
-            h_prev, c_prev = Y[s - 1][:, :n], CC[s - 1][:, :n]
-        prev_n = n
-        rows = special.get(s) if special else None
-        if s not in replaced:
-            rec[n](G[s], h_prev)
-        if rows:
-            for d, m, js in rows:  # AllenNLP's input + state products for these rows (before any activation)
-                idx = torch.tensor(js, device=G[s].device)
-                G[s][d].index_copy_(0, idx, _group_product(x[d, offsets[s]:offsets[s + 1]].index_select(0, idx), js,
-                                                           W_xT[d], None, m)
-                                    + _group_product(h_prev[d].index_select(0, idx), js, W_hT[d],
-                                                     None if b_h is None else b_h[d], m))
-        hc = hc_rows[s]
-        if fused:  # the same steps in one pass (elmo_fast.fast.native)
-            cell_forward(G[s], c_prev, None if CR is None else CR[s], CC[s], None if TC is None else TC[s], hc,
-                         cell_clip)
-        else:
-            SIG[s].sigmoid_()
-            J[s].tanh_()
-            c = CC[s] if CR is None else CR[s]
-            mul(I[s], J[s], out=hc)          # i*g and f*c rounded separately, then summed (AllenNLP; no FMA)
-            mul(F_[s], c_prev, out=c)
-            c.add_(hc)
-            if cell_clip is not None:
-                clamp(c, -cell_clip, cell_clip, out=CC[s])
-            if TC is None:
-                tanh(CC[s], out=hc)
-                hc.mul_(O[s])
-            else:  # training: keep tanh(c) for the backward (same rounding: tanh, then the product)
-                tanh(CC[s], out=TC[s])
-                mul(TC[s], O[s], out=hc)
-        if s in replaced:
-            pass  # Y (and PR) are written below, row by row
-        elif proj_clip is None:
-            proj[n](hc, Y[s])
-        elif PR is not None:
-            clamp(proj[n](hc, PR[s]), -proj_clip, proj_clip, out=Y[s])
-        else:
-            clamp(proj[n](hc, None), -proj_clip, proj_clip, out=Y[s])
-        if rows:
-            for d, m, js in rows:
-                idx = torch.tensor(js, device=hc.device)
-                raw = _group_product(hc[d].index_select(0, idx), js, W_pT[d], None, m)
-                if PR is not None:
-                    PR[s][d].index_copy_(0, idx, raw)
-                Y[s][d].index_copy_(0, idx, raw if proj_clip is None else raw.clamp(-proj_clip, proj_clip))
+
+    def steps(t: torch.Tensor | None) -> list[torch.Tensor] | None:
+        return _steps(t, sizes)
+
+    views = _StepViews(
+        gates=steps(gates), sigmoid_gates=steps(gates[..., :3 * C]), input_gate=steps(gates[..., :C]),
+        forget_gate=steps(gates[..., C:2 * C]), output_gate=steps(gates[..., 2 * C:3 * C]),
+        cell_input=steps(gates[..., 3 * C:]), output=steps(y), output_raw=steps(p_raw), cell=steps(c_all),
+        cell_raw=steps(c_raw), hidden=steps(hc_all) if save else [hc_all[:, :n] for n in sizes],
+        tanh_cell=steps(tc_all))
+    tails = allennlp_tails(plan) if x is not None and w_x is not None and D == 2 and exact_order() else None
+    if tails is None or tails.main_steps == len(sizes):  # no tail: every step is a main step
+        _main_steps(views, h0, c0, w_h, w_p, sizes, cell_clip, proj_clip, use_fused_cell(gates, h0, c0))
+    else:
+        _allennlp_tails_and_main(views, tails, gates, x, w_x, h0, c0, w_h, w_p, plan, cell_clip, proj_clip)
+        # back to the plan's layout (what the caller reads; the activated gates and the hidden values only when
+        # the backward reads them)
+        for t in (y, c_all, c_raw, p_raw, tc_all) + ((gates, hc_all) if save else ()):
+            if t is not None:
+                _to_layout(t, tails.tail_slots, tails.plan_slots)
     saved = {"c_raw": c_raw, "hc": hc_all, "p_raw": p_raw, "tanh_c": tc_all} if save else None
     return y, c_all, saved
+
+
+def _allennlp_tails_and_main(views: _StepViews, tails: AllenNLPTails, gates: torch.Tensor, x: torch.Tensor,
+                             w_x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_h: PairLinear, w_p: PairLinear,
+                             plan: PackedPlan, cell_clip: float | None, proj_clip: float | None) -> None:
+    """Order ``"allennlp"`` with tail positions: the backward direction's prologue, the main steps of both
+    directions, the forward direction's epilogue; buffers in the AllenNLP layout (``gates`` moved there here)."""
+    sizes = plan.batch_sizes
+    _to_layout(gates, tails.plan_slots, tails.tail_slots)
+    x = x.clone()
+    _to_layout(x, tails.plan_slots, tails.tail_slots)
+    _tail_input_products(x, gates, _linear_weight(w_x), plan, tails.main_steps)
+    weights = (_linear_weight(w_h.weight), w_h.bias, _linear_weight(w_p.weight))
+    _allennlp_prologue(views, tails, h0, c0, weights, sizes, cell_clip, proj_clip)
+    main = sizes[:tails.main_steps]
+    if main:
+        h_first, c_first = h0[:, :main[0]], c0[:, :main[0]]
+        if tails.carried:  # the backward rows that ran through the prologue continue from there
+            h_first, c_first = h_first.clone(), c_first.clone()
+            h_first[1, :tails.carried] = views.output[tails.main_steps][1]
+            c_first[1, :tails.carried] = views.cell[tails.main_steps][1]
+        _main_steps(views, h_first, c_first, w_h, w_p, main, cell_clip, proj_clip, fused=False)
+    _allennlp_epilogue(views, tails, h0, c0, weights, sizes, cell_clip, proj_clip)
 
 
 def use_fused_cell(*tensors: torch.Tensor | None) -> bool:
