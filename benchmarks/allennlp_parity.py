@@ -180,18 +180,27 @@ def read_lines(path: Path, n: int) -> list[list[str]]:
     return lines
 
 
-def run_batches(model, batches: list[torch.Tensor], threads: int) -> list[list[torch.Tensor]]:
+#: seconds each run of :func:`run_batches` took (name -> seconds), for the tokens/s column
+TIMES: dict[str, float] = {}
+
+
+def run_batches(model, batches: list[torch.Tensor], threads: int, name: str = "") -> list[list[torch.Tensor]]:
     """Every batch in order (states carried), ``threads`` intra-op threads; activations as computed (float32, or
     float64 for a float64 oracle): differences are taken in float64 per tensor (:func:`max_diffs`), so that five
-    batches of 64 long lines of several runs fit in memory (as float64 they need ~10 GB)."""
+    batches of 64 long lines of several runs fit in memory (as float64 they need ~10 GB). The model time of the
+    run (batches only, the first call's weight preparation included) goes to ``TIMES[name]``."""
     torch.set_num_threads(threads)
     out = []
+    total = 0.0
     with torch.no_grad():
         for k, ids in enumerate(batches):
             t = time.perf_counter()
             res = model(ids)
+            total += time.perf_counter() - t
             out.append([a.detach().clone() for a in res["activations"]])
             logger.info("  batch %d: %.1f s", k + 1, time.perf_counter() - t)
+    if name:
+        TIMES[name] = total
     return out
 
 
@@ -208,7 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--shape", default="original", help="options preset of the random model (default original)")
     p.add_argument("--oracle", choices=["auto", "allennlp", "float64"], default="auto",
                    help="auto: AllenNLP when --allennlp is given, else the float64 AllenNLP-order oracle")
-    p.add_argument("--allennlp", default=None, help="directory of an unpacked allennlp wheel (throwaway, not a dependency)")
+    p.add_argument("--allennlp", default=None,
+                   help="directory of an unpacked allennlp wheel (throwaway, not a dependency)")
     p.add_argument("--float64", action="store_true", help="with AllenNLP: also run it in float64 (slow)")
     p.add_argument("--backends", default="fast,reference", help="elmo-fast backends to compare (comma-separated)")
     p.add_argument("--elmo-batches", type=int, default=None,
@@ -216,10 +226,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--same-token-embeddings", action="store_true",
                    help="feed elmo-fast's biLSTM the oracle's token embeddings (its layer 0), to separate the "
                         "biLSTM's difference from the token encoder's")
-    p.add_argument("--order", choices=list(numerics.ORDERS), default=None,
-                   help="elmo-fast's floating-point order (BiLM(order=...), see elmo_fast.numerics): 'allennlp' = "
-                        "AllenNLP's order in the token encoder and every product through the BLAS; default: the "
-                        "process default ('fast' unless ELMO_FAST_ONEDNN=0)")
+    p.add_argument("--order", default=None,
+                   help="elmo-fast's floating-point order(s), comma-separated (BiLM(order=...), see "
+                        "elmo_fast.numerics): 'allennlp' = AllenNLP's order and bits, 'fast' = oneDNN's; with "
+                        "several, each backend runs once per order (runs named BACKEND-ORDER); default: the process "
+                        "default ('fast' unless ELMO_FAST_ONEDNN=0)")
     p.add_argument("--no-onednn", action="store_true",
                    help="fast path: every product through the BLAS (as AllenNLP) instead of oneDNN-packed weights, "
                         "as ELMO_FAST_ONEDNN=0 (the process default order becomes 'allennlp', which now also covers "
@@ -229,6 +240,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--oracle-cache", type=Path, default=None,
                    help="keep the oracle runs in this file (outside the repo) and reuse them when the settings match")
     args = p.parse_args(argv)
+    orders: list[str | None] = args.order.split(",") if args.order else [None]
+    for order in orders:
+        if order not in numerics.ORDERS:
+            p.error(f"--order: expected names from {numerics.ORDERS}, found {order!r}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     oracle = args.oracle if args.oracle != "auto" else ("allennlp" if args.allennlp else "float64")
     if args.no_onednn:  # as ELMO_FAST_ONEDNN=0: every product of the fast path through the BLAS
@@ -239,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     logger.info("%d lines, longest %d tokens", len(sentences), max(len(s) for s in sentences))
     results: dict = {"oracle": oracle, "batch": args.batch, "batches": args.batches, "shape": args.shape,
                      "torch": torch.__version__, "order": args.order or numerics.current().order,
+                     "tokens": sum(len(s) for s in sentences),
                      "same_token_embeddings": args.same_token_embeddings}
     with tempfile.TemporaryDirectory() as tmp:
         opt, wts = Path(tmp) / "options.json", Path(tmp) / "weights.hdf5"
@@ -256,7 +272,8 @@ def main(argv: list[str] | None = None) -> None:
             elmo_mod = import_allennlp_elmo(args.allennlp)
             for threads in (1, 2):
                 logger.info("AllenNLP float32, %d thread(s)", threads)
-                runs[f"allennlp_{threads}t"] = run_batches(elmo_mod._ElmoBiLm(str(opt), str(wts)), batches, threads)
+                runs[f"allennlp_{threads}t"] = run_batches(elmo_mod._ElmoBiLm(str(opt), str(wts)), batches, threads,
+                                                           f"allennlp_{threads}t")
             if args.float64:
                 logger.info("AllenNLP float64")
                 model64 = elmo_mod._ElmoBiLm(str(opt), str(wts)).double()
@@ -267,10 +284,12 @@ def main(argv: list[str] | None = None) -> None:
         if args.oracle_cache and not args.oracle_cache.is_file():
             torch.save({"key": key, "runs": {name: [[t if name == "truth" else t.float() for t in b] for b in run]
                                               for name, run in runs.items()}}, args.oracle_cache)
-        for backend in args.backends.split(","):
+        names = [(backend, order, backend if len(orders) == 1 else f"{backend}-{order}")
+                 for backend in args.backends.split(",") for order in orders]
+        for backend, order, label in names:
             for threads in [int(t) for t in args.threads.split(",")]:
-                logger.info("elmo-fast %s, %d thread(s)", backend, threads)
-                model = BiLM.from_files(opt, wts, backend=backend, order=args.order)
+                logger.info("elmo-fast %s, %d thread(s)", label, threads)
+                model = BiLM.from_files(opt, wts, backend=backend, order=order)
                 inputs = batches[:args.elmo_batches]
                 if args.same_token_embeddings:
                     oracle_run = runs["allennlp_1t" if oracle == "allennlp" else "truth"]
@@ -281,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
                     def model(ids, _m=model_fn, _e=embedded):  # noqa: E731 - the oracle's layer 0 as input
                         mask = torch.arange(ids.shape[1] + 2)[None, :] < (token_mask(ids).sum(1) + 2)[:, None]
                         return _m.forward_embeddings(_e[id(ids)], mask)
-                runs[f"{backend}_{threads}t"] = run_batches(model, inputs, threads)
+                runs[f"{label}_{threads}t"] = run_batches(model, inputs, threads, f"{label}_{threads}t")
     ref = "allennlp_1t" if oracle == "allennlp" else "truth"
     table = {}
     for name, run in runs.items():
@@ -292,13 +311,21 @@ def main(argv: list[str] | None = None) -> None:
             table[f"{name} vs truth"] = max_diffs(run, runs["truth"])
     if oracle == "allennlp":
         table["allennlp_2t vs allennlp_1t"] = max_diffs(runs["allennlp_2t"], runs["allennlp_1t"])
-        for backend in args.backends.split(","):
-            if f"{backend}_2t" in runs:
-                table[f"{backend}_2t vs allennlp_2t"] = max_diffs(runs[f"{backend}_2t"], runs["allennlp_2t"])
+        for _, _, label in names:
+            if f"{label}_2t" in runs:
+                table[f"{label}_2t vs allennlp_2t"] = max_diffs(runs[f"{label}_2t"], runs["allennlp_2t"])
     results["max_abs_diff"] = table
+    lines = sentences[:args.batch * (args.elmo_batches or args.batches)]
+    elmo_tokens = sum(len(s) for s in lines)
+    results["tokens_per_s"] = {name: (results["tokens"] if name.startswith("allennlp") else elmo_tokens) / sec
+                               for name, sec in TIMES.items()}
     print(f"\nmax |difference| per batch (states carried) and layer [layer0, layer1, layer2]; oracle: {oracle}")
     for name, rows in table.items():
         print(f"{name:34s} " + "  ".join("[" + ", ".join(f"{v:.1e}" for v in r) + "]" for r in rows))
+    if results["tokens_per_s"]:
+        print("\ntokens/s (one run each, first call's weight preparation included; AllenNLP runs only when not cached)")
+        for name, rate in results["tokens_per_s"].items():
+            print(f"{name:34s} {rate:8.1f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 
