@@ -16,6 +16,13 @@ How it saves work, compared with the per-time-step reference:
   the projection ``hc @ W_P`` remain. The floating-point order is AllenNLP's (see :mod:`elmo_fast.nn.lstm`):
   ``z = x W_x + (h W_h + b)``, ``c = i*g + f*c_prev`` without a fused multiply-add. At inference
   the first layer's projection runs once per *distinct* input row (repeated tokens) and is gathered.
+* **order "allennlp"** (:func:`exact_order`): AllenNLP's bits. Positions with at least four active rows run as the
+  stacked steps above (the BLAS gives every product of that many rows the same bits, whatever its row count or
+  layout); the positions with 1-3 active rows (the tails of the longest sentences; every position at batch 1-3),
+  where the BLAS's small-row kernels sum in an order that depends on the row count, run as AllenNLP runs them:
+  one product per position and direction in ``Linear``'s layout, in a *prologue* (backward direction) before and
+  an *epilogue* (forward direction) after the stacked steps (:class:`AllenNLPTails`), their products in column
+  blocks so a weight is read once for all the rows that need it (:func:`_linear_rows`).
 * **Weights packed once** into oneDNN's layout (:class:`~elmo_fast.fast.packing.PackedLinear`), cached
   until the parameters change; large per-step products use them.
 * **Gate columns reordered** from bilm-tf's (i, j, f, o) to (i, f, o, j) so one in-place sigmoid covers
@@ -711,7 +718,11 @@ def _run_layers(lstm: BiLSTM, x: torch.Tensor, state: tuple[torch.Tensor, torch.
         else:
             w_x, w_h, w_p = _packed_layer(cells, P, C, plan.total)
             h0, c0 = h0.contiguous(), c0.contiguous()
-            if layer == 0 and distinct is not None:
+            if exact_order() and allennlp_tails(plan).main_steps == 0:
+                # every position is a tail position (fewer than four rows): recurrence_forward computes all the
+                # input products in AllenNLP's grouping, so a product over all rows here would be thrown away
+                gates = x.new_empty(2, plan.total, 4 * C)
+            elif layer == 0 and distinct is not None:
                 rows, index = distinct
                 per_row = w_x(rows.unsqueeze(0).expand(2, -1, -1))           # (2, U, 4C)
                 gates = torch.stack([per_row[d].index_select(0, index[d]) for d in (0, 1)])

@@ -259,10 +259,10 @@ def onednn_products() -> bool:
     """Whether large products go through oneDNN-packed weights (``numerics`` order ``"fast"``, the default).
 
     Their sums are ordered differently from the BLAS's, which AllenNLP uses: on long sentences of the original
-    model this alone makes the biLSTM drift from AllenNLP by ~4x its own 1-vs-2-thread difference (fresh batch),
-    ~10x with states carried; with order ``"allennlp"`` (or ``ELMO_FAST_ONEDNN=0``) every product is a BLAS
-    product and the drift stays under 2x (``benchmarks/allennlp_parity.py --same-token-embeddings
-    [--no-onednn]``), at a speed cost on large models.
+    model this alone makes the biLSTM drift from AllenNLP by several times its own 1-vs-2-thread difference; with
+    order ``"allennlp"`` (or ``ELMO_FAST_ONEDNN=0``) every product is a BLAS product in AllenNLP's grouping
+    (:mod:`elmo_fast.fast.lstm`) and the biLSTM gives AllenNLP's bits (``benchmarks/allennlp_parity.py --order
+    allennlp,fast``), at a speed cost on large models (``benchmarks/exact_order.py``).
     """
     return numerics.current().order == "fast"
 
