@@ -20,7 +20,10 @@ $(STAMP): pyproject.toml setup.py Makefile
 demo: $(STAMP)
 	$(VENV)/bin/elmo-fast demo
 
+# ruff and the import-linter layer contract (pyproject.toml) first: they take seconds and fail fast
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	ELMO_FAST_REQUIRE_ORACLES=1 ELMO_FAST_REQUIRE_NATIVE=1 $(PY) -m pytest -q
 
 bench: $(STAMP)

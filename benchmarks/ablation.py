@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     packing.clear_cache()
     saved_bmm = PairLinear.BMM_MAX_WEIGHT
     PairLinear.BMM_MAX_WEIGHT = 0  # only single-row products as one bmm over the direction pair
-    rows.append(("  small-weight products per direction (oneDNN) instead of one bmm over the pair", tok_s(random_batches)))
+    rows.append(("  small-weight products per direction (oneDNN) instead of one bmm over the pair",
+                 tok_s(random_batches)))
     PairLinear.BMM_MAX_WEIGHT = saved_bmm
     fast_lstm.DISTINCT_FIRST_LAYER = False
     rows.append(("  first-layer input projection per position instead of per distinct row", tok_s(random_batches)))

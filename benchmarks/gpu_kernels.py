@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             json.dump({"device": device_name, "preset": args.preset, "batch": B, "steps": T,
                        "precision": args.precision, "mode": mode, "repeats": args.repeats,
                        "rows": [{"kernel": name, "reference_ms": t_ref, "triton_ms": t_ours, "cudnn_ms": t_cudnn,
-                                 "floor_ms": fl, "bound": bound} for name, t_ref, t_ours, t_cudnn, (fl, bound) in rows]},
+                                 "floor_ms": fl, "bound": bound}
+                                for name, t_ref, t_ours, t_cudnn, (fl, bound) in rows]},
                       f, indent=1)
     return 0
 

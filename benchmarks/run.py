@@ -81,7 +81,7 @@ def random_model(name: str, backend: str, seed: int = 0) -> BiLM:
     model = BiLM(options, stateful=False, backend=backend)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for pname, param in model.bilm_tf_parameters().items():
+        for param in model.bilm_tf_parameters().values():
             fan_in = param.shape[-2] if param.dim() >= 2 else 1
             std = 0.5 if param.dim() == 1 else 1.5 / math.sqrt(fan_in)
             param.copy_(torch.randn(param.shape, generator=gen) * std)
@@ -266,7 +266,7 @@ def bench_training(name: str, rows: int, steps: int, reps: int, impls: list[str]
     # warm up every implementation the same way (the first steps grow the heap and fault pages in; timing them
     # would measure the allocator), then interleave the timed steps so that a change of machine load hits
     # every implementation
-    for impl, step in runs.items():
+    for step in runs.values():
         for _ in range(TRAIN_WARMUP):
             step()
     best = {impl: math.inf for impl in runs}

@@ -6,7 +6,8 @@ training step allocates and frees tensors of hundreds of MB (the original model'
 2 x 2560 x 16384 float32 = 336 MB), so every step page-faults all of them in again: on the 2-core
 development VM a fresh 168 MB buffer costs 71-98 ms to fill versus 7-12 ms when reused
 (``benchmarks/allocator.py``), and an original-size training step (128 x 20) of the fast path took 18.3 s
-instead of 12.7 s (benchmarks/RESULTS.md, "CPU fast path", item 3). Turning glibc's mmap path off (``M_MMAP_MAX = 0``) and never trimming
+instead of 12.7 s (benchmarks/RESULTS.md, "CPU fast path", item 3). Turning glibc's mmap path off (``M_MMAP_MAX =
+0``) and never trimming
 the heap (``M_TRIM_THRESHOLD``) keeps freed blocks in the process, where the next step reuses them. The
 cost: the process keeps its peak memory until it exits, which is what a training or embedding job does
 anyway. This is the same remedy as preloading jemalloc or tcmalloc, which PyTorch's CPU tuning guide

@@ -12,7 +12,8 @@ Math per direction d and step (bilm-tf gate order i, j, f, o; TF weight layout k
 replayed from a CUDA graph when it repeats with the same tensors: :func:`elmo_fast.kernels.launch.run_launches`),
 grid ``(batch blocks, column blocks, 2)``
 with the direction as the last grid axis. The cell kernel does the recurrent matmul for the four gate
-column blocks of its cell tile, adds ``gx`` and the bias (bilm-tf's +1 forget bias folded in by the host), applies the nonlinearities,
+column blocks of its cell tile, adds ``gx`` and the bias (bilm-tf's +1 forget bias folded in by the host), applies
+the nonlinearities,
 the cell update and clip, and writes ``u = σ(o) tanh(c)``; the projection kernel does ``u @ W_P``, the
 clip, the masked state update and the output write (+ residual). Step s of row b of length L_b touches
 time ``t = s`` (forward) or ``t = L_b - 1 - s`` (backward) and only while ``s < L_b``; other rows keep
@@ -478,7 +479,8 @@ class LSTMLayerFunction(torch.autograd.Function):
 def lstm_bidirectional_layer(x: torch.Tensor, W_0: torch.Tensor, B: torch.Tensor, W_P_0: torch.Tensor,
                              h0: torch.Tensor, c0: torch.Tensor, lengths: torch.Tensor,
                              cell_clip: float | None, proj_clip: float | None, residual: bool,
-                             persistent: bool | None = None, reverse: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                             persistent: bool | None = None,
+                             reverse: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Both directions of one biLM layer in fused kernels (differentiable).
 
     Args:

@@ -1,4 +1,5 @@
-"""Sampled softmax loss (TensorFlow recipe, docs/numerics.md#training-recipe) and a chunked full-softmax evaluation, fused.
+"""Sampled softmax loss (TensorFlow recipe, docs/numerics.md#training-recipe) and a chunked full-softmax evaluation,
+fused.
 
 **Sampled softmax, forward** (grid: blocks of target rows): the hidden rows stay in registers; the true
 logit is a gathered row dot product; then one pass over tiles of the shared negatives gathers the

@@ -1,4 +1,5 @@
-"""Reference biLM: an independent numpy implementation of docs/numerics.md (character ids, token encoder, biLSTM), batching, direction and state semantics."""
+"""Reference biLM: an independent numpy implementation of docs/numerics.md (character ids, token encoder, biLSTM),
+batching, direction and state semantics."""
 import numpy as np
 import pytest
 import torch
@@ -16,7 +17,8 @@ def _sigmoid(x):
 
 
 def numpy_bilm(weights, opts, tokens):
-    """docs/numerics.md (character ids, token encoder, biLSTM) written directly in TF layout, one sentence, zero initial state, float64."""
+    """docs/numerics.md (character ids, token encoder, biLSTM) written directly in TF layout, one sentence, zero
+    initial state, float64."""
     W = {k: v.astype(np.float64) for k, v in weights.items()}
     mapper = CharacterMapper()
     ids = np.array([mapper.token_to_ids(t) for t in ["<S>"] + tokens + ["</S>"]])  # (L, 50), values 1..261
@@ -24,7 +26,7 @@ def numpy_bilm(weights, opts, tokens):
     emb = table[ids]  # (L, 50, d)
     act = np.maximum if opts["char_cnn"]["activation"] == "relu" else None
     feats = []
-    for i, (w, n) in enumerate(opts["char_cnn"]["filters"]):
+    for i, (w, _n) in enumerate(opts["char_cnn"]["filters"]):
         K = W[f"CNN/W_cnn_{i}"][0]  # (w, d, n)
         conv = np.stack([np.einsum("lkd,kdn->ln", emb[:, p:p + w], K) for p in range(51 - w)], axis=1)
         conv = conv.max(axis=1) + W[f"CNN/b_cnn_{i}"]  # bias is position independent: max then bias is exact

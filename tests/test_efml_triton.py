@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from triton_helpers import DEVICE, TRITON_MARKS  # noqa: E402  (sets TRITON_INTERPRET first)
 from efml_oracle import CONFIGS, SENTENCES, build_model, oracle_embed, require_efml

@@ -7,7 +7,6 @@ so these runs are fast.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import subprocess

@@ -161,7 +161,8 @@ def test_cli_end_to_end(tiny_model, tmp_path):
     rc = main(["embed", str(src), str(tmp_path / "s.hdf5"), "--all", "--stateless", "--options-file", str(opt),
                "--weight-file", str(w), "--quiet"])
     assert rc == 0
-    np.testing.assert_allclose(_read(tmp_path / "s.hdf5")["2"], ElmoEmbedder(opt, w, stateful=False).embed_sentence(["x"]),
+    np.testing.assert_allclose(_read(tmp_path / "s.hdf5")["2"], ElmoEmbedder(opt, w,
+                                                                             stateful=False).embed_sentence(["x"]),
                                atol=1e-6)
 
 

@@ -52,7 +52,10 @@ def _lstm_inputs():
     return torch.randn(3, 6, P, generator=g) * mask.unsqueeze(-1), mask
 
 
-def _embedder_calls(embedder, tmp_path, counter=itertools.count()):
+_CALLS = itertools.count()
+
+
+def _embedder_calls(embedder, tmp_path, counter=_CALLS):
     def run():
         embeddings, mask = embedder.batch_to_embeddings(SENTENCES)
         out = [embeddings, mask, embedder.embed_sentence(SENTENCES[0]), *embedder.embed_batch(SENTENCES),

@@ -38,13 +38,15 @@ def make_inputs(N, L, d, filters, seed=0):
 def run_both(ids, emb, Ws, bs, act, grad_seed=1):
     """(kernel outputs+grads, float32 reference, float64 reference)."""
     results = []
-    for dtype, fn in ((torch.float32, char_cnn), (torch.float32, char_cnn_features), (torch.float64, char_cnn_features)):
+    for dtype, fn in ((torch.float32, char_cnn), (torch.float32, char_cnn_features), (torch.float64,
+                                                                                      char_cnn_features)):
         dev = DEVICE if fn is char_cnn else "cpu"
         params = [p.to(dev, dtype).requires_grad_() for p in [emb] + Ws + bs]
         k = len(Ws)
         y = fn(ids.to(dev), params[0], params[1:1 + k], params[1 + k:], act)
         gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(grad_seed), dtype=torch.float64)
-        grads = torch.autograd.grad(y, params, gy.to(dev, dtype)) if y.numel() else [torch.zeros_like(p) for p in params]
+        grads = torch.autograd.grad(y, params, gy.to(dev,
+                                                     dtype)) if y.numel() else [torch.zeros_like(p) for p in params]
         results.append([y.detach().cpu()] + [g.cpu() for g in grads])
     return results
 

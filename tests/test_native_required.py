@@ -1,5 +1,6 @@
 """Under ``make test`` (and so in CI) the native CPU kernels (LSTM cell, sampled softmax rows, char-CNN scatter) must
-build: otherwise tests/test_native*.py would skip as a whole and a broken kernel build would pass unnoticed. Users without a C compiler get the torch path (its
+build: otherwise tests/test_native*.py would skip as a whole and a broken kernel build would pass unnoticed. Users
+without a C compiler get the torch path (its
 fallback tests are in tests/test_native.py); ``make test`` sets ELMO_FAST_REQUIRE_NATIVE=1."""
 from __future__ import annotations
 

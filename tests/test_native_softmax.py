@@ -11,7 +11,8 @@ rtol 1e-6 / atol 1e-7 (values <= 1). Row sums are checked two ways: against the 
 exponentials, within the bound of its fixed summation order (each term goes through at most
 ``min(S, 1024) / 16 + 4 + ceil(S / 1024) + 1`` float32 additions, each of relative error <= 2^-24, and all terms are
 non-negative: :func:`_sum_bound`), which holds on any CPU; and against torch's sum (another order, other
-exponentials) within twice that bound plus the exponentials' 1e-6. The row max, the scaling and the bfloat16 rounding are exact and
+exponentials) within twice that bound plus the exponentials' 1e-6. The row max, the scaling and the bfloat16 rounding
+are exact and
 compared bit for bit.
 """
 from __future__ import annotations
@@ -22,8 +23,9 @@ import torch
 from elmo_fast.fast import native
 
 pytestmark = [pytest.mark.usefixtures("native_level"),
-              pytest.mark.skipif(native.library() is None, reason="no C compiler: the native kernels are off here "
-                                               "(the torch ops run instead; tests/test_train_speedpaths.py covers that path)")]
+              pytest.mark.skipif(native.library() is None,
+                                 reason="no C compiler: the native kernels are off here (the torch ops run instead; "
+                                        "tests/test_train_speedpaths.py covers that path)")]
 
 FLT_MIN_NORMAL = torch.finfo(torch.float32).tiny
 

@@ -208,7 +208,8 @@ def test_export_on_a_full_disk_is_one_line_and_leaves_the_old_export(runs, tmp_p
     out = tmp_path / "out"
     shutil.copytree(runs / "export_a", out)
     before = _hashes(out)
-    proc = subprocess.run([sys.executable, "-m", "elmo_fast.cli", "--log-level", "ERROR", "export", str(runs / "run_b"), str(out),
+    proc = subprocess.run([sys.executable, "-m", "elmo_fast.cli", "--log-level", "ERROR", "export",
+                           str(runs / "run_b"), str(out),
                            "--overwrite"], capture_output=True, text=True, env=_env(), timeout=300,
                           preexec_fn=_limited(limit))
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

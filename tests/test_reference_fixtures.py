@@ -1,4 +1,5 @@
-"""Conformance: the reference reproduces TensorFlow (bilm-tf) outputs of both shared tiny models (docs/numerics.md#conformance-fixtures)."""
+"""Conformance: the reference reproduces TensorFlow (bilm-tf) outputs of both shared tiny models
+(docs/numerics.md#conformance-fixtures)."""
 import json
 
 import h5py
@@ -62,7 +63,8 @@ def test_elmo_embedder_reproduces_tensorflow(fixtures_dir, name, sentence_file):
 
 
 def test_resetting_states_breaks_conformance(fixtures_dir):
-    """The fixtures need carried states: a stateless model deviates far beyond tolerance (docs/numerics.md#statefulness)."""
+    """The fixtures need carried states: a stateless model deviates far beyond tolerance
+    (docs/numerics.md#statefulness)."""
     d, sentences, expected = load_case(fixtures_dir, *CASES[0])
     embedder = ElmoEmbedder(d / "options.json", d / "lm_weights.hdf5", stateful=False, backend="reference")
     worst = run_protocol(lambda b: [e[2] for e in embedder.embed_batch(b)], sentences, expected)

@@ -19,7 +19,7 @@ import torch
 from elmo_fast.runtime import retain_freed_memory
 on = retain_freed_memory()
 faults = []
-for _ in range(8):
+for _ in range(12):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t = torch.empty(64 << 20, dtype=torch.uint8)   # 64 MB: above glibc's largest mmap threshold
     t.fill_(1)                                      # touch every page
@@ -49,7 +49,8 @@ def test_retained_memory_is_reused_without_page_faults():
     on = _probe(None)
     assert on["on"] is True
     # retained: the heap grows to a steady state in the first rounds (glibc's aligned allocation cannot
-    # always reuse a freed block of exactly its own size), after which blocks are reused without faults
+    # always reuse a freed block of exactly its own size; how many rounds depends on what the process allocated
+    # before, e.g. which modules it imported), after which blocks are reused without faults
     assert on["faults"][0] > pages // 2, on
     assert max(on["faults"][-4:]) < pages // 20, on
 

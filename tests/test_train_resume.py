@@ -20,7 +20,8 @@ def _corpus(directory: Path, n_files: int = 2, lines: int = 30, shift: int = 0) 
     directory.mkdir(parents=True, exist_ok=True)
     for f in range(n_files):
         (directory / f"part{f}.txt").write_text(
-            "\n".join(" ".join(f"w{(i * 5 + k * (f + 2) + shift) % 14}" for k in range(3 + i % 4)) for i in range(lines))
+            "\n".join(" ".join(f"w{(i * 5 + k * (f + 2) + shift) % 14}" for k in range(3 + i % 4))
+                      for i in range(lines))
             + "\n", encoding="utf-8")
     return str(directory / "*.txt")
 

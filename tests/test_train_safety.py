@@ -203,7 +203,8 @@ def test_checkpoint_write_on_a_full_disk_is_one_line_and_resumable(work):
     run = work / "run"
     size = (run / CHECKPOINT_NAME).stat().st_size
     before = hashlib.sha256((run / CHECKPOINT_NAME).read_bytes()).hexdigest()
-    proc = subprocess.run([sys.executable, "-m", "elmo_fast.cli", "--log-level", "ERROR", "train", "--out", str(run), "--resume",
+    proc = subprocess.run([sys.executable, "-m", "elmo_fast.cli", "--log-level", "ERROR", "train", "--out", str(run),
+                           "--resume",
                            "--max-steps", "5", "--quiet"], capture_output=True, text=True, env=_env(), timeout=300,
                           preexec_fn=_limited(size // 2))
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

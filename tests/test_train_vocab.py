@@ -33,7 +33,8 @@ def test_fixture_vocabularies_load_with_specials_where_they_are(fixtures_dir, ki
     mapper = CharacterMapper()
     for i in (0, 1, bos, eos, n - 1):
         assert vocab.char_table[i].tolist() == mapper.token_to_ids(lines[i])
-    assert vocab.char_table[bos][:3].tolist() == [259, 257, 260] and vocab.char_table[eos][:3].tolist() == [259, 258, 260]
+    assert vocab.char_table[bos][:3].tolist() == [259, 257, 260] and vocab.char_table[eos][:3].tolist() == [259, 258,
+                                                                                                            260]
     assert vocab.has_specials == (unk is not None)
 
 

@@ -4,7 +4,8 @@ A chunk file ``chunk-NNNNNN.h5`` in the work folder carries, as the hdf5 attribu
 its *components*:
 
 * ``input``: SHA-256 of the chunk's input lines, and ``lines``: its line range (keys are line numbers);
-* ``model``: SHA-256 of the model files' contents (:func:`model_fingerprint`), and ``backend`` (the ops' backends and the fast path's precision and order);
+* ``model``: SHA-256 of the model files' contents (:func:`model_fingerprint`), and ``backend`` (the ops' backends and
+  the fast path's precision and order);
 * ``format`` (all/top/average), ``keys`` (line index or sentence text);
 * ``stateful``; for stateful runs also ``batch_size`` and ``previous``: the fingerprint of the chunk before it
   in the same process's block (``"start"`` at a block start), so a change anywhere earlier invalidates every

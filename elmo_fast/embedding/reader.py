@@ -152,8 +152,8 @@ def scan_input(path: str, chunk_lines: int, *, sentence_keys: bool = False,
         raise ValueError(f"chunk_lines: expected a positive integer, found {chunk_lines}")
     problems = _Problems()
     plan = InputPlan(path=path, size=os.path.getsize(path))
-    from tqdm import tqdm
-    bar = tqdm(total=plan.size, unit="B", unit_scale=True, disable=not progress, desc="checking input")
+    from ..progress import bar as progress_bar
+    bar = progress_bar(progress, total=plan.size, unit="B", unit_scale=True, desc="checking input")
     with open(path, "rb") as f:
         _check_head(f, path)
         lineno = 0

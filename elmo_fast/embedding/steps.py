@@ -211,12 +211,12 @@ def _backend_label(embedder: Any) -> str:
 def _embed_block(embedder: Any, spec: RunSpec, chunks: Sequence[Chunk], model_hash: str, backend: str,
                  writer: ChunkWriterProcess) -> BlockResult:
     """Embed ``chunks`` (one rank's contiguous block), reusing the chunk files that can be kept."""
-    from tqdm import tqdm
+    from ..progress import bar as progress_bar
     comps = _chunk_fingerprints(chunks, spec, model_hash, backend)
     keep = _reusable_chunks(embedder, spec, chunks, comps)
     progress = spec.progress and spec.rank == 0
-    bar = tqdm(total=sum(c.n_tokens for c in chunks), unit="tok", unit_scale=True, disable=not progress,
-               desc="embedding")
+    bar = progress_bar(progress, total=sum(c.n_tokens for c in chunks), unit="tok", unit_scale=True,
+                       desc="embedding")
     reused = embedded = tokens = 0
     for c, comp, ok in zip(chunks, comps, keep):
         if ok:

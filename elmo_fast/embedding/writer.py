@@ -6,8 +6,9 @@ A chunk file holds group ``data`` (one float32 dataset per line, named by its fi
 renamed when complete, so a chunk file that exists is complete. The embed job writes chunk files and runs the
 merge in child processes (:mod:`elmo_fast.embedding.isolated`): HDF5 crashes the process on a failed write.
 
-The merge copies every chunk's datasets (read and written again: HDF5's object copy kept ~13 MB more memory) into ``OUTPUT.tmp-PID`` (or one file
-per shard; :class:`ReopeningWriter`), adds ``sentence_to_index`` (:mod:`elmo_fast.embedding.index`) and renames. Chunk files are kept
+The merge copies every chunk's datasets (read and written again, because HDF5's object copy keeps more memory)
+into ``OUTPUT.tmp-PID`` (or one file per shard; :class:`ReopeningWriter`), adds ``sentence_to_index``
+(:mod:`elmo_fast.embedding.index`) and renames. Chunk files are kept
 until every output is in place, so an interrupted merge is redone from the chunks: peak disk use is about
 twice the output.
 """
@@ -212,9 +213,9 @@ def merge_chunks(outputs: Sequence[str], chunk_files: Sequence[str], groups: Seq
     ``index_for(i)`` gives the ``(sentence, key)`` entries factory of output ``i``'s ``sentence_to_index``,
     or None for no index.
     """
-    from tqdm import tqdm
+    from ..progress import bar as progress_bar
     from .index import write_sentence_index
-    bar = tqdm(total=len(chunk_files), unit="chunk", disable=not progress, desc="merging")
+    bar = progress_bar(progress, total=len(chunk_files), unit="chunk", desc="merging")
     for i, (out, (lo, hi)) in enumerate(zip(outputs, groups)):
         finish = None
         with atomic_path(out) as tmp:

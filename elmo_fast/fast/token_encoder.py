@@ -1,4 +1,5 @@
-"""Fast CPU token encoder (docs/numerics.md#token-encoder): the same function as :class:`elmo_fast.nn.token_encoder.CharCNNTokenEncoder`.
+"""Fast CPU token encoder (docs/numerics.md#token-encoder): the same function as
+:class:`elmo_fast.nn.token_encoder.CharCNNTokenEncoder`.
 
 Where the time goes in the reference, and what this does instead:
 

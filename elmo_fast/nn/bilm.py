@@ -1,4 +1,5 @@
-"""The biLM: token encoder + stateful biLSTM, returning ELMo's three layers (docs/numerics.md (character ids, token encoder, biLSTM))."""
+"""The biLM: token encoder + stateful biLSTM, returning ELMo's three layers (docs/numerics.md (character ids, token
+encoder, biLSTM))."""
 from __future__ import annotations
 
 import os
@@ -137,7 +138,8 @@ class BiLM(nn.Module):
             for name, param in params.items():
                 value = torch.from_numpy(np.ascontiguousarray(weights[name]))
                 if tuple(value.shape) != tuple(param.shape):
-                    raise ValueError(f"dataset '{name}' expected shape {tuple(param.shape)}, found {tuple(value.shape)}")
+                    raise ValueError(f"dataset '{name}' expected shape {tuple(param.shape)}, "
+                                     f"found {tuple(value.shape)}")
                 param.copy_(value)
 
     def bilm_tf_weights(self) -> dict[str, np.ndarray]:

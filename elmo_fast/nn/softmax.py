@@ -1,6 +1,7 @@
 """The biLM's output softmax, pure PyTorch (the reference the Triton kernels are tested against).
 
-docs/numerics.md#training-recipe. One softmax ``(W (V, P), b (V,))`` is shared by both directions; the logit of word v for a
+docs/numerics.md#training-recipe. One softmax ``(W (V, P), b (V,))`` is shared by both directions; the logit of word
+v for a
 hidden vector h is ``h · W[v] + b[v]``. Training uses TensorFlow's ``sampled_softmax_loss`` recipe:
 
 * negatives from the **log-uniform (Zipfian) unique sampler** over ``[0, V)``:

@@ -47,13 +47,13 @@ def load_embedder(model_dir: str | os.PathLike, device: str = "cpu", backend: st
 def embed_tokens(embedder: ElmoEmbedder, sentences: Sequence[Sequence[str]], batch_size: int = 64,
                  progress: bool = False, desc: str = "embedding") -> list[np.ndarray]:
     """Embed sentences (batched by length; stateless, so order does not matter) -> one ``(3, n_i, 2P)`` each."""
-    from tqdm import tqdm
+    from ..progress import bar as progress_bar
 
     order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
     out: list[np.ndarray | None] = [None] * len(sentences)
     total = sum(len(s) for s in sentences)
     start = time.perf_counter()
-    with tqdm(total=total, unit="tok", unit_scale=True, disable=not progress, desc=desc) as bar:
+    with progress_bar(progress, total=total, unit="tok", unit_scale=True, desc=desc) as bar:
         for k in range(0, len(order), batch_size):
             idx = order[k:k + batch_size]
             for i, emb in zip(idx, embedder.embed_batch([list(sentences[i]) for i in idx])):

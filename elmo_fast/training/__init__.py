@@ -1,4 +1,5 @@
-"""biLM training (bilm-tf recipe, docs/numerics.md#training-recipe), single process or ``torchrun`` + DDP, by responsibility:
+"""biLM training (bilm-tf recipe, docs/numerics.md#training-recipe), single process or ``torchrun`` + DDP, by
+responsibility:
 
 * :mod:`.config` - :class:`TrainConfig` (defaults = bilm-tf's; options.json training keys and CLI flags
   override them), :func:`resolve_options`.

@@ -71,7 +71,8 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = [os.path.join(_HERE, name) for name in ("lstm_cell.c", "sampled_softmax.c", "char_cnn.c", "activations.c")]
 HEADERS = [os.path.join(_HERE, "fastmath.h")]
 #: flags of every build; the instruction-set level's flags (:data:`LEVELS`) are added to them
-BASE_FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-std=c11", "-shared", "-fPIC"]
+BASE_FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-std=c11", "-shared",
+              "-fPIC"]
 ENABLE_ENV = "ELMO_FAST_NATIVE"
 _OFF = "native CPU kernels off (LSTM cell, sampled softmax rows, char-CNN scatter, activations)"
 CACHE_ENV = "ELMO_FAST_NATIVE_CACHE"
