@@ -1,4 +1,4 @@
-"""Before/after measurements of the fast path's ideas, in one process on the same inputs (issue 6).
+"""Before/after measurements of the fast path's ideas, in one process on the same inputs.
 
     .venv/bin/python benchmarks/ablation.py [--shape small] [--reps 3]
 

@@ -1,4 +1,4 @@
-"""How far elmo-fast's numbers are from AllenNLP's on long real sentences (issue 13 item 4).
+"""How far elmo-fast's numbers are from AllenNLP's on long real sentences.
 
 Protocol: the first ``batches * batch`` non-blank, non-heading lines of WikiText-2 ``test.txt`` (the first 64
 reach 286 tokens), a model of the ``original`` shape (P 512, C 4096, 2048 CNN filters) with random weights

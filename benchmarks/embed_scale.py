@@ -1,4 +1,4 @@
-"""Peak RSS and tokens/s of ``elmo-fast embed`` at several input sizes (issue 10: memory must not grow).
+"""Peak RSS and tokens/s of ``elmo-fast embed`` at several input sizes (memory must not grow).
 
 Generates whitespace-tokenized text of the requested sizes (random words from a 5,000-word vocabulary,
 5-30 tokens per line, fixed seed), writes a tiny random model (the ``tiny`` preset: 2P = 32), and runs the
@@ -7,7 +7,7 @@ wall time from the parent. Output files are deleted after each run (``--top`` ke
 
     .venv/bin/python benchmarks/embed_scale.py --sizes 10M 200M --modes stateless stateful --threads 1
 
-Numbers of this machine's run are in the report of issue 10 (benchmarks/RESULTS.md).
+This machine's numbers are in benchmarks/RESULTS.md (Corpus-scale embed).
 """
 from __future__ import annotations
 

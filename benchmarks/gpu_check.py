@@ -1,4 +1,4 @@
-"""One-shot device check of the Triton backend (issue 11): run it first whenever a CUDA GPU is available.
+"""One-shot device check of the Triton backend: run it first whenever a CUDA GPU is available.
 
     make gpu-check                       # = python benchmarks/gpu_check.py --out gpu-check-report
     python benchmarks/gpu_check.py --out DIR [--budget-s 480] [--skip PART ...]

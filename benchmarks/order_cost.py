@@ -1,4 +1,4 @@
-"""Speed cost of ``order="allennlp"`` vs ``order="fast"`` on the fast CPU path at inference (issue 13 item 4).
+"""Speed cost of ``order="allennlp"`` vs ``order="fast"`` on the fast CPU path at inference.
 
 ``order="allennlp"`` (:mod:`elmo_fast.numerics`) computes in AllenNLP's order of operations: the token encoder's
 per-filter convolutions, highway and projection as AllenNLP computes them, and every biLSTM product through the

@@ -1,4 +1,4 @@
-"""Pretraining benchmark (issue 3): train biLMs on WikiText-2 ``valid.txt`` for a fixed time, evaluate on ``test.txt``.
+"""Pretraining benchmark: train biLMs on WikiText-2 ``valid.txt`` for a fixed time, evaluate on ``test.txt``.
 
 For each model (``tiny`` and a CPU-sized shape, see :data:`MODELS`):
 

@@ -1,4 +1,4 @@
-"""pytest-benchmark suites of the CPU fast path (issue 6). Not part of the default ``pytest`` run (testpaths = tests).
+"""pytest-benchmark suites of the CPU fast path. Not part of the default ``pytest`` run (testpaths = tests).
 
 Run:  .venv/bin/python -m pytest benchmarks/test_bench_fast.py --benchmark-enable --benchmark-group-by=group
 

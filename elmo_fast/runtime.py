@@ -3,12 +3,10 @@
 **Freed memory kept for reuse** (:func:`retain_freed_memory`). glibc's ``malloc`` serves every block above
 its mmap threshold (at most 32 MB) with a fresh ``mmap`` and gives it back to the kernel on ``free``. A
 training step allocates and frees tensors of hundreds of MB (the original model's gate buffer alone is
-2 x 2560 x 16384 float32 = 336 MB), so every step page-faults all of them in again: on the 2-core
-development VM a fresh 168 MB buffer costs 71-98 ms to fill versus 7-12 ms when reused
-(``benchmarks/allocator.py``), and an original-size training step (128 x 20) of the fast path took 18.3 s
-instead of 12.7 s (benchmarks/RESULTS.md, "CPU fast path", item 3). Turning glibc's mmap path off (``M_MMAP_MAX =
-0``) and never trimming
-the heap (``M_TRIM_THRESHOLD``) keeps freed blocks in the process, where the next step reuses them. The
+2 x 2560 x 16384 float32 = 336 MB), so every step page-faults all of them in again, and filling a fresh
+buffer costs several times what reusing one does (``benchmarks/allocator.py`` measures it; the training rows of
+benchmarks/RESULTS.md show the effect). Turning glibc's mmap path off (``M_MMAP_MAX = 0``) and never trimming the
+heap (``M_TRIM_THRESHOLD``) keeps freed blocks in the process, where the next step reuses them. The
 cost: the process keeps its peak memory until it exits, which is what a training or embedding job does
 anyway. This is the same remedy as preloading jemalloc or tcmalloc, which PyTorch's CPU tuning guide
 recommends, without a preload.
@@ -19,8 +17,8 @@ The command-line tools call it at start; library users may call it once themselv
 **Threads that yield to other work** (:class:`ThreadGovernor`). torch's default is one intra-op thread per
 core. The biLSTM runs thousands of small per-step operations, each a parallel region that waits for its
 slowest thread; when another CPU-bound process holds a core, that thread is descheduled for whole
-scheduler slices and every region waits for it. Measured on the 2-core VM (tiny training, 32 x 20, two
-competing busy loops): 1,276 tokens/s with 2 threads against 6,633 with 1 (``benchmarks/contention.py``).
+scheduler slices and every region waits for it, so one thread can be several times faster than two
+(``benchmarks/contention.py`` measures it).
 The governor measures how much CPU *other* processes use (``/proc/stat`` minus this process's own time),
 uses the cores that are left (at least one), and re-checks every couple of seconds from the job's loop
 (:func:`thread_tick`), so an idle machine keeps every core and a busy one does not collapse. ``--threads N``

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 # The test models are tiny: one intra-op thread is faster than two, and two threads that compete with any
-# other job on a 2-core machine slow the per-time-step loops down >10x (measured: 21 s vs 1.6 s for the
-# fixture tests under load). ELMO_FAST_TEST_THREADS overrides.
+# other job on a 2-core machine slow the per-time-step loops down by an order of magnitude.
+# ELMO_FAST_TEST_THREADS overrides.
 torch.set_num_threads(int(os.environ.get("ELMO_FAST_TEST_THREADS", "1")))
 # commands run in-process (cli.main) and in subprocesses keep that count instead of choosing automatically
 os.environ.setdefault("ELMO_FAST_THREADS", os.environ.get("ELMO_FAST_TEST_THREADS", "1"))

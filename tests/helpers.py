@@ -53,3 +53,16 @@ def write_model(directory: Path, options: dict[str, Any] | None = None, seed: in
     opt_path.write_text(json.dumps(options))
     write_weights(w_path, random_weights(options, seed, scale, with_projection))
     return opt_path, w_path
+
+
+#: CLI flags of a tiny, fast training run on the reference backend
+TRAIN_FLAGS = ["--batch-size", "2", "--unroll-steps", "4", "--n-negative-samples", "6", "--backend", "reference",
+               "--quiet"]
+
+
+def write_corpus(path: Path, lines: int = 40) -> Path:
+    """A synthetic corpus of ``lines`` sentences (3 to 7 tokens) over 12 words ``w0``..``w11``; returns ``path``."""
+    words = [f"w{i}" for i in range(12)]
+    path.write_text("\n".join(" ".join(words[(i * 7 + k * 3) % 12] for k in range(3 + i % 5)) for i in range(lines))
+                    + "\n", encoding="utf-8")
+    return path

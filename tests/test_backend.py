@@ -161,7 +161,7 @@ def test_training_tracks_reference_step_by_step(tmp_path):
         assert float((a - b).abs().max()) <= 1e-4
 
 
-# ---- the public functional ops dispatch like the modules (issue 11, step 0)
+# ---- the public functional ops dispatch like the modules
 def _softmax_inputs(dtype=torch.float32, device="cpu"):
     g = torch.Generator().manual_seed(4)
     N, P, V, S = 9, 16, 40, 12

@@ -4,21 +4,14 @@ from __future__ import annotations
 import io
 import logging
 import re
-from pathlib import Path
 
 import pytest
 
 from elmo_fast import progress
 from elmo_fast.cli import main
+from helpers import write_corpus as _corpus
 
 FLAGS = ["--batch-size", "2", "--unroll-steps", "4", "--n-negative-samples", "6", "--backend", "reference"]
-
-
-def _corpus(path: Path, lines: int = 40) -> Path:
-    words = [f"w{i}" for i in range(12)]
-    path.write_text("\n".join(" ".join(words[(i * 7 + k * 3) % 12] for k in range(3 + i % 5)) for i in range(lines))
-                    + "\n", encoding="utf-8")
-    return path
 
 
 class _Terminal(io.StringIO):

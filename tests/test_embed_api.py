@@ -1,5 +1,5 @@
 """API validation and the pipeline's outputs: token-list checks, from_bilm/from_pretrained, shards, the streamed
-sentence_to_index, non-finite outputs, file-object inputs (issue 10)."""
+sentence_to_index, non-finite outputs, file-object inputs."""
 from __future__ import annotations
 
 import io

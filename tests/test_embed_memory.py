@@ -1,4 +1,4 @@
-"""Bounded memory (issue 10): peak RSS of an embed child process must not grow with the input.
+"""Bounded memory: peak RSS of an embed child process must not grow with the input.
 
 Two measurements, each a pair of input sizes in fresh subprocesses (``ru_maxrss`` of the child via ``wait4``):
 

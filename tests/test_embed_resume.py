@@ -1,4 +1,4 @@
-"""Resumable, idempotent embed (issue 10): a killed run (one process or two, torchrun-style) rerun with the same
+"""Resumable, idempotent embed: a killed run (one process or two, torchrun-style) rerun with the same
 command gives exactly the output of an uninterrupted run; completed chunks are reused only when input chunk,
 model, format and statefulness match, and the log says why a chunk is recomputed."""
 from __future__ import annotations

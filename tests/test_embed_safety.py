@@ -1,5 +1,5 @@
 """`elmo-fast embed` on bad inputs and dangerous output paths: each row of the table is a fault, the exit
-status and a fragment the one-line message must contain; no file outside OUTPUT may change (issue 10).
+status and a fragment the one-line message must contain; no file outside OUTPUT may change.
 
 Every fault is detected before the model is loaded (the options/weights rows excepted, which are the model),
 so these runs are fast.

@@ -7,7 +7,7 @@ with k = 4 for outputs and states and k = 12 for gradients. A recurrence amplifi
 step (gradients reach ~50 here) and the float32 reference is amplified the same way, which is why the
 bound is relative to the reference's own float32 error; but two differently-ordered float32 runs of a
 chaotic recurrence differ from float64 by amounts whose ratio scatters (observed up to 3.6 for dB; 9 for
-dc0 once the reference adopted AllenNLP's operation order, issue 13, whose float32 error on dc0 is smaller),
+dc0 once the reference adopted AllenNLP's operation order, whose float32 error on dc0 is smaller),
 so gradients get the wider factor.
 """
 

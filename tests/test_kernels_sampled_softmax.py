@@ -1,5 +1,5 @@
 """Fused sampled softmax and chunked full softmax (kernels/sampled_softmax.py) vs the references in
-elmo_fast/nn/softmax.py (issue 3's ``sampled_softmax_loss`` and ``full_softmax_loss_reference``), and vs a
+elmo_fast/nn/softmax.py (``sampled_softmax_loss`` and ``full_softmax_loss_reference``), and vs a
 dense float64 loss written here from the definition (logits over [true, samples]).
 
 Interpreter on CPU (``TRITON_INTERPRET=1`` set before the kernels are imported), compiled on CUDA.

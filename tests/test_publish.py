@@ -23,16 +23,10 @@ from elmo_fast.cli import main as cli_main
 from elmo_fast.errors import UserError
 from elmo_fast.options import preset
 from elmo_fast.training import TrainConfig, run_training
+from helpers import write_corpus as _corpus
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_FILES = ("options.json", "weights.hdf5", "softmax_weights.hdf5", "vocab.txt")
-
-
-def _corpus(path: Path, lines: int = 40) -> Path:
-    words = [f"w{i}" for i in range(12)]
-    path.write_text("\n".join(" ".join(words[(i * 7 + k * 3) % 12] for k in range(3 + i % 5)) for i in range(lines))
-                    + "\n", encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")

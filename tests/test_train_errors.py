@@ -24,16 +24,10 @@ from elmo_fast.cli import main as cli_main
 from elmo_fast.options import preset
 from elmo_fast.training import CHECKPOINT_NAME, TrainConfig, Trainer, load_checkpoint, run_training
 from elmo_fast.training.checkpoints import DIGESTS_NAME
+from helpers import TRAIN_FLAGS as SMALL
+from helpers import write_corpus as _corpus
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ["--batch-size", "2", "--unroll-steps", "4", "--n-negative-samples", "6", "--backend", "reference", "--quiet"]
-
-
-def _corpus(path: Path, lines: int = 40) -> Path:
-    words = [f"w{i}" for i in range(12)]
-    path.write_text("\n".join(" ".join(words[(i * 7 + k * 3) % 12] for k in range(3 + i % 5)) for i in range(lines))
-                    + "\n", encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")

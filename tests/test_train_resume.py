@@ -12,8 +12,7 @@ from elmo_fast.cli import main as cli_main
 from elmo_fast.options import preset
 from elmo_fast.training import CHECKPOINT_NAME, TrainConfig, load_checkpoint, run_training
 from elmo_fast.training.fingerprint import compare_corpus, corpus_fingerprint
-
-SMALL = ["--batch-size", "2", "--unroll-steps", "4", "--n-negative-samples", "6", "--backend", "reference", "--quiet"]
+from helpers import TRAIN_FLAGS as SMALL
 
 
 def _corpus(directory: Path, n_files: int = 2, lines: int = 30, shift: int = 0) -> str:

@@ -15,8 +15,7 @@ from elmo_fast.cli import main as cli_main
 from elmo_fast.data import TrainingBatches, Vocabulary
 from elmo_fast.options import preset
 from elmo_fast.training import LanguageModel, TrainConfig, Trainer, evaluate_perplexity, init_weights
-
-SMALL = ["--batch-size", "2", "--unroll-steps", "4", "--n-negative-samples", "6", "--backend", "reference", "--quiet"]
+from helpers import TRAIN_FLAGS as SMALL
 
 
 # ---------------------------------------------------------------------------------------------- shared fixtures

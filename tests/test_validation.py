@@ -18,16 +18,10 @@ from elmo_fast.options import OptionsError, preset
 from elmo_fast.training import TrainConfig, run_training
 
 from helpers import write_model
+from helpers import TRAIN_FLAGS as SMALL
+from helpers import write_corpus as _corpus
 
-SMALL = ["--batch-size", "2", "--unroll-steps", "4", "--n-negative-samples", "6", "--backend", "reference", "--quiet"]
 TEXT = "the bank closed .\nspring is here\n"
-
-
-def _corpus(path: Path, lines: int = 40) -> Path:
-    words = [f"w{i}" for i in range(12)]
-    path.write_text("\n".join(" ".join(words[(i * 7 + k * 3) % 12] for k in range(3 + i % 5)) for i in range(lines))
-                    + "\n", encoding="utf-8")
-    return path
 
 
 def _one_error(caplog) -> str:

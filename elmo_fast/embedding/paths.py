@@ -25,6 +25,7 @@ import re
 import stat
 from typing import Iterable, Sequence
 
+from ..atomic import pid_alive
 from ..errors import UserError
 
 __all__ = ["check_input", "check_outputs", "shard_paths", "work_dir_for", "pid_alive", "remove_dead_temps",
@@ -141,19 +142,6 @@ def check_outputs(outputs: Sequence[str], *, protected: Iterable[tuple[str, str]
         except OSError as e:
             reason = "not writable" if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else e.strerror
             raise UserError(f"OUTPUT {out}: cannot create files in {folder} ({reason})") from None
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists on this machine."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 _TMP_RE = re.compile(r"\.tmp-(\d+)$")

@@ -134,9 +134,8 @@ def clear_cache() -> None:
 def _row_bucket(n: int) -> int:
     """``n`` rounded up to one of at most 16 sizes per power of two (at most 1/16 extra rows).
 
-    oneDNN's packed linear keeps memory for every distinct input row count it has seen (measured: about
-    0.4 MB per count for a 448 x 512 weight, RSS +800 MB after 2,000 counts, growing without bound in a
-    long embed run where the number of distinct tokens per batch varies); rounding bounds the count.
+    oneDNN's packed linear keeps memory for every distinct input row count it has seen, so a long embed run,
+    where the number of distinct tokens per batch varies, would grow without bound; rounding bounds the count.
     """
     if n <= 64:
         return n
@@ -453,9 +452,8 @@ def pair_matmul(a: torch.Tensor, b: torch.Tensor, stack: bool = True, fixed_shap
     list (no stacked copy for a caller that uses them one by one).
 
     ``fixed_shapes``: the caller's shapes repeat (training streams: B x T rows every step). oneDNN keeps memory for
-    every distinct product shape it has run (measured: +11 MB per distinct row count for a 2048 x 2048 weight,
-    +2.3 GB after 200), so callers whose shapes vary from call to call (sentences of any length) pass False and
-    get the BLAS.
+    every distinct product shape it has run (megabytes per distinct row count for the large weights), so callers
+    whose shapes vary from call to call (sentences of any length) pass False and get the BLAS.
     """
     D, n, k = a.shape
     m = b.shape[2]
