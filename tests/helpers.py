@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from elmo_fast.options import PRESETS, options_from_dict
 from elmo_fast.weights import expected_shapes, write_weights
@@ -66,3 +67,19 @@ def write_corpus(path: Path, lines: int = 40) -> Path:
     path.write_text("\n".join(" ".join(words[(i * 7 + k * 3) % 12] for k in range(3 + i % 5)) for i in range(lines))
                     + "\n", encoding="utf-8")
     return path
+
+
+def softmax_inputs(dtype: torch.dtype = torch.float32, device: str = "cpu", *, seed: int = 4,
+                   n: int = 9) -> list[torch.Tensor]:
+    """Arguments of ``sampled_softmax_loss``: ``hidden (n, 16)``, ``targets (n,)``, ``weight (40, 16)``,
+    ``bias (40,)``, ``sampled_ids (12,)`` (distinct), ``target_expected_count (n,)``, ``sampled_expected_count
+    (12,)``; floating tensors in ``dtype``, all on ``device``."""
+    g = torch.Generator().manual_seed(seed)
+    P, V, S = 16, 40, 12
+    h = torch.randn(n, P, generator=g)
+    W = torch.randn(V, P, generator=g) * 0.3
+    b = torch.randn(V, generator=g)
+    ids = torch.randperm(V, generator=g)[:S]
+    t = torch.randint(0, V, (n,), generator=g)
+    q_t, q_s = torch.rand(n, generator=g) * 0.5 + 0.1, torch.rand(S, generator=g) * 0.5 + 0.1
+    return [(x.to(dtype) if x.is_floating_point() else x).to(device) for x in (h, t, W, b, ids, q_t, q_s)]

@@ -15,7 +15,7 @@ from elmo_fast import backend, batch_to_ids  # noqa: E402
 from elmo_fast.backend import BackendError  # noqa: E402
 from elmo_fast.nn.bilm import BiLM  # noqa: E402
 
-from helpers import tiny_options, write_model  # noqa: E402
+from helpers import softmax_inputs, tiny_options, write_model  # noqa: E402
 
 pytestmark = TRITON_MARKS
 SENTENCES = [["The", "cat", "sat", "."], ["Hi"], ["a", "b", "cc"]]
@@ -162,16 +162,7 @@ def test_training_tracks_reference_step_by_step(tmp_path):
 
 
 # ---- the public functional ops dispatch like the modules
-def _softmax_inputs(dtype=torch.float32, device="cpu"):
-    g = torch.Generator().manual_seed(4)
-    N, P, V, S = 9, 16, 40, 12
-    h = torch.randn(N, P, generator=g)
-    W = torch.randn(V, P, generator=g) * 0.3
-    b = torch.randn(V, generator=g)
-    ids = torch.randperm(V, generator=g)[:S]
-    t = torch.randint(0, V, (N,), generator=g)
-    q_t, q_s = torch.rand(N, generator=g) * 0.5 + 0.1, torch.rand(S, generator=g) * 0.5 + 0.1
-    return [(x.to(dtype) if x.is_floating_point() else x).to(device) for x in (h, t, W, b, ids, q_t, q_s)]
+_softmax_inputs = softmax_inputs
 
 
 def _spy(monkeypatch, op):

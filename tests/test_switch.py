@@ -15,6 +15,7 @@ from triton_helpers import DEVICE, TRITON_MARKS  # noqa: E402  (sets TRITON_INTE
 
 import elmo_fast  # noqa: E402
 from elmo_fast import backend  # noqa: E402
+from helpers import softmax_inputs  # noqa: E402
 
 BACKENDS = ["reference", "fast", pytest.param("triton", marks=TRITON_MARKS)]
 SOFTMAX_OPS = ("sampled_softmax_loss", "full_softmax_loss")
@@ -54,15 +55,7 @@ def _spy_all(monkeypatch, op: str) -> dict[str, list[int]]:
 
 
 def _softmax_inputs(device: str) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(7)
-    N, P, V, S = 11, 16, 40, 12
-    h = torch.randn(N, P, generator=g)
-    W = torch.randn(V, P, generator=g) * 0.3
-    b = torch.randn(V, generator=g)
-    ids = torch.randperm(V, generator=g)[:S]
-    t = torch.randint(0, V, (N,), generator=g)
-    q_t, q_s = torch.rand(N, generator=g) * 0.5 + 0.1, torch.rand(S, generator=g) * 0.5 + 0.1
-    return [x.to(device) for x in (h, t, W, b, ids, q_t, q_s)]
+    return softmax_inputs(device=device, seed=7, n=11)
 
 
 @pytest.mark.parametrize("name", BACKENDS)
